@@ -1,0 +1,13 @@
+"""The uGMM-NN in plain PyTorch: usable without the scikit-learn estimators."""
+
+from ._functional import DEFAULT_BLOCK_ELEMENTS, ugmm_log_density, ugmm_log_density_reference
+from ._layer import UGMMLayer
+from ._net import UGMMNet
+
+__all__ = [
+    "DEFAULT_BLOCK_ELEMENTS",
+    "UGMMLayer",
+    "UGMMNet",
+    "ugmm_log_density",
+    "ugmm_log_density_reference",
+]

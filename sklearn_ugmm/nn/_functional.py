@@ -1,0 +1,252 @@
+"""Log-density of a layer of univariate Gaussian mixture neurons.
+
+For inputs ``x`` of shape (batch, in), component locations ``loc``, scales
+``scale`` and log mixing weights ``log_weights`` (all of shape (out, in)) the
+layer output is::
+
+    out[b, j] = logsumexp_k( log_weights[j, k] + log N(x[b, k] | loc[j, k], scale[j, k]^2) )
+
+:func:`ugmm_log_density` evaluates it without ever holding the whole
+(batch, out, in) tensor: the batch is cut into blocks of at most
+``block_elements`` elements and the backward pass recomputes each block
+instead of saving it. :func:`ugmm_log_density_reference` is the plain
+formula, kept as the ground truth for tests and benchmarks.
+"""
+
+import math
+
+import torch
+
+__all__ = ["ugmm_log_density", "ugmm_log_density_reference", "DEFAULT_BLOCK_ELEMENTS"]
+
+#: Default bound on the number of elements of one (in, batch block, out) block.
+DEFAULT_BLOCK_ELEMENTS = 2**20
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _z_limit(dtype):
+    # |z| is clipped here so that z**2 stays below sqrt(finfo.max): the output
+    # of a layer is then bounded and the next layer's standardised input
+    # (x - loc) / scale cannot overflow either, however deep the network.
+    return float(torch.finfo(dtype).max) ** 0.25
+
+
+def ugmm_log_density_reference(x, loc, scale, log_weights):
+    """Plain, fully materialised uGMM layer log-density (the ground truth).
+
+    Holds the whole (batch, out, in) tensor: use only for tests and baselines.
+
+    Parameters
+    ----------
+    x : Tensor of shape (batch, in)
+    loc, scale, log_weights : Tensor of shape (out, in)
+
+    Returns
+    -------
+    Tensor of shape (batch, out)
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, 3)
+    >>> p = torch.zeros(4, 3)
+    >>> ugmm_log_density_reference(x, p, torch.ones(4, 3), p - torch.log(torch.tensor(3.0))).shape
+    torch.Size([2, 4])
+    """
+    z = (x[:, None, :] - loc[None]) / scale[None]
+    comp = log_weights[None] - 0.5 * z**2 - torch.log(scale)[None] - _HALF_LOG_2PI
+    return torch.logsumexp(comp, dim=-1)
+
+
+def _block_rows(n_in, n_out, block_elements):
+    return max(1, int(block_elements) // max(1, n_in * n_out))
+
+
+# Exponentials are taken base 2 (exp2 is markedly cheaper than exp on CPU), so
+# the working values are log-densities times log2(e).
+_LOG2E = 1.0 / math.log(2.0)
+_LN2 = math.log(2.0)
+# A block whose mixture sums fall below 2**-_SAFE_BITS relative to the
+# per-neuron upper bound is recomputed with an exact per-sample maximum.
+_SAFE_BITS = 60.0
+
+
+class _Prepared:
+    """Per-call tensors in (in, out) layout shared by forward and backward."""
+
+    def __init__(self, x, loc, scale, log_weights):
+        self.x_t = x.t()
+        self.loc_t = loc.t().contiguous()
+        self.inv_scale_t = scale.reciprocal().t().contiguous()
+        # log2 of weight / (sqrt(2 pi) scale): the peak of each component
+        const = (log_weights - torch.log(scale) - _HALF_LOG_2PI) * _LOG2E
+        # upper bound of every component of neuron j, whatever the input
+        self.bound = const.amax(dim=1)
+        self.const_t = const.t().contiguous()
+        self.shifted_const_t = (const - self.bound[:, None]).t().contiguous()
+        self.z_lim = _z_limit(x.dtype)
+        self.clip = _needs_clip(x, self.loc_t, self.inv_scale_t, self.z_lim)
+
+    def components(self, start, stop, z, t, shifted):
+        """Fill z (standardised distances) and t (log2 component densities)."""
+        torch.sub(self.x_t[:, start:stop, None], self.loc_t[:, None, :], out=z)
+        z.mul_(self.inv_scale_t[:, None, :])
+        inside = None
+        if self.clip:
+            inside = z.abs() < self.z_lim
+            z.clamp_(-self.z_lim, self.z_lim)
+        const = self.shifted_const_t if shifted else self.const_t
+        torch.addcmul(const[:, None, :], z, z, value=-0.5 * _LOG2E, out=t)
+        return inside
+
+
+class _UGMMLogDensity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, loc, scale, log_weights, block_elements):
+        n_batch, n_in = x.shape
+        n_out = loc.shape[0]
+        prep = _Prepared(x, loc, scale, log_weights)
+        rows = _block_rows(n_in, n_out, block_elements)
+        out = x.new_empty((n_batch, n_out))
+        buffers = _Buffers(x)
+        tiny = 2.0**-_SAFE_BITS
+        for start in range(0, n_batch, rows):
+            stop = min(start + rows, n_batch)
+            z, t = buffers.get(n_in, stop - start, n_out, 2)
+            block_out = out[start:stop]
+            prep.components(start, stop, z, t, shifted=True)
+            torch.sum(t.exp2_(), dim=0, out=block_out)
+            if bool((block_out < tiny).any()):
+                # far from every component: redo the block with the exact peak
+                prep.components(start, stop, z, t, shifted=False)
+                peak = t.amax(dim=0)
+                torch.sum(t.sub_(peak).exp2_(), dim=0, out=block_out)
+                block_out.log2_().add_(peak)
+            else:
+                block_out.log2_().add_(prep.bound)
+        out.mul_(_LN2)
+        ctx.save_for_backward(x, loc, scale, log_weights, out)
+        ctx.block_elements = block_elements
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, loc, scale, log_weights, out = ctx.saved_tensors
+        n_batch, n_in = x.shape
+        n_out = loc.shape[0]
+        prep = _Prepared(x, loc, scale, log_weights)
+        rows = _block_rows(n_in, n_out, ctx.block_elements)
+        out2 = out * _LOG2E
+        # d out_j / d component_jk = exp2(t_jk - out2_j) = exp2(t_jk - bound_j) * exp2(bound_j - out2_j)
+        margin = out2 - prep.bound
+        grad_scaled = grad_out * torch.exp2(-margin.clamp(min=-_SAFE_BITS))
+        far = margin < -_SAFE_BITS
+
+        grad_x_t = x.new_empty((n_in, n_batch)) if ctx.needs_input_grad[0] else None
+        sum_r = torch.zeros_like(prep.loc_t)  # sum_b R
+        sum_rz = torch.zeros_like(prep.loc_t)  # sum_b R z
+        sum_rzz = torch.zeros_like(prep.loc_t)  # sum_b R z^2
+        buffers = _Buffers(x)
+        for start in range(0, n_batch, rows):
+            stop = min(start + rows, n_batch)
+            z, t, rz = buffers.get(n_in, stop - start, n_out, 3)
+            if bool(far[start:stop].any()):
+                inside = prep.components(start, stop, z, t, shifted=False)
+                t.sub_(out2[start:stop]).exp2_().mul_(grad_out[start:stop])
+            else:
+                inside = prep.components(start, stop, z, t, shifted=True)
+                t.exp2_().mul_(grad_scaled[start:stop])
+            # t now holds R = softmax_k(component) * grad
+            sum_r += t.sum(dim=1)
+            torch.mul(t, z, out=rz)
+            if inside is not None:
+                rz.mul_(inside)  # clipped components carry no gradient through z
+            sum_rz += rz.sum(dim=1)
+            if grad_x_t is not None:
+                grad_x_t[:, start:stop] = torch.bmm(rz, prep.inv_scale_t[:, :, None]).squeeze(-1)
+            sum_rzz += z.mul_(rz).sum(dim=1)
+
+        grad_x = grad_loc = grad_scale = grad_logw = None
+        if grad_x_t is not None:
+            grad_x = grad_x_t.t().neg_()
+        if ctx.needs_input_grad[1]:
+            grad_loc = (sum_rz * prep.inv_scale_t).t()
+        if ctx.needs_input_grad[2]:
+            grad_scale = ((sum_rzz - sum_r) * prep.inv_scale_t).t()
+        if ctx.needs_input_grad[3]:
+            grad_logw = sum_r.t()
+        return grad_x, grad_loc, grad_scale, grad_logw, None
+
+
+def _needs_clip(x, loc_t, inv_scale_t, z_lim):
+    if x.numel() == 0:
+        return False
+    bound = (x.abs().max() + loc_t.abs().max()) * inv_scale_t.max()
+    return not bool(bound < z_lim)
+
+
+class _Buffers:
+    """Block-sized work tensors, reused across the blocks of one call."""
+
+    def __init__(self, like):
+        self.like = like
+        self.shape = None
+        self.tensors = []
+
+    def get(self, n_in, n_rows, n_out, count):
+        shape = (n_in, n_rows, n_out)
+        if shape != self.shape:
+            self.shape = shape
+            self.tensors = [self.like.new_empty(shape) for _ in range(count)]
+        return self.tensors
+
+
+def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK_ELEMENTS):
+    """Memory-bounded uGMM layer log-density with an exact, recomputing backward.
+
+    Equal to :func:`ugmm_log_density_reference` (up to floating point
+    rounding) for standardised distances ``|x - loc| / scale`` below
+    ``finfo(dtype).max ** 0.25``; beyond that the distance is clipped, which
+    keeps outputs and gradients finite for any finite input.
+
+    Parameters
+    ----------
+    x : Tensor of shape (batch, in)
+        Inputs.
+    loc : Tensor of shape (out, in)
+        Component means (an expanded view is fine, e.g. for tied means).
+    scale : Tensor of shape (out, in)
+        Component standard deviations, strictly positive.
+    log_weights : Tensor of shape (out, in)
+        Log mixing weights; ``-inf`` removes a component, but every row must
+        keep at least one finite entry.
+    block_elements : int, default=2**20
+        Upper bound on the elements of one (in, batch block, out) block; the
+        forward pass holds two such blocks and the backward pass three.
+
+    Returns
+    -------
+    Tensor of shape (batch, out)
+        Log-density of each neuron's mixture at each sample.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_ugmm.nn import ugmm_log_density
+    >>> x = torch.randn(5, 3)
+    >>> loc, scale = torch.zeros(2, 3), torch.ones(2, 3)
+    >>> log_w = torch.log_softmax(torch.zeros(2, 3), dim=1)
+    >>> ugmm_log_density(x, loc, scale, log_w).shape
+    torch.Size([5, 2])
+    """
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D (batch, in), got shape {tuple(x.shape)}")
+    n_out, n_in = log_weights.shape
+    if x.shape[1] != n_in or loc.shape != (n_out, n_in) or scale.shape != (n_out, n_in):
+        raise ValueError(
+            f"shape mismatch: x {tuple(x.shape)}, loc {tuple(loc.shape)}, "
+            f"scale {tuple(scale.shape)}, log_weights {tuple(log_weights.shape)}"
+        )
+    return _UGMMLogDensity.apply(x, loc, scale, log_weights, block_elements)

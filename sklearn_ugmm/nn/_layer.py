@@ -1,0 +1,186 @@
+"""The uGMM layer: a layer of univariate Gaussian mixture neurons."""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ._functional import DEFAULT_BLOCK_ELEMENTS, ugmm_log_density
+
+__all__ = ["UGMMLayer"]
+
+
+def _inverse_softplus(y):
+    # log(expm1(y)) computed without overflow for large y
+    return y + torch.log(-torch.expm1(-y))
+
+
+class UGMMLayer(nn.Module):
+    """A layer of uGMM neurons (arXiv 2509.07569).
+
+    Neuron ``j`` is a univariate Gaussian mixture with one component per
+    input ``k``; its output is a log-density. In eval mode::
+
+        out[b, j] = logsumexp_k( log_softmax(logits)[j, k]
+                                 + log N(x[b, k] | loc[j, k], scale[j, k]**2) )
+
+    With ``tie_means=True`` (the paper's parameter tying) the component means
+    are the incoming activations and neuron ``j`` evaluates its mixture at a
+    learned point ``loc[j]``::
+
+        out[b, j] = logsumexp_k( log_softmax(logits)[j, k]
+                                 + log N(loc[j] | x[b, k], scale[j, k]**2) )
+
+    Parameters
+    ----------
+    in_features : int
+        Number of inputs (components per neuron).
+    out_features : int
+        Number of neurons.
+    dropout : float, default=0.0
+        Probability of removing each mixture component during training (its
+        logit is set to -inf). The mask is drawn once per forward call and
+        shared by the batch; a neuron never loses all its components. No
+        effect in eval mode.
+    tie_means : bool, default=False
+        Tie the component means to the incoming activations.
+    min_scale : float, default=1e-3
+        Floor added to every standard deviation. It bounds each log-density
+        above by ``-log(min_scale) - log(2 pi) / 2``, so no objective can run
+        to +infinity.
+    block_elements : int, default=2**20
+        Bound on the size of the (in, batch block, out) work tensors; see
+        :func:`~sklearn_ugmm.nn.ugmm_log_density`.
+    device, dtype : optional
+        Factory arguments, as for :class:`torch.nn.Linear`.
+
+    Attributes
+    ----------
+    loc : Parameter of shape (out_features, in_features), or (out_features,)
+        Component means (``tie_means=False``) or the evaluation points.
+    raw_scale : Parameter of shape (out_features, in_features)
+        Unconstrained scales: ``scale = min_scale + softplus(raw_scale)``.
+    logits : Parameter of shape (out_features, in_features)
+        Unnormalised log mixing weights.
+    generator : torch.Generator or None
+        Source of randomness for dropout masks (the global generator when
+        None).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_ugmm.nn import UGMMLayer
+    >>> layer = UGMMLayer(4, 3)
+    >>> layer(torch.randn(8, 4)).shape
+    torch.Size([8, 3])
+    >>> layer.scale.shape
+    torch.Size([3, 4])
+    """
+
+    def __init__(
+        self,
+        in_features,
+        out_features,
+        *,
+        dropout=0.0,
+        tie_means=False,
+        min_scale=1e-3,
+        block_elements=DEFAULT_BLOCK_ELEMENTS,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError("in_features and out_features must be positive")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not min_scale > 0:
+            raise ValueError(f"min_scale must be positive, got {min_scale}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.dropout = float(dropout)
+        self.tie_means = bool(tie_means)
+        self.min_scale = float(min_scale)
+        self.block_elements = int(block_elements)
+        self.generator = None
+        loc_shape = (out_features,) if tie_means else (out_features, in_features)
+        self.loc = nn.Parameter(torch.empty(loc_shape, **factory))
+        self.raw_scale = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.logits = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator=None):
+        """Random initialisation as in the reference code.
+
+        Means ~ N(0, 1), scales ~ U(0, 1) (plus the floor), uniform weights.
+        """
+        with torch.no_grad():
+            self.loc.copy_(torch.randn(self.loc.shape, generator=generator, dtype=self.loc.dtype))
+            scale = torch.rand(self.raw_scale.shape, generator=generator, dtype=self.raw_scale.dtype)
+            self.set_scale(scale.clamp_(min=1e-2) + self.min_scale)
+            self.logits.zero_()
+
+    @property
+    def scale(self):
+        """Effective standard deviations, shape (out_features, in_features)."""
+        return self.min_scale + F.softplus(self.raw_scale)
+
+    def set_scale(self, scale):
+        """Set ``raw_scale`` so that :attr:`scale` equals ``scale`` (floored)."""
+        scale = torch.as_tensor(scale, dtype=self.raw_scale.dtype, device=self.raw_scale.device)
+        excess = (scale - self.min_scale).clamp(min=1e-6 * max(self.min_scale, 1e-30), max=1e30)
+        with torch.no_grad():
+            self.raw_scale.copy_(_inverse_softplus(excess).expand_as(self.raw_scale))
+
+    @property
+    def component_loc(self):
+        """Component means, shape (out_features, in_features).
+
+        With tied means the component means are the inputs themselves; this
+        then returns ``loc`` broadcast to one evaluation point per neuron.
+        """
+        if self.tie_means:
+            return self.loc[:, None].expand(self.out_features, self.in_features)
+        return self.loc
+
+    def log_weights(self):
+        """Log mixing weights, with this forward pass's dropout applied."""
+        logits = self.logits
+        if self.training and self.dropout > 0:
+            logits = logits.masked_fill(self._dropout_mask(), -math.inf)
+        return torch.log_softmax(logits, dim=1)
+
+    def _dropout_mask(self):
+        shape = self.logits.shape
+        gen = self.generator
+        gen_device = gen.device if gen is not None else self.logits.device
+        u = torch.rand(shape, generator=gen, device=gen_device)
+        drop = u < self.dropout
+        # a neuron that lost every component keeps the one with the largest u
+        all_dropped = drop.all(dim=1)
+        if bool(all_dropped.any()):
+            keep = F.one_hot(u.argmax(dim=1), shape[1]).bool() & all_dropped[:, None]
+            drop &= ~keep
+        return drop.to(self.logits.device)
+
+    def forward(self, x):
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"expected input of shape (batch, {self.in_features}), got {tuple(x.shape)}"
+            )
+        # N(loc | x, s^2) = N(x | loc, s^2): tied means use the same kernel
+        return ugmm_log_density(
+            x,
+            self.component_loc,
+            self.scale,
+            self.log_weights(),
+            block_elements=self.block_elements,
+        )
+
+    def extra_repr(self):
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"dropout={self.dropout}, tie_means={self.tie_means}, min_scale={self.min_scale}"
+        )

@@ -1,0 +1,205 @@
+"""A stack of uGMM layers, with MPE scoring and data-dependent initialisation."""
+
+import math
+
+import torch
+from torch import nn
+
+from ._functional import ugmm_log_density
+from ._layer import UGMMLayer
+
+__all__ = ["UGMMNet"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class UGMMNet(nn.Module):
+    """A uGMM neural network: uGMM layers stacked like an MLP.
+
+    Parameters
+    ----------
+    n_inputs : int
+        Number of input variables.
+    hidden_layer_sizes : sequence of int
+        Neurons in each hidden layer (may be empty).
+    n_outputs : int
+        Neurons in the output layer.
+    **layer_options
+        Passed to every :class:`UGMMLayer` (``dropout``, ``tie_means``,
+        ``min_scale``, ``block_elements``, ``device``, ``dtype``).
+
+    Attributes
+    ----------
+    layers : nn.ModuleList of UGMMLayer
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_ugmm.nn import UGMMNet
+    >>> net = UGMMNet(4, (8,), 3)
+    >>> X = torch.randn(10, 4)
+    >>> net.init_from_data(X)
+    >>> net(X).shape
+    torch.Size([10, 3])
+    >>> net.score_states(torch.randn(10, 4), index=3, states=torch.tensor([0.0, 1.0])).shape
+    torch.Size([10, 2, 3])
+    """
+
+    def __init__(self, n_inputs, hidden_layer_sizes, n_outputs, **layer_options):
+        super().__init__()
+        sizes = [int(n_inputs), *(int(h) for h in hidden_layer_sizes), int(n_outputs)]
+        self.layers = nn.ModuleList(
+            UGMMLayer(n_in, n_out, **layer_options) for n_in, n_out in zip(sizes[:-1], sizes[1:])
+        )
+
+    @property
+    def n_inputs(self):
+        return self.layers[0].in_features
+
+    @property
+    def n_outputs(self):
+        return self.layers[-1].out_features
+
+    def set_generator(self, generator):
+        """Use ``generator`` for every layer's dropout masks."""
+        for layer in self.layers:
+            layer.generator = generator
+        return self
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def score_states(self, X, index, states):
+        """Network output with input ``index`` set to each of ``states``.
+
+        The paper's MPE inference over one discrete input variable, batched:
+        the first layer's mixture is split into the part that does not depend
+        on input ``index`` (computed once per sample) and the single component
+        that does (computed once per state).
+
+        Parameters
+        ----------
+        X : Tensor of shape (batch, n_inputs)
+            Inputs; column ``index`` is ignored.
+        index : int
+            The input variable to set.
+        states : Tensor of shape (n_states,)
+            Values to give it.
+
+        Returns
+        -------
+        Tensor of shape (batch, n_states), or (batch, n_states, n_outputs)
+        when the network has more than one output.
+        """
+        n_inputs = self.n_inputs
+        if X.dim() != 2 or X.shape[1] != n_inputs:
+            raise ValueError(f"expected X of shape (batch, {n_inputs}), got {tuple(X.shape)}")
+        if not -n_inputs <= index < n_inputs:
+            raise IndexError(f"index {index} out of range for {n_inputs} inputs")
+        index = index % n_inputs
+        states = torch.as_tensor(states, dtype=X.dtype, device=X.device).reshape(-1)
+        n_batch, n_states = X.shape[0], states.shape[0]
+
+        first = self.layers[0]
+        log_w = first.log_weights()
+        loc = first.component_loc
+        scale = first.scale
+        # component `index` of every first-layer neuron, for every state: (states, out)
+        z = (states[:, None] - loc[:, index]) / scale[:, index]
+        varying = log_w[:, index] - 0.5 * z**2 - torch.log(scale[:, index]) - _HALF_LOG_2PI
+        if n_inputs > 1 and bool(torch.isfinite(log_w).sum(dim=1).gt(1).all()):
+            rest_w = log_w.clone()
+            rest_w[:, index] = -math.inf
+            rest = ugmm_log_density(X, loc, scale, rest_w, block_elements=first.block_elements)
+            h = torch.logaddexp(rest[:, None, :], varying[None, :, :])
+        else:
+            # no other live component: recompute the layer row by row
+            X_rep = X.repeat_interleave(n_states, dim=0).clone()
+            X_rep[:, index] = states.repeat(n_batch)
+            h = first(X_rep).reshape(n_batch, n_states, -1)
+        h = h.reshape(n_batch * n_states, -1)
+        for layer in self.layers[1:]:
+            h = layer(h)
+        h = h.reshape(n_batch, n_states, -1)
+        return h[..., 0] if self.n_outputs == 1 else h
+
+    @torch.no_grad()
+    def init_from_data(self, X, *, generator=None, max_samples=4096):
+        """Data-dependent initialisation, layer by layer.
+
+        Each layer's components are placed on the activations that actually
+        reach it: component means are the activations of randomly drawn
+        samples (clipped to the 1st-99th percentile range, so outliers do not
+        become centres), scales are robust per-input spreads (inter-quartile
+        range; inputs with no spread get the median spread of the others), and
+        mixing weights start uniform. With tied means the evaluation point of
+        each neuron is the median of a randomly chosen input, and component
+        scales also cover the distance from that point to each input's median.
+
+        Parameters
+        ----------
+        X : Tensor of shape (n_samples, n_inputs)
+            Training inputs (a random subset of ``max_samples`` rows is used).
+        generator : torch.Generator, optional
+            Source of randomness (the global generator when None).
+        max_samples : int, default=4096
+            Rows used to compute the statistics.
+        """
+        if X.dim() != 2 or X.shape[1] != self.n_inputs:
+            raise ValueError(f"expected X of shape (n, {self.n_inputs}), got {tuple(X.shape)}")
+        if X.shape[0] == 0:
+            raise ValueError("init_from_data needs at least one sample")
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError("init_from_data needs finite inputs")
+        was_training = self.training
+        self.eval()
+        try:
+            if X.shape[0] > max_samples:
+                idx = torch.randperm(X.shape[0], generator=generator)[:max_samples]
+                X = X[idx.to(X.device)]
+            h = X
+            for layer in self.layers:
+                _init_layer(layer, h, generator)
+                h = layer(h)
+        finally:
+            self.train(was_training)
+
+
+def _robust_stats(h):
+    """Per-column median, spread and 1st/99th percentiles, in float64."""
+    h = h.double()
+    q = torch.quantile(h, torch.tensor([0.01, 0.25, 0.5, 0.75, 0.99], dtype=h.dtype, device=h.device), dim=0)
+    low, q25, median, q75, high = q
+    spread = (q75 - q25) / 1.349
+    # columns with a degenerate IQR: fall back to the 1-99 range, then to the others
+    spread = torch.where(spread > 0, spread, (high - low) / 4.653)
+    scale_ref = median.abs().clamp(min=1.0)
+    usable = spread > 1e-6 * scale_ref
+    if bool(usable.any()):
+        fallback = spread[usable].median()
+    else:
+        fallback = torch.tensor(1.0, dtype=h.dtype, device=h.device)
+    spread = torch.where(usable, spread, fallback)
+    return median, spread, low, high
+
+
+def _init_layer(layer, h, generator):
+    n_samples = h.shape[0]
+    median, spread, low, high = _robust_stats(h)
+    n_out, n_in = layer.out_features, layer.in_features
+    dtype, device = layer.loc.dtype, layer.loc.device
+    if layer.tie_means:
+        column = torch.randint(n_in, (n_out,), generator=generator)
+        loc = median[column.to(median.device)]
+        scale = torch.sqrt(spread[None, :] ** 2 + (loc[:, None] - median[None, :]) ** 2)
+    else:
+        rows = torch.randint(n_samples, (n_out,), generator=generator).to(h.device)
+        loc = torch.minimum(torch.maximum(h[rows].double(), low), high)
+        scale = spread[None, :].expand(n_out, n_in)
+    # keep the parameters inside a range where float32 arithmetic stays exact enough
+    scale = scale.clamp(min=10 * layer.min_scale, max=1e15)
+    layer.loc.copy_(loc.to(dtype=dtype, device=device))
+    layer.set_scale(scale.to(dtype=dtype, device=device))
+    layer.logits.zero_()
