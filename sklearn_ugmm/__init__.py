@@ -2,4 +2,6 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from ._classifier import UGMMClassifier  # noqa: E402
+
+__all__ = ["UGMMClassifier", "__version__"]

@@ -1,0 +1,241 @@
+"""What the uGMM estimators share: parameters, devices, scaling, training, batched inference."""
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.validation import _check_sample_weight
+
+from ._engine import build_net
+
+__all__ = ["BaseUGMM", "resolve_device"]
+
+#: Rows per inference batch: predictions never hold more than this many rows
+#: of intermediate activations at once.
+INFERENCE_BATCH_ROWS = 4096
+
+
+def resolve_device(device):
+    """Turn a ``device`` parameter into an available ``torch.device``.
+
+    Parameters
+    ----------
+    device : str
+        "cpu", "cuda", "cuda:N", "mps" or "auto" (CUDA if available, then
+        MPS, else CPU).
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        If the device is not a valid device string or is not available.
+
+    Examples
+    --------
+    >>> from sklearn_ugmm._base import resolve_device
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a valid device; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'."
+        ) from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} was requested but CUDA is not available in this "
+                "torch installation; use device='cpu' or device='auto'."
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} was requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) are visible."
+            )
+    elif resolved.type == "mps":
+        if not _mps_available():
+            raise ValueError(f"device={device!r} was requested but MPS is not available.")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'.")
+    return resolved
+
+
+def _mps_available():
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+class BaseUGMM(BaseEstimator):
+    """Shared machinery of the uGMM estimators (not an estimator itself)."""
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "standardize": ["boolean"],
+        "device": [str],
+        "callbacks": [list, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+    }
+
+    # ------------------------------------------------------------------ fit helpers
+    def _hidden_sizes(self):
+        sizes = self.hidden_layer_sizes
+        sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
+        if any(not isinstance(s, Integral) or s < 1 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes}.")
+        return tuple(int(s) for s in sizes)
+
+    def _check_weights(self, sample_weight, X):
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+        if not np.any(sample_weight > 0):
+            raise ValueError("sample_weight must have at least one positive entry; all weights are zero.")
+        return sample_weight
+
+    def _torch_generator(self, random_state):
+        """A local torch generator seeded from ``random_state`` (never the global RNG)."""
+        seed = int(random_state.randint(np.iinfo(np.int32).max))
+        return torch.Generator().manual_seed(seed)
+
+    def _fit_scaling(self, X, sample_weight):
+        """Weighted per-feature mean and standard deviation (identity when off)."""
+        n_features = X.shape[1]
+        if not self.standardize:
+            self.scaling_mean_ = np.zeros(n_features)
+            self.scaling_scale_ = np.ones(n_features)
+            return
+        w = sample_weight / sample_weight.sum()
+        mean = w @ X
+        var = w @ (X - mean) ** 2
+        scale = np.sqrt(var)
+        # constant features are only centred, as StandardScaler does
+        scale[~(scale > 1e-12 * np.maximum(1.0, np.abs(mean)))] = 1.0
+        self.scaling_mean_ = mean
+        self.scaling_scale_ = scale
+
+    def _scaled(self, X):
+        Xs = (np.asarray(X, dtype=np.float64) - self.scaling_mean_) / self.scaling_scale_
+        if not np.all(np.isfinite(Xs.astype(np.float32))):
+            raise ValueError(
+                "Input contains values too large for float32 after scaling; "
+                "the model computes in float32."
+            )
+        return Xs.astype(np.float32)
+
+    def _batch_size(self, n_samples):
+        if self.batch_size == "auto":
+            return min(200, n_samples)
+        if self.batch_size > n_samples:
+            warnings.warn(
+                f"Got batch_size={self.batch_size} larger than the number of training "
+                f"samples {n_samples}; using {n_samples}.",
+                UserWarning,
+            )
+        return min(self.batch_size, n_samples)
+
+    def _train(self, module, per_sample_loss, X_train, y_train, validation=None, validation_score=None, generator=None):
+        """Train ``module`` through a fresh skorch net; return the fitted net."""
+        net = build_net(
+            module,
+            per_sample_loss,
+            learning_rate_init=self.learning_rate_init,
+            alpha=self.alpha,
+            batch_size=self._batch_size(len(X_train)),
+            max_iter=self.max_iter,
+            tol=self.tol,
+            n_iter_no_change=self.n_iter_no_change,
+            generator=generator,
+            device=self.device_,
+            verbose=self.verbose,
+            validation_data=validation,
+            validation_score=validation_score,
+            extra_callbacks=self.callbacks,
+        )
+        net.fit(X_train, y_train)
+        return net
+
+    def _record_history(self, net, append):
+        history = net.history
+        losses = [float(v) for v in history[:, "train_loss"]]
+        n_epochs = len(losses)
+        if append and hasattr(self, "loss_curve_"):
+            self.loss_curve_ = self.loss_curve_ + losses
+            self.n_iter_ = self.n_iter_ + n_epochs
+        else:
+            self.loss_curve_ = losses
+            self.n_iter_ = n_epochs
+        self.best_loss_ = float(np.min(self.loss_curve_))
+        if self.early_stopping:
+            scores = [float(row.get("valid_score", np.nan)) for row in history]
+            self.validation_scores_ = scores
+            self.best_validation_score_ = float(np.nanmax(scores)) if scores else np.nan
+        else:
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+        stopping = dict(net.callbacks_).get("stopping")
+        stopped_early = stopping is not None and stopping.misses_ >= stopping.patience
+        if n_epochs >= self.max_iter and not stopped_early:
+            warnings.warn(
+                f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
+                "and the optimization hasn't converged yet.",
+                ConvergenceWarning,
+            )
+
+    # ------------------------------------------------------------------ inference
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "net_")
+
+    @property
+    def module_(self):
+        """The trained torch module (``net_.module_``)."""
+        return self.net_.module_
+
+    def _model_device(self):
+        return next(self.module_.parameters()).device
+
+    def _batched(self, fn, X, *, n_rows=INFERENCE_BATCH_ROWS):
+        """Apply ``fn`` (tensor -> tensor) to row batches of float32 ``X``, in eval mode."""
+        module = self.module_
+        device = self._model_device()
+        was_training = module.training
+        module.eval()
+        outputs = []
+        try:
+            with torch.no_grad():
+                for start in range(0, X.shape[0], n_rows):
+                    block = torch.as_tensor(X[start : start + n_rows], device=device)
+                    outputs.append(fn(block).cpu().numpy().astype(np.float64))
+        finally:
+            module.train(was_training)
+        return np.concatenate(outputs, axis=0)
+
+
+def local_random_state(random_state):
+    """``check_random_state`` that never draws from numpy's global RandomState."""
+    if random_state is None:
+        return np.random.RandomState()
+    return check_random_state(random_state)

@@ -1,0 +1,362 @@
+"""UGMMClassifier: a scikit-learn classifier over the uGMM-NN."""
+
+import numpy as np
+import torch
+from sklearn.base import ClassifierMixin, _fit_context
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._base import BaseUGMM, local_random_state, resolve_device
+from ._engine import pack_target
+from .nn import UGMMNet
+
+__all__ = ["UGMMClassifier"]
+
+
+def _cross_entropy(output, target):
+    return torch.nn.functional.cross_entropy(output, target[:, 0].long(), reduction="none")
+
+
+def _negative_root_score(output, target):
+    return -output[:, 0]
+
+
+class UGMMClassifier(ClassifierMixin, BaseUGMM):
+    """Classifier over a uGMM-NN (univariate Gaussian mixture model neural network).
+
+    Every neuron is a univariate Gaussian mixture with one component per
+    input and outputs a log-density (arXiv 2509.07569). The network is built
+    in PyTorch and trained with Adam through skorch.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : array-like of int or int, default=(64,)
+        Neurons in each hidden uGMM layer.
+    objective : {"discriminative", "generative"}, default="discriminative"
+        "discriminative": one output neuron per class, trained with
+        cross-entropy on their log-densities. "generative": the paper's joint
+        model; the label is an extra input, a single root neuron scores
+        (x, label), training maximises that score, and prediction evaluates
+        every class (MPE inference) with probabilities given by the softmax of
+        the scores.
+    alpha : float, default=1e-4
+        L2 penalty on the mixing logits.
+    batch_size : int or "auto", default="auto"
+        Minibatch size; "auto" is ``min(200, n_samples)``.
+    learning_rate_init : float, default=1e-2
+        Adam learning rate.
+    max_iter : int, default=200
+        Maximum number of epochs.
+    tol : float, default=1e-4
+        Minimum improvement of the monitored loss (training loss, or
+        validation loss with ``early_stopping``) that counts as progress.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data (stratified),
+        stop when its loss stops improving and restore the best epoch.
+    validation_fraction : float, default=0.1
+        Share of the training data held out for early stopping.
+    n_iter_no_change : int, default=10
+        Epochs without progress before training stops.
+    dropout : float, default=0.0
+        Probability of removing each mixture component during training.
+    tie_means : bool, default=False
+        The paper's parameter tying: component means are the incoming
+        activations and each neuron learns where to evaluate its mixture.
+    standardize : bool, default=True
+        Standardise features internally (weighted mean and standard
+        deviation of the training data), so that raw-scale data works.
+    device : str, default="cpu"
+        "cpu", "cuda", "cuda:N", "mps" or "auto".
+    callbacks : list of skorch callbacks, default=None
+        Extra callbacks for the skorch training loop (an LR scheduler, a
+        checkpoint, ...), as callbacks or (name, callback) pairs.
+    random_state : int, RandomState instance or None, default=None
+        Seeds local torch generators for initialisation, dropout and
+        shuffling (the global RNGs are never touched).
+    verbose : int, default=0
+        Print skorch's per-epoch table (loss, validation score, time) when > 0.
+    warm_start : bool, default=False
+        Continue training the previous model on the next call to fit.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Defined only when X has string feature names.
+    n_iter_ : int
+        Epochs run.
+    loss_curve_ : list of float
+        Training loss per epoch.
+    best_loss_ : float
+    validation_scores_ : list of float or None
+        Validation accuracy per epoch (``early_stopping=True`` only).
+    best_validation_score_ : float or None
+    net_ : skorch.NeuralNet
+        The skorch net that trained the model.
+    module_ : sklearn_ugmm.nn.UGMMNet
+        The trained torch network.
+    device_ : torch.device
+    scaling_mean_, scaling_scale_ : ndarray of shape (n_features_in_,)
+        The internal standardisation.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn_ugmm import UGMMClassifier
+    >>> X, y = load_iris(return_X_y=True)
+    >>> clf = UGMMClassifier(max_iter=30, random_state=0).fit(X, y)
+    >>> clf.predict_proba(X[:2]).shape
+    (2, 3)
+    >>> bool(clf.score(X, y) > 0.9)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BaseUGMM._parameter_constraints,
+        "objective": [StrOptions({"discriminative", "generative"})],
+        "tie_means": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(64,),
+        *,
+        objective="discriminative",
+        alpha=1e-4,
+        batch_size="auto",
+        learning_rate_init=1e-2,
+        max_iter=200,
+        tol=1e-4,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        dropout=0.0,
+        tie_means=False,
+        standardize=True,
+        device="cpu",
+        callbacks=None,
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.objective = objective
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.dropout = dropout
+        self.tie_means = tie_means
+        self.standardize = standardize
+        self.device = device
+        self.callbacks = callbacks
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data X and labels y.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights; the loss is ``sum(w * loss) / sum(w)``.
+
+        Returns
+        -------
+        self : UGMMClassifier
+        """
+        continuing = self.warm_start and hasattr(self, "net_")
+        X, y = validate_data(self, X, y, reset=not continuing, dtype=np.float64)
+        check_classification_targets(y)
+        sample_weight = self._check_weights(sample_weight, X)
+        if continuing:
+            if not np.all(np.isin(np.unique(y), self.classes_)):
+                raise ValueError("warm_start fit got labels that were not seen in the first fit.")
+            y_index = np.searchsorted(self.classes_, y)
+        else:
+            encoder = LabelEncoder().fit(y)
+            classes = encoder.classes_
+            if len(classes) < 2:
+                raise ValueError(
+                    f"The number of classes has to be greater than one; got {len(classes)} class."
+                )
+            y_index = encoder.transform(y)
+        device = resolve_device(self.device)
+        rng = local_random_state(self.random_state)
+        generator = self._torch_generator(rng)
+
+        if not continuing:
+            self.classes_ = classes
+            self._fit_scaling(X, sample_weight)
+        Xs = self._scaled(X)
+        n_classes = len(self.classes_)
+
+        train_idx = np.arange(len(Xs))
+        validation = None
+        if self.early_stopping:
+            train_idx, valid_idx = _split(y_index, self.validation_fraction, rng)
+            validation = self._inputs_targets(Xs[valid_idx], y_index[valid_idx], sample_weight[valid_idx], n_classes)
+        X_train, y_train = self._inputs_targets(
+            Xs[train_idx], y_index[train_idx], sample_weight[train_idx], n_classes
+        )
+
+        if continuing:
+            module = self.module_
+        else:
+            n_inputs = Xs.shape[1] + (self.objective == "generative")
+            n_outputs = n_classes if self.objective == "discriminative" else 1
+            module = UGMMNet(
+                n_inputs, self._hidden_sizes(), n_outputs, dropout=self.dropout, tie_means=self.tie_means
+            )
+            module.init_from_data(torch.as_tensor(X_train), generator=generator)
+            if self.objective == "discriminative":
+                _init_output_from_classes(module, torch.as_tensor(X_train), y_index[train_idx], n_classes)
+        module.set_generator(generator)
+        self.device_ = device
+
+        loss = _cross_entropy if self.objective == "discriminative" else _negative_root_score
+        score = self._validation_accuracy
+        self.net_ = self._train(module, loss, X_train, y_train, validation, score, generator)
+        self._record_history(self.net_, append=continuing)
+        module.set_generator(None)
+        return self
+
+    def _label_values(self, n_classes):
+        """Input values that encode the classes in the generative model (standardised indices)."""
+        index = np.arange(n_classes, dtype=np.float64)
+        return ((index - index.mean()) / max(index.std(), 1.0)).astype(np.float32)
+
+    def _inputs_targets(self, Xs, y_index, sample_weight, n_classes):
+        if self.objective == "generative":
+            labels = self._label_values(n_classes)[y_index]
+            Xs = np.hstack([Xs, labels[:, None]])
+        return Xs, pack_target(y_index, sample_weight)
+
+    def _validation_accuracy(self, module, X, packed):
+        y = torch.as_tensor(np.asarray(packed)[:, 0], device=X.device).long()
+        w = torch.as_tensor(np.asarray(packed)[:, -1], device=X.device)
+        scores = self._class_scores(module, X if self.objective == "discriminative" else X[:, :-1])
+        correct = (scores.argmax(dim=1) == y).to(w.dtype)
+        return float((w * correct).sum() / w.sum())
+
+    def _class_scores(self, module, X):
+        """Per-class scores (log-densities) for scaled inputs X."""
+        if self.objective == "discriminative":
+            return module(X)
+        n_classes = len(self.classes_)
+        padded = torch.cat([X, X.new_zeros((X.shape[0], 1))], dim=1)
+        states = torch.as_tensor(self._label_values(n_classes), device=X.device)
+        return module.score_states(padded, index=X.shape[1], states=states)
+
+    def _log_proba(self, X):
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        Xs = self._scaled(X)
+        return self._batched(
+            lambda block: torch.log_softmax(self._class_scores(self.module_, block), dim=1), Xs
+        )
+
+    def predict_log_proba(self, X):
+        """Log of class probabilities.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        check_is_fitted(self)
+        return self._log_proba(X)
+
+    def predict_proba(self, X):
+        """Class probabilities (softmax of the per-class log-densities).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        check_is_fitted(self)
+        proba = np.exp(self._log_proba(X))
+        return proba / proba.sum(axis=1, keepdims=True)
+
+    def predict(self, X):
+        """Most probable class.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self)
+        log_proba = self._log_proba(X)
+        return self.classes_[np.argmax(log_proba, axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = False
+        return tags
+
+
+@torch.no_grad()
+def _init_output_from_classes(module, X, y_index, n_classes, max_samples=4096):
+    """Start each class neuron as a naive-Bayes-like mixture over its class.
+
+    Output neuron c gets component means at the median activation of class c
+    and scales equal to the within-class spread of each input, so training
+    starts from a model that already separates the classes.
+    """
+    module.eval()
+    h = X[:max_samples]
+    y = torch.as_tensor(y_index[:max_samples])
+    for layer in module.layers[:-1]:
+        h = layer(h)
+    h = h.double()
+    last = module.layers[-1]
+    overall = torch.quantile(h, torch.tensor([0.25, 0.75], dtype=h.dtype), dim=0)
+    overall_spread = ((overall[1] - overall[0]) / 1.349).clamp(min=10 * last.min_scale)
+    loc = last.loc.detach().double().clone()
+    scale = last.scale.detach().double().clone()
+    for c in range(n_classes):
+        members = h[y == c]
+        if len(members) == 0:
+            continue
+        q = torch.quantile(members, torch.tensor([0.25, 0.5, 0.75], dtype=h.dtype), dim=0)
+        spread = (q[2] - q[0]) / 1.349
+        # classes with too few samples for a spread borrow the overall one
+        spread = torch.where(spread > 0.05 * overall_spread, spread, overall_spread)
+        loc[c] = q[1]
+        scale[c] = spread
+    last.loc.copy_(loc.to(last.loc.dtype))
+    last.set_scale(scale.to(last.raw_scale.dtype))
+    module.train()
+
+
+def _split(y_index, validation_fraction, rng):
+    indices = np.arange(len(y_index))
+    seed = rng.randint(np.iinfo(np.int32).max)
+    try:
+        return train_test_split(indices, test_size=validation_fraction, stratify=y_index, random_state=seed)
+    except ValueError:
+        # a class too small to stratify: fall back to a plain random split
+        return train_test_split(indices, test_size=validation_fraction, random_state=seed)

@@ -1,0 +1,170 @@
+"""The skorch glue: build a skorch ``NeuralNet`` around a uGMM module and train it.
+
+skorch runs the training loop (batching, shuffling, optimiser steps, epoch
+history, callbacks, progress printing); the estimators wrap it rather than
+subclass it. Sample weights travel in the target array: the last column of
+``y`` holds each sample's weight and :class:`WeightedLoss` turns per-sample
+losses into ``sum(w * loss) / sum(w)``.
+"""
+
+import math
+
+import numpy as np
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import Callback, EarlyStopping
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
+from skorch.utils import noop
+
+__all__ = ["WeightedLoss", "DivergenceGuard", "ValidationScore", "build_net", "pack_target"]
+
+
+def pack_target(y, sample_weight):
+    """Stack targets (or nothing) with the sample weights as the last column."""
+    w = np.asarray(sample_weight, dtype=np.float32)[:, None]
+    if y is None:
+        return w
+    return np.hstack([np.asarray(y, dtype=np.float32).reshape(len(w), -1), w])
+
+
+class WeightedLoss(torch.nn.Module):
+    """``sum(w * loss) / sum(w)`` of a per-sample loss.
+
+    Parameters
+    ----------
+    per_sample_loss : callable
+        ``per_sample_loss(output, target) -> Tensor of shape (batch,)``, where
+        ``target`` is the packed target without its weight column.
+    """
+
+    def __init__(self, per_sample_loss):
+        super().__init__()
+        self.per_sample_loss = per_sample_loss
+
+    def forward(self, output, packed):
+        weight = packed[:, -1].to(output.dtype)
+        losses = self.per_sample_loss(output, packed[:, :-1])
+        total = weight.sum()
+        # a batch made only of zero-weight samples contributes nothing
+        return (weight * losses).sum() / total.clamp(min=torch.finfo(total.dtype).tiny)
+
+
+class DivergenceGuard(Callback):
+    """Stop with a clear error as soon as a training loss is NaN or infinite."""
+
+    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
+        if loss is None:
+            return
+        value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+        if not math.isfinite(value):
+            epoch = len(net.history)
+            raise FloatingPointError(
+                f"the training loss became {value} during epoch {epoch}; "
+                "the model diverged. Lower learning_rate_init, increase alpha, or keep "
+                "standardize=True (inputs with extreme values destabilise training)."
+            )
+
+
+class ValidationScore(Callback):
+    """Record a score of the model on the validation data after each epoch.
+
+    Parameters
+    ----------
+    score : callable
+        ``score(module, X, packed_y) -> float`` with the module in eval mode.
+    name : str
+        History key.
+    """
+
+    def __init__(self, score, name="valid_score"):
+        self.score = score
+        self.name = name
+
+    def on_epoch_end(self, net, dataset_valid=None, **kwargs):
+        if dataset_valid is None:
+            return
+        module = net.module_
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                X = torch.as_tensor(dataset_valid.X, device=net.device)
+                value = self.score(module, X, dataset_valid.y)
+        finally:
+            module.train(was_training)
+        net.history.record(self.name, float(value))
+
+
+def build_net(
+    module,
+    per_sample_loss,
+    *,
+    learning_rate_init,
+    alpha,
+    batch_size,
+    max_iter,
+    tol,
+    n_iter_no_change,
+    generator,
+    device,
+    verbose,
+    validation_data=None,
+    validation_score=None,
+    extra_callbacks=(),
+):
+    """A skorch ``NeuralNet`` that trains ``module`` with Adam.
+
+    Without ``validation_data`` training stops once the training loss has not
+    improved by ``tol`` for ``n_iter_no_change`` epochs (MLPClassifier's
+    rule); with it, once the validation loss has not, and the best epoch's
+    weights are restored. ``alpha`` is an L2 penalty on the mixing logits.
+    """
+    monitor = "train_loss" if validation_data is None else "valid_loss"
+    callbacks = [("divergence_guard", DivergenceGuard())]
+    if validation_data is not None and validation_score is not None:
+        # before the stopping rule, which ends the epoch by raising
+        callbacks.append(("valid_score", ValidationScore(validation_score)))
+    callbacks.append(
+        (
+            "stopping",
+            EarlyStopping(
+                monitor=monitor,
+                patience=n_iter_no_change,
+                threshold=tol,
+                threshold_mode="abs",
+                load_best=validation_data is not None,
+                sink=print if verbose else noop,
+            ),
+        )
+    )
+    callbacks.extend(_named(extra_callbacks))
+    train_split = None
+    if validation_data is not None:
+        train_split = predefined_split(Dataset(*validation_data))
+    return NeuralNet(
+        module=module,
+        criterion=WeightedLoss,
+        criterion__per_sample_loss=per_sample_loss,
+        optimizer=torch.optim.Adam,
+        optimizer__param_groups=[("*logits", {"weight_decay": alpha})],
+        lr=learning_rate_init,
+        max_epochs=max_iter,
+        batch_size=batch_size,
+        iterator_train__shuffle=True,
+        iterator_train__generator=generator,
+        train_split=train_split,
+        callbacks=callbacks,
+        device=device,
+        verbose=int(verbose),
+    )
+
+
+def _named(callbacks):
+    named = []
+    for i, cb in enumerate(callbacks or ()):
+        if isinstance(cb, tuple):
+            named.append(cb)
+        else:
+            named.append((f"user_{i}_{type(cb).__name__}", cb))
+    return named

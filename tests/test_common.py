@@ -1,0 +1,35 @@
+"""scikit-learn's estimator checks, with xfail_strict=True."""
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_ugmm import UGMMClassifier
+
+# Each expected failure carries the reason it cannot pass.
+_MINIBATCH_REASON = (
+    "training uses shuffled minibatches: weighting a row by 2 is equivalent to duplicating it "
+    "in expectation, not bit for bit (the batches differ), as for MLPClassifier and SGDClassifier"
+)
+_FLOAT32_ORDER_REASON = (
+    "the network computes in float32 and torch's reductions round differently depending on a "
+    "row's position in the batch: permuting rows changes probabilities by ~1e-8, above the "
+    "check's atol=1e-9 (every row is still scored independently of the others)"
+)
+EXPECTED_FAILED_CHECKS = {
+    "UGMMClassifier": {
+        "check_sample_weight_equivalence_on_dense_data": _MINIBATCH_REASON,
+        "check_methods_sample_order_invariance": _FLOAT32_ORDER_REASON,
+    },
+}
+
+
+def _expected_failed_checks(estimator):
+    return EXPECTED_FAILED_CHECKS.get(type(estimator).__name__, {})
+
+
+@parametrize_with_checks(
+    [UGMMClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0)],
+    expected_failed_checks=_expected_failed_checks,
+    xfail_strict=True,
+)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
