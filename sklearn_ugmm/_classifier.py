@@ -218,11 +218,19 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
             n_inputs = Xs.shape[1] + (self.objective == "generative")
             n_outputs = n_classes if self.objective == "discriminative" else 1
             module = UGMMNet(
-                n_inputs, self._hidden_sizes(), n_outputs, dropout=self.dropout, tie_means=self.tie_means
+                n_inputs,
+                self._hidden_sizes(),
+                n_outputs,
+                dropout=self.dropout,
+                tie_means=self.tie_means,
+                generator=generator,
             )
-            module.init_from_data(torch.as_tensor(X_train), generator=generator)
-            if self.objective == "discriminative":
-                _init_output_from_classes(module, torch.as_tensor(X_train), y_index[train_idx], n_classes)
+            # samples of zero weight do not shape the initial model either
+            seen = sample_weight[train_idx] > 0
+            X_seen = torch.as_tensor(X_train[seen])
+            module.init_from_data(X_seen, generator=generator)
+            if self.objective == "discriminative" and not self.tie_means:
+                _init_output_from_classes(module, X_seen, y_index[train_idx][seen], n_classes)
         module.set_generator(generator)
         self.device_ = device
 

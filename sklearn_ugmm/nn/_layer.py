@@ -52,6 +52,9 @@ class UGMMLayer(nn.Module):
     block_elements : int, default=2**20
         Bound on the size of the (in, batch block, out) work tensors; see
         :func:`~sklearn_ugmm.nn.ugmm_log_density`.
+    generator : torch.Generator, optional
+        Source of randomness for the initial parameters and the dropout
+        masks; the global generator when None.
     device, dtype : optional
         Factory arguments, as for :class:`torch.nn.Linear`.
 
@@ -87,6 +90,7 @@ class UGMMLayer(nn.Module):
         tie_means=False,
         min_scale=1e-3,
         block_elements=DEFAULT_BLOCK_ELEMENTS,
+        generator=None,
         device=None,
         dtype=None,
     ):
@@ -104,12 +108,12 @@ class UGMMLayer(nn.Module):
         self.tie_means = bool(tie_means)
         self.min_scale = float(min_scale)
         self.block_elements = int(block_elements)
-        self.generator = None
+        self.generator = generator
         loc_shape = (out_features,) if tie_means else (out_features, in_features)
         self.loc = nn.Parameter(torch.empty(loc_shape, **factory))
         self.raw_scale = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.logits = nn.Parameter(torch.empty(out_features, in_features, **factory))
-        self.reset_parameters()
+        self.reset_parameters(generator)
 
     def reset_parameters(self, generator=None):
         """Random initialisation as in the reference code.

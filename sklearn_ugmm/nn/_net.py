@@ -26,7 +26,8 @@ class UGMMNet(nn.Module):
         Neurons in the output layer.
     **layer_options
         Passed to every :class:`UGMMLayer` (``dropout``, ``tie_means``,
-        ``min_scale``, ``block_elements``, ``device``, ``dtype``).
+        ``min_scale``, ``block_elements``, ``generator``, ``device``,
+        ``dtype``).
 
     Attributes
     ----------

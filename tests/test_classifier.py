@@ -1,0 +1,295 @@
+"""UGMMClassifier in real scikit-learn workflows, and its handling of bad input."""
+
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.datasets import load_iris, make_classification
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from skorch.callbacks import Callback
+
+from sklearn_ugmm import UGMMClassifier
+
+FAST = dict(hidden_layer_sizes=(8,), max_iter=15, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def iris():
+    return load_iris(return_X_y=True)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_convergence():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+def test_fit_predict_iris(iris):
+    X, y = iris
+    clf = UGMMClassifier(random_state=0).fit(X, y)
+    assert clf.score(X, y) > 0.95
+    proba = clf.predict_proba(X)
+    assert proba.shape == (150, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-10)
+    np.testing.assert_allclose(np.log(proba), clf.predict_log_proba(X), atol=1e-6)
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[proba.argmax(axis=1)])
+    assert clf.n_features_in_ == 4
+    assert clf.n_iter_ == len(clf.loss_curve_)
+    assert clf.best_loss_ == min(clf.loss_curve_)
+    assert clf.loss_curve_[-1] < clf.loss_curve_[0]
+    assert clf.validation_scores_ is None
+
+
+def test_generative_objective_predicts_by_mpe(iris):
+    X, y = iris
+    clf = UGMMClassifier(objective="generative", **FAST).fit(X, y)
+    scores = clf.module_.score_states(
+        torch.cat([torch.as_tensor(clf._scaled(X)), torch.zeros(150, 1)], 1),
+        index=4,
+        states=torch.as_tensor(clf._label_values(3)),
+    )
+    expected = torch.softmax(scores.detach(), dim=1).numpy()
+    np.testing.assert_allclose(clf.predict_proba(X), expected, atol=1e-6)
+    assert clf.module_.n_outputs == 1 and clf.module_.n_inputs == 5
+
+
+def test_random_state_gives_identical_fits(iris):
+    X, y = iris
+    params = dict(FAST, dropout=0.2)
+    a = UGMMClassifier(**params).fit(X, y).predict_proba(X)
+    b = UGMMClassifier(**params).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(a, b)
+    c = UGMMClassifier(**dict(params, random_state=1)).fit(X, y).predict_proba(X)
+    assert not np.array_equal(a, c)
+
+
+def test_global_rng_untouched(iris):
+    X, y = iris
+    torch.manual_seed(123)
+    np.random.seed(123)
+    expected_torch = torch.rand(3)
+    expected_np = np.random.rand(3)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    UGMMClassifier(**dict(FAST, dropout=0.1)).fit(X, y)
+    np.testing.assert_array_equal(torch.rand(3), expected_torch)
+    np.testing.assert_array_equal(np.random.rand(3), expected_np)
+
+
+def test_early_stopping_records_validation_scores(iris):
+    X, y = iris
+    clf = UGMMClassifier(early_stopping=True, max_iter=300, n_iter_no_change=5, random_state=0).fit(X, y)
+    assert len(clf.validation_scores_) == clf.n_iter_
+    assert all(0.0 <= s <= 1.0 for s in clf.validation_scores_)
+    assert clf.best_validation_score_ == max(clf.validation_scores_)
+    assert clf.n_iter_ < 300
+
+
+def test_sample_weight_enters_the_loss(iris):
+    X, y = iris
+    # zero weight on class 2 is the same as training without it, up to the unseen class
+    w = np.where(y == 2, 0.0, 1.0)
+    clf = UGMMClassifier(**FAST).fit(X, y, sample_weight=w)
+    assert np.mean(clf.predict(X[y == 2]) == 2) < 0.5
+    # integer weights scale the loss like repetitions within a batch
+    with pytest.raises(ValueError, match="at least one"):
+        UGMMClassifier(**FAST).fit(X, y, sample_weight=np.zeros(150))
+    with pytest.raises(ValueError, match="(?i)negative"):
+        UGMMClassifier(**FAST).fit(X, y, sample_weight=-np.ones(150))
+
+
+def test_weighted_loss_formula():
+    from sklearn_ugmm._engine import WeightedLoss
+
+    out = torch.randn(5, 3)
+    y = torch.tensor([0, 2, 1, 1, 0])
+    w = torch.tensor([1.0, 0.0, 2.0, 0.5, 3.0])
+    packed = torch.stack([y.float(), w], 1)
+    loss = WeightedLoss(lambda o, t: torch.nn.functional.cross_entropy(o, t[:, 0].long(), reduction="none"))
+    per = torch.nn.functional.cross_entropy(out, y, reduction="none")
+    torch.testing.assert_close(loss(out, packed), (w * per).sum() / w.sum())
+
+
+def test_pipeline_gridsearch_and_cross_validation(iris):
+    X, y = iris
+    pipe = make_pipeline(StandardScaler(), UGMMClassifier(**FAST))
+    grid = {"ugmmclassifier__hidden_layer_sizes": [(4,), (8,)], "ugmmclassifier__alpha": [1e-4, 1e-2]}
+    search1 = GridSearchCV(pipe, grid, cv=3, n_jobs=1).fit(X, y)
+    search2 = GridSearchCV(pipe, grid, cv=3, n_jobs=2).fit(X, y)
+    assert search1.best_params_ == search2.best_params_
+    np.testing.assert_allclose(search1.cv_results_["mean_test_score"], search2.cv_results_["mean_test_score"])
+    assert search1.best_score_ > 0.8
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    scores = cross_val_score(UGMMClassifier(**FAST), X, y, cv=cv)
+    assert scores.mean() > 0.8
+    proba = cross_val_predict(UGMMClassifier(**FAST), X, y, cv=cv, method="predict_proba")
+    assert proba.shape == (150, 3)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-10)
+
+
+def test_calibrated_classifier_cv(iris):
+    X, y = iris
+    cal = CalibratedClassifierCV(UGMMClassifier(**FAST), cv=3).fit(X, y)
+    assert cal.predict_proba(X).shape == (150, 3)
+    assert cal.score(X, y) > 0.8
+
+
+def test_clone_keeps_params_and_drops_fit(iris):
+    X, y = iris
+    clf = UGMMClassifier(**FAST).fit(X, y)
+    fresh = clone(clf)
+    assert fresh.get_params() == clf.get_params()
+    with pytest.raises(NotFittedError):
+        fresh.predict(X)
+
+
+def test_dataframe_and_string_labels(iris):
+    X, y = iris
+    df = pd.DataFrame(X, columns=["sl", "sw", "pl", "pw"])
+    labels = np.array(["setosa", "versicolor", "virginica"], dtype=object)[y]
+    clf = UGMMClassifier(**FAST).fit(df, labels)
+    np.testing.assert_array_equal(clf.feature_names_in_, ["sl", "sw", "pl", "pw"])
+    assert set(clf.predict(df)) <= set(labels)
+    assert clf.classes_.tolist() == ["setosa", "versicolor", "virginica"]
+    with pytest.warns(UserWarning, match="feature names"):
+        clf.predict(X)
+
+
+def test_pickle_and_joblib_round_trip(iris, tmp_path):
+    X, y = iris
+    clf = UGMMClassifier(**FAST).fit(X, y)
+    expected = clf.predict_proba(X)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(X), expected)
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "clf.joblib").predict_proba(X), expected)
+
+
+def test_warm_start_continues_training(iris):
+    X, y = iris
+    clf = UGMMClassifier(**dict(FAST, warm_start=True)).fit(X, y)
+    first = clf.n_iter_
+    state = {k: v.clone() for k, v in clf.module_.state_dict().items()}
+    clf.fit(X, y)
+    assert clf.n_iter_ > first
+    assert len(clf.loss_curve_) == clf.n_iter_
+    assert any(not torch.equal(state[k], v) for k, v in clf.module_.state_dict().items())
+
+
+def test_user_callbacks_run(iris):
+    X, y = iris
+
+    class Count(Callback):
+        def initialize(self):
+            self.epochs = 0
+            return self
+
+        def on_epoch_end(self, net, **kwargs):
+            self.epochs += 1
+
+    counter = Count()
+    clf = UGMMClassifier(**dict(FAST, callbacks=[counter])).fit(X, y)
+    assert dict(clf.net_.callbacks_)["user_0_Count"].epochs == clf.n_iter_
+
+
+def test_verbose_prints_progress(iris, capsys):
+    X, y = iris
+    UGMMClassifier(**dict(FAST, max_iter=3)).fit(X, y)
+    assert capsys.readouterr().out == ""
+    UGMMClassifier(**dict(FAST, max_iter=3, verbose=1, early_stopping=True)).fit(X, y)
+    out = capsys.readouterr().out
+    assert "train_loss" in out and "valid_loss" in out and "dur" in out
+
+
+def test_convergence_warning_when_max_iter_reached(iris):
+    X, y = iris
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        UGMMClassifier(**dict(FAST, max_iter=2)).fit(X, y)
+    assert any(issubclass(w.category, ConvergenceWarning) for w in record)
+
+
+@pytest.mark.parametrize(
+    "X, error, match",
+    [
+        (np.array([[np.nan, 1.0], [1.0, 2.0], [0.0, 1.0]]), ValueError, "NaN"),
+        (np.array([[np.inf, 1.0], [1.0, 2.0], [0.0, 1.0]]), ValueError, "infinity"),
+        (np.empty((0, 2)), ValueError, "0 sample"),
+        (np.array([1.0, 2.0, 3.0]), ValueError, "Expected 2D array"),
+        (sp.csr_matrix(np.eye(3)), TypeError, "Sparse data"),
+        (np.array([[1 + 1j, 2.0], [1.0, 2.0], [0.0, 1.0]]), ValueError, "Complex"),
+    ],
+)
+def test_bad_training_input(X, error, match):
+    y = np.array([0, 1, 0])[: X.shape[0]]
+    with pytest.raises(error, match=match):
+        UGMMClassifier(**FAST).fit(X, y)
+
+
+def test_bad_labels_and_devices(iris):
+    X, y = iris
+    with pytest.raises(ValueError, match="greater than one"):
+        UGMMClassifier(**FAST).fit(X, np.zeros(150))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        UGMMClassifier(**FAST).fit(X, np.linspace(0, 1, 150))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            UGMMClassifier(**dict(FAST, device="cuda")).fit(X, y)
+    with pytest.raises(ValueError, match="not a valid device"):
+        UGMMClassifier(**dict(FAST, device="gpu0")).fit(X, y)
+
+
+def test_wrong_feature_count_at_predict(iris):
+    X, y = iris
+    clf = UGMMClassifier(**FAST).fit(X, y)
+    with pytest.raises(ValueError, match="features"):
+        clf.predict(X[:, :3])
+
+
+def test_divergence_raises_with_epoch_and_remedy(iris):
+    X, y = iris
+
+    class Poison(Callback):
+        def on_batch_begin(self, net, **kwargs):
+            if len(net.history) == 2:
+                with torch.no_grad():
+                    net.module_.layers[0].loc.fill_(float("nan"))
+
+    clf = UGMMClassifier(**dict(FAST, callbacks=[Poison()]))
+    with pytest.raises(FloatingPointError, match="epoch 2.*learning_rate_init"):
+        clf.fit(X, y)
+    assert not hasattr(clf, "net_")
+
+
+def test_large_prediction_is_batched(iris):
+    X, y = iris
+    clf = UGMMClassifier(**FAST).fit(X, y)
+    big = np.repeat(X, 70, axis=0)  # 10500 rows, several inference batches
+    np.testing.assert_allclose(clf.predict_proba(big)[::70], clf.predict_proba(X), atol=1e-6)
+
+
+def test_tie_means_and_dropout_train(iris):
+    X, y = iris
+    clf = UGMMClassifier(hidden_layer_sizes=(16,), tie_means=True, dropout=0.1, random_state=0).fit(X, y)
+    assert clf.module_.layers[0].loc.shape == (16,)
+    assert clf.score(X, y) > 0.9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fit_then_cpu_predict(iris):
+    X, y = iris
+    clf = UGMMClassifier(**dict(FAST, device="cuda")).fit(X, y)
+    expected = clf.predict_proba(X)
+    restored = pickle.loads(pickle.dumps(clf))
+    restored.module_.cpu()
+    np.testing.assert_allclose(restored.predict_proba(X), expected, atol=1e-5)
