@@ -70,6 +70,16 @@ _LN2 = math.log(2.0)
 # A block whose mixture sums fall below 2**-_SAFE_BITS relative to the
 # per-neuron upper bound is recomputed with an exact per-sample maximum.
 _SAFE_BITS = 60.0
+# Components more than 2**100 below the reference are evaluated as exactly
+# 2**-100 of it: exp2 of smaller arguments yields subnormal numbers, which make
+# exp2 and every later multiplication an order of magnitude slower on x86.
+# Relative to a mixture sum of at least 2**-_SAFE_BITS this is below float64
+# resolution.
+_FLOOR_BITS = -100.0
+
+
+def _exp2_floored(t):
+    return t.clamp_(min=_FLOOR_BITS).exp2_()
 
 
 class _Prepared:
@@ -116,12 +126,12 @@ class _UGMMLogDensity(torch.autograd.Function):
             z, t = buffers.get(n_in, stop - start, n_out, 2)
             block_out = out[start:stop]
             prep.components(start, stop, z, t, shifted=True)
-            torch.sum(t.exp2_(), dim=0, out=block_out)
+            torch.sum(_exp2_floored(t), dim=0, out=block_out)
             if bool((block_out < tiny).any()):
                 # far from every component: redo the block with the exact peak
                 prep.components(start, stop, z, t, shifted=False)
                 peak = t.amax(dim=0)
-                torch.sum(t.sub_(peak).exp2_(), dim=0, out=block_out)
+                torch.sum(_exp2_floored(t.sub_(peak)), dim=0, out=block_out)
                 block_out.log2_().add_(peak)
             else:
                 block_out.log2_().add_(prep.bound)
@@ -154,10 +164,10 @@ class _UGMMLogDensity(torch.autograd.Function):
             z, t, rz = buffers.get(n_in, stop - start, n_out, 3)
             if bool(far[start:stop].any()):
                 inside = prep.components(start, stop, z, t, shifted=False)
-                t.sub_(out2[start:stop]).exp2_().mul_(grad_out[start:stop])
+                _exp2_floored(t.sub_(out2[start:stop])).mul_(grad_out[start:stop])
             else:
                 inside = prep.components(start, stop, z, t, shifted=True)
-                t.exp2_().mul_(grad_scaled[start:stop])
+                _exp2_floored(t).mul_(grad_scaled[start:stop])
             # t now holds R = softmax_k(component) * grad
             sum_r += t.sum(dim=1)
             torch.mul(t, z, out=rz)
