@@ -179,8 +179,9 @@ class BaseUGMM(BaseEstimator):
         return net
 
     def _record_history(self, net, append):
-        history = net.history
-        losses = [float(v) for v in history[:, "train_loss"]]
+        # an interrupted epoch leaves a history row without a training loss
+        history = [row for row in net.history if "train_loss" in row]
+        losses = [float(row["train_loss"]) for row in history]
         n_epochs = len(losses)
         if append and hasattr(self, "loss_curve_"):
             self.loss_curve_ = self.loss_curve_ + losses
@@ -188,7 +189,7 @@ class BaseUGMM(BaseEstimator):
         else:
             self.loss_curve_ = losses
             self.n_iter_ = n_epochs
-        self.best_loss_ = float(np.min(self.loss_curve_))
+        self.best_loss_ = float(np.min(self.loss_curve_)) if self.loss_curve_ else np.inf
         if self.early_stopping:
             scores = [float(row.get("valid_score", np.nan)) for row in history]
             self.validation_scores_ = scores
@@ -196,9 +197,11 @@ class BaseUGMM(BaseEstimator):
         else:
             self.validation_scores_ = None
             self.best_validation_score_ = None
-        stopping = dict(net.callbacks_).get("stopping")
+        callbacks = dict(net.callbacks_)
+        stopping = callbacks.get("stopping")
         stopped_early = stopping is not None and stopping.misses_ >= stopping.patience
-        if n_epochs >= self.max_iter and not stopped_early:
+        interrupted = callbacks["interrupt_guard"].interrupted_
+        if n_epochs >= self.max_iter and not stopped_early and not interrupted:
             warnings.warn(
                 f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
                 "and the optimization hasn't converged yet.",

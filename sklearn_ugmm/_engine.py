@@ -8,6 +8,7 @@ losses into ``sum(w * loss) / sum(w)``.
 """
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -17,7 +18,14 @@ from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 from skorch.utils import noop
 
-__all__ = ["WeightedLoss", "DivergenceGuard", "ValidationScore", "build_net", "pack_target"]
+__all__ = [
+    "WeightedLoss",
+    "DivergenceGuard",
+    "InterruptGuard",
+    "ValidationScore",
+    "build_net",
+    "pack_target",
+]
 
 
 def pack_target(y, sample_weight):
@@ -64,6 +72,50 @@ class DivergenceGuard(Callback):
                 "the model diverged. Lower learning_rate_init, increase alpha, or keep "
                 "standardize=True (inputs with extreme values destabilise training)."
             )
+
+
+class InterruptGuard(Callback):
+    """Keep the weights of the last completed epoch, for a fit cut short by Ctrl-C.
+
+    skorch ends training quietly on ``KeyboardInterrupt`` (its stopping rules
+    raise one too). When the interrupt came from the user in the middle of an
+    epoch, this restores the weights as they were at the end of the last
+    completed epoch and warns; ``interrupted_`` tells the estimator.
+    """
+
+    def initialize(self):
+        self.interrupted_ = False
+        self._in_epoch = False
+        self._snapshot = None
+        return self
+
+    def on_train_begin(self, net, **kwargs):
+        self.interrupted_ = False
+        self._snapshot = _state_copy(net.module_)
+
+    def on_epoch_begin(self, net, **kwargs):
+        self._in_epoch = True
+
+    def on_epoch_end(self, net, **kwargs):
+        self._in_epoch = False
+        self._snapshot = _state_copy(net.module_)
+
+    def on_train_end(self, net, **kwargs):
+        if not self._in_epoch:
+            return
+        self._in_epoch = False
+        self.interrupted_ = True
+        net.module_.load_state_dict(self._snapshot)
+        completed = sum(1 for row in net.history if "train_loss" in row)
+        warnings.warn(
+            f"Training was interrupted (KeyboardInterrupt) during epoch {completed + 1}; "
+            f"the model keeps the weights of the last completed epoch ({completed}).",
+            UserWarning,
+        )
+
+
+def _state_copy(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 class ValidationScore(Callback):
@@ -121,7 +173,7 @@ def build_net(
     weights are restored. ``alpha`` is an L2 penalty on the mixing logits.
     """
     monitor = "train_loss" if validation_data is None else "valid_loss"
-    callbacks = [("divergence_guard", DivergenceGuard())]
+    callbacks = [("interrupt_guard", InterruptGuard()), ("divergence_guard", DivergenceGuard())]
     if validation_data is not None and validation_score is not None:
         # before the stopping rule, which ends the epoch by raising
         callbacks.append(("valid_score", ValidationScore(validation_score)))

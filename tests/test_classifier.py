@@ -293,3 +293,24 @@ def test_cuda_fit_then_cpu_predict(iris):
     restored = pickle.loads(pickle.dumps(clf))
     restored.module_.cpu()
     np.testing.assert_allclose(restored.predict_proba(X), expected, atol=1e-5)
+
+
+def test_keyboard_interrupt_keeps_last_completed_epoch(iris):
+    X, y = iris
+    snapshots = []
+
+    class Interrupt(Callback):
+        def on_epoch_end(self, net, **kwargs):
+            snapshots.append({k: v.clone() for k, v in net.module_.state_dict().items()})
+
+        def on_batch_end(self, net, training=False, **kwargs):
+            if training and len(net.history) == 3:
+                raise KeyboardInterrupt
+
+    clf = UGMMClassifier(**dict(FAST, batch_size=50, callbacks=[Interrupt()]))
+    with pytest.warns(UserWarning, match="interrupted.*epoch 3.*last completed epoch \\(2\\)"):
+        clf.fit(X, y)
+    assert clf.n_iter_ == 2 and len(clf.loss_curve_) == 2
+    for key, value in clf.module_.state_dict().items():
+        torch.testing.assert_close(value, snapshots[-1][key], rtol=0, atol=0)
+    assert clf.predict_proba(X).shape == (150, 3)
