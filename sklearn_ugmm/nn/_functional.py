@@ -77,18 +77,28 @@ _SAFE_BITS = 60.0
 # resolution.
 _FLOOR_BITS = -100.0
 
+_squared_difference = torch.ops.aten.mse_loss.out  # (a - b)**2, broadcast, reduction "none"
+
 
 def _exp2_floored(t):
     return t.clamp_(min=_FLOOR_BITS).exp2_()
 
 
 class _Prepared:
-    """Per-call tensors in (in, out) layout shared by forward and backward."""
+    """Per-call tensors in (in, out) layout shared by forward and backward.
+
+    Component ``(k, j)`` at sample ``b`` has the log2-density
+    ``const[k, j] + curv[k, j] * d**2`` with ``d = x[b, k] - loc[j, k]`` and
+    ``curv = -log2(e) / (2 scale**2)``. When ``d**2`` could overflow, or the
+    standardised distance ``z = d / scale`` must be clipped, the *clipped*
+    mode works on ``z`` instead: ``const + (-log2(e) / 2) * z**2``.
+    """
 
     def __init__(self, x, loc, scale, log_weights):
-        self.x_t = x.t()
+        self.x_t = x.t().contiguous()
         self.loc_t = loc.t().contiguous()
-        self.inv_scale_t = scale.reciprocal().t().contiguous()
+        inv_scale = scale.reciprocal()
+        self.inv_scale_t = inv_scale.t().contiguous()
         # log2 of weight / (sqrt(2 pi) scale): the peak of each component
         const = (log_weights - torch.log(scale) - _HALF_LOG_2PI) * _LOG2E
         # upper bound of every component of neuron j, whatever the input
@@ -96,18 +106,38 @@ class _Prepared:
         self.const_t = const.t().contiguous()
         self.shifted_const_t = (const - self.bound[:, None]).t().contiguous()
         self.z_lim = _z_limit(x.dtype)
-        self.clip = _needs_clip(x, self.loc_t, self.inv_scale_t, self.z_lim)
+        self.clipped = _needs_clip(x, self.loc_t, self.inv_scale_t, self.z_lim)
+        if self.clipped:
+            self.curv_t = None
+            # factors turning sum_b R q and sum_b R q**2 into sum_b R z and sum_b R z**2
+            self.q_to_z = torch.ones_like(self.inv_scale_t)
+        else:
+            self.curv_t = self.inv_scale_t.square().mul_(-0.5 * _LOG2E)
+            self.q_to_z = self.inv_scale_t
 
-    def components(self, start, stop, z, t, shifted):
-        """Fill z (standardised distances) and t (log2 component densities)."""
-        torch.sub(self.x_t[:, start:stop, None], self.loc_t[:, None, :], out=z)
-        z.mul_(self.inv_scale_t[:, None, :])
-        inside = None
-        if self.clip:
-            inside = z.abs() < self.z_lim
-            z.clamp_(-self.z_lim, self.z_lim)
+    def components(self, start, stop, q2, t, shifted):
+        """Fill t with log2 component densities; q2 gets q**2 (q = d or clipped z).
+
+        Returns the mask of unclipped components, or None when nothing is clipped.
+        """
         const = self.shifted_const_t if shifted else self.const_t
-        torch.addcmul(const[:, None, :], z, z, value=-0.5 * _LOG2E, out=t)
+        if not self.clipped:
+            _squared_difference(self.x_t[:, start:stop, None], self.loc_t[:, None, :], 0, out=q2)
+            torch.addcmul(const[:, None, :], q2, self.curv_t[:, None, :], out=t)
+            return None
+        inside = self.distances(start, stop, q2)
+        q2.square_()
+        torch.add(const[:, None, :], q2, alpha=-0.5 * _LOG2E, out=t)
+        return inside
+
+    def distances(self, start, stop, q):
+        """Fill q with d (plain mode) or the clipped z; return the unclipped mask or None."""
+        torch.sub(self.x_t[:, start:stop, None], self.loc_t[:, None, :], out=q)
+        if not self.clipped:
+            return None
+        q.mul_(self.inv_scale_t[:, None, :])
+        inside = q.abs() < self.z_lim
+        q.clamp_(-self.z_lim, self.z_lim)
         return inside
 
 
@@ -119,17 +149,17 @@ class _UGMMLogDensity(torch.autograd.Function):
         prep = _Prepared(x, loc, scale, log_weights)
         rows = _block_rows(n_in, n_out, block_elements)
         out = x.new_empty((n_batch, n_out))
-        buffers = _Buffers(x)
+        buffers = _Buffers(x, n_in * min(rows, n_batch) * n_out, 2)
         tiny = 2.0**-_SAFE_BITS
         for start in range(0, n_batch, rows):
             stop = min(start + rows, n_batch)
-            z, t = buffers.get(n_in, stop - start, n_out, 2)
+            q2, t = buffers.get(n_in, stop - start, n_out)
             block_out = out[start:stop]
-            prep.components(start, stop, z, t, shifted=True)
+            prep.components(start, stop, q2, t, shifted=True)
             torch.sum(_exp2_floored(t), dim=0, out=block_out)
             if bool((block_out < tiny).any()):
                 # far from every component: redo the block with the exact peak
-                prep.components(start, stop, z, t, shifted=False)
+                prep.components(start, stop, q2, t, shifted=False)
                 peak = t.amax(dim=0)
                 torch.sum(_exp2_floored(t.sub_(peak)), dim=0, out=block_out)
                 block_out.log2_().add_(peak)
@@ -148,42 +178,48 @@ class _UGMMLogDensity(torch.autograd.Function):
         n_out = loc.shape[0]
         prep = _Prepared(x, loc, scale, log_weights)
         rows = _block_rows(n_in, n_out, ctx.block_elements)
+        grad_out = grad_out.contiguous()
         out2 = out * _LOG2E
         # d out_j / d component_jk = exp2(t_jk - out2_j) = exp2(t_jk - bound_j) * exp2(bound_j - out2_j)
         margin = out2 - prep.bound
         grad_scaled = grad_out * torch.exp2(-margin.clamp(min=-_SAFE_BITS))
         far = margin < -_SAFE_BITS
 
-        grad_x_t = x.new_empty((n_in, n_batch)) if ctx.needs_input_grad[0] else None
+        need_x = ctx.needs_input_grad[0]
+        grad_x_t = x.new_empty((n_in, n_batch)) if need_x else None
+        # d out / d x = -sum_j R z / scale = -sum_j R q * q_to_z / scale
+        x_factor = (prep.q_to_z * prep.inv_scale_t).neg_()[:, :, None] if need_x else None
         sum_r = torch.zeros_like(prep.loc_t)  # sum_b R
-        sum_rz = torch.zeros_like(prep.loc_t)  # sum_b R z
-        sum_rzz = torch.zeros_like(prep.loc_t)  # sum_b R z^2
-        buffers = _Buffers(x)
+        sum_rq = torch.zeros_like(prep.loc_t)  # sum_b R q
+        sum_rqq = torch.zeros_like(prep.loc_t)  # sum_b R q^2
+        buffers = _Buffers(x, n_in * min(rows, n_batch) * n_out, 2)
         for start in range(0, n_batch, rows):
             stop = min(start + rows, n_batch)
-            z, t, rz = buffers.get(n_in, stop - start, n_out, 3)
+            q, t = buffers.get(n_in, stop - start, n_out)
             if bool(far[start:stop].any()):
-                inside = prep.components(start, stop, z, t, shifted=False)
+                inside = prep.components(start, stop, q, t, shifted=False)
                 _exp2_floored(t.sub_(out2[start:stop])).mul_(grad_out[start:stop])
             else:
-                inside = prep.components(start, stop, z, t, shifted=True)
+                inside = prep.components(start, stop, q, t, shifted=True)
                 _exp2_floored(t).mul_(grad_scaled[start:stop])
-            # t now holds R = softmax_k(component) * grad
+            # t now holds R = softmax_k(component) * grad, q holds q**2
             sum_r += t.sum(dim=1)
-            torch.mul(t, z, out=rz)
             if inside is not None:
-                rz.mul_(inside)  # clipped components carry no gradient through z
-            sum_rz += rz.sum(dim=1)
-            if grad_x_t is not None:
-                grad_x_t[:, start:stop] = torch.bmm(rz, prep.inv_scale_t[:, :, None]).squeeze(-1)
-            sum_rzz += z.mul_(rz).sum(dim=1)
+                t.mul_(inside)  # clipped components carry no gradient through z
+            sum_rqq += q.mul_(t).sum(dim=1)
+            prep.distances(start, stop, q)
+            t.mul_(q)
+            sum_rq += t.sum(dim=1)
+            if need_x:
+                grad_x_t[:, start:stop] = torch.bmm(t, x_factor).squeeze(-1)
 
         grad_x = grad_loc = grad_scale = grad_logw = None
-        if grad_x_t is not None:
-            grad_x = grad_x_t.t().neg_()
+        if need_x:
+            grad_x = grad_x_t.t().contiguous()
         if ctx.needs_input_grad[1]:
-            grad_loc = (sum_rz * prep.inv_scale_t).t()
+            grad_loc = (sum_rq * prep.q_to_z * prep.inv_scale_t).t()
         if ctx.needs_input_grad[2]:
+            sum_rzz = sum_rqq * prep.q_to_z.square()
             grad_scale = ((sum_rzz - sum_r) * prep.inv_scale_t).t()
         if ctx.needs_input_grad[3]:
             grad_logw = sum_r.t()
@@ -191,26 +227,29 @@ class _UGMMLogDensity(torch.autograd.Function):
 
 
 def _needs_clip(x, loc_t, inv_scale_t, z_lim):
+    # True unless every |z| < z_lim and d**2, 1 / scale**2 and their product stay finite
     if x.numel() == 0:
         return False
-    bound = (x.abs().max() + loc_t.abs().max()) * inv_scale_t.max()
-    return not bool(bound < z_lim)
+    reach = x.abs().max() + loc_t.abs().max()
+    inv_max = inv_scale_t.max()
+    sqrt_max = z_lim * z_lim
+    return not bool((reach * inv_max < z_lim) & (reach < sqrt_max) & (inv_max < sqrt_max))
 
 
 class _Buffers:
-    """Block-sized work tensors, reused across the blocks of one call."""
+    """Block-sized work tensors, reused across the blocks of one call.
 
-    def __init__(self, like):
-        self.like = like
-        self.shape = None
-        self.tensors = []
+    Each of ``count`` flat tensors holds ``max_elements``; a block gets
+    contiguous views of their leading elements, so the last, shorter block
+    reuses the same memory.
+    """
 
-    def get(self, n_in, n_rows, n_out, count):
-        shape = (n_in, n_rows, n_out)
-        if shape != self.shape:
-            self.shape = shape
-            self.tensors = [self.like.new_empty(shape) for _ in range(count)]
-        return self.tensors
+    def __init__(self, like, max_elements, count):
+        self.flat = [like.new_empty(max_elements) for _ in range(count)]
+
+    def get(self, n_in, n_rows, n_out):
+        size = n_in * n_rows * n_out
+        return [f[:size].view(n_in, n_rows, n_out) for f in self.flat]
 
 
 def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK_ELEMENTS):
@@ -234,7 +273,8 @@ def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK
         keep at least one finite entry.
     block_elements : int, default=2**20
         Upper bound on the elements of one (in, batch block, out) block; the
-        forward pass holds two such blocks and the backward pass three.
+        forward and backward passes each hold two such blocks (plus a boolean
+        mask when distances are clipped).
 
     Returns
     -------

@@ -1,0 +1,196 @@
+import io
+import pickle
+
+import pytest
+import torch
+
+from sklearn_ugmm.nn import UGMMNet
+
+
+def _data(n, d, seed=0, dtype=torch.float64):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _net(n_inputs, hidden, n_outputs, seed=0, dtype=torch.float64, **options):
+    torch.manual_seed(seed)
+    net = UGMMNet(n_inputs, hidden, n_outputs, dtype=dtype, **options)
+    net.init_from_data(_data(64, n_inputs, seed=seed + 1, dtype=dtype),
+                       generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for layer in net.layers:  # non-uniform weights, so every component matters
+            layer.logits.normal_(generator=torch.Generator().manual_seed(seed + 2))
+    return net.eval()
+
+
+def _loop(net, X, index, states):
+    outs = []
+    for s in states:
+        X_s = X.clone()
+        X_s[:, index] = s
+        outs.append(net(X_s))
+    out = torch.stack(outs, dim=1)
+    return out[..., 0] if net.n_outputs == 1 else out
+
+
+@pytest.mark.parametrize(
+    "n_inputs, hidden, n_outputs, options, index",
+    [
+        (5, (), 1, {}, 2),
+        (5, (7,), 3, {}, 0),
+        (6, (8, 4), 1, {}, -1),
+        (4, (6,), 2, {"tie_means": True}, 3),
+        (1, (3,), 2, {}, 0),
+        (1, (), 1, {"tie_means": True}, 0),
+    ],
+)
+def test_score_states_matches_an_explicit_loop(n_inputs, hidden, n_outputs, options, index):
+    net = _net(n_inputs, hidden, n_outputs, **options)
+    X = _data(11, n_inputs, seed=3)
+    states = torch.tensor([-1.0, 0.0, 0.5, 2.0], dtype=torch.float64)
+    with torch.no_grad():
+        scores = net.score_states(X, index, states)
+        expected = _loop(net, X, index, states)
+    shape = (11, 4) if n_outputs == 1 else (11, 4, n_outputs)
+    assert scores.shape == shape
+    assert torch.allclose(scores, expected, rtol=0, atol=1e-10)
+
+
+def test_score_states_ignores_the_column_it_sets():
+    net = _net(4, (5,), 2)
+    X = _data(7, 4, seed=4)
+    X_other = X.clone()
+    X_other[:, 1] = 1e3
+    states = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    assert torch.allclose(net.score_states(X, 1, states), net.score_states(X_other, 1, states), atol=1e-12)
+
+
+def test_score_states_is_batched():
+    # one call to the first layer's kernel for the rest, none per sample
+    net = _net(6, (5,), 1)
+    X = _data(300, 6, seed=5)
+    calls = []
+    for layer in net.layers:
+        layer.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    net.score_states(X, 2, torch.arange(3.0, dtype=torch.float64))
+    assert calls == [900]  # only the later layer runs, once, on batch x states rows
+
+
+def test_score_states_rejects_bad_arguments():
+    net = _net(3, (), 1)
+    X = _data(4, 3)
+    with pytest.raises(IndexError):
+        net.score_states(X, 3, torch.tensor([0.0]))
+    with pytest.raises(ValueError):
+        net.score_states(X[:, :2], 0, torch.tensor([0.0]))
+
+
+@pytest.mark.parametrize("tie_means", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["constant", "huge", "cauchy"])
+def test_init_from_data_is_robust(kind, dtype, tie_means):
+    g = torch.Generator().manual_seed(0)
+    n, d = 500, 6
+    if kind == "constant":
+        X = torch.randn(n, d, generator=g, dtype=torch.float64)
+        X[:, 0] = 3.0
+        X[:, 1] = 0.0
+        X[: n // 100, 2] = 7.0  # almost constant: the quartiles coincide
+        X[n // 100 :, 2] = 1.0
+    elif kind == "huge":
+        X = torch.randn(n, d, generator=g, dtype=torch.float64) * 1e6
+        X[:, 0] = 1e6 + torch.randn(n, generator=g, dtype=torch.float64)
+    else:
+        u = torch.rand(n, d, generator=g, dtype=torch.float64)
+        X = torch.tan(torch.pi * (u - 0.5))  # standard Cauchy
+        X[:5] *= 1e6  # a few extreme outliers on top of the heavy tails
+    X = X.to(dtype)
+    net = UGMMNet(d, (8, 4), 3, dtype=dtype, tie_means=tie_means)
+    net.init_from_data(X, generator=torch.Generator().manual_seed(1))
+    for layer in net.layers:
+        assert torch.isfinite(layer.loc).all() and torch.isfinite(layer.raw_scale).all()
+        assert layer.scale.min() >= 9.9 * layer.min_scale  # well above the floor
+    out = net(X)
+    assert torch.isfinite(out).all()
+    loss = torch.nn.functional.cross_entropy(out, torch.arange(n) % 3)
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    assert all(torch.isfinite(gr).all() for gr in grads)
+
+
+def test_init_from_data_places_components_on_the_data():
+    X = _data(400, 3, seed=6) * 5 + 100
+    net = UGMMNet(3, (), 4, dtype=torch.float64)
+    net.init_from_data(X, generator=torch.Generator().manual_seed(0))
+    layer = net.layers[0]
+    low, high = X.min(dim=0).values, X.max(dim=0).values
+    assert ((layer.loc >= low) & (layer.loc <= high)).all()
+    # the spread of each input, not the default U(0, 1) scales
+    assert torch.allclose(layer.scale, torch.full_like(layer.scale, 5.0), rtol=0.3)
+
+
+def test_init_from_data_rejects_bad_input():
+    net = UGMMNet(3, (), 2)
+    with pytest.raises(ValueError):
+        net.init_from_data(torch.zeros(0, 3))
+    with pytest.raises(ValueError):
+        net.init_from_data(torch.tensor([[0.0, float("nan"), 1.0]]))
+    with pytest.raises(ValueError):
+        net.init_from_data(torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sizes", [(20, (16, 8), 3), (784, (128, 64), 10)])
+def test_huge_inputs_through_a_deep_net(dtype, sizes):
+    n_inputs, hidden, n_outputs = sizes
+    torch.manual_seed(0)
+    net = UGMMNet(n_inputs, hidden, n_outputs, dtype=dtype, dropout=0.1)
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(8, n_inputs, generator=g, dtype=dtype)
+    X[0] = 1e6
+    X[1] = -1e6
+    X[2, ::3] = 1e6
+    X[3] *= 1e5
+    X.requires_grad_()
+    for init in (False, True):
+        if init:
+            net.init_from_data(X.detach())
+        out = net(X)
+        assert torch.isfinite(out).all()
+        loss = torch.nn.functional.cross_entropy(out, torch.arange(8) % n_outputs)
+        grads = torch.autograd.grad(loss, [X, *net.parameters()])
+        assert all(torch.isfinite(gr).all() for gr in grads)
+
+
+def test_set_generator_makes_training_reproducible():
+    a, b = _net(4, (5,), 2, dropout=0.5), _net(4, (5,), 2, dropout=0.5)
+    a.train().set_generator(torch.Generator().manual_seed(7))
+    b.train().set_generator(torch.Generator().manual_seed(7))
+    X = _data(6, 4)
+    assert torch.equal(a(X), b(X))
+    assert not torch.equal(a(X), a(X))
+
+
+def test_pickle_and_state_dict_round_trip():
+    net = _net(5, (6, 3), 2, dtype=torch.float32, dropout=0.2, tie_means=True)
+    X = _data(9, 5, dtype=torch.float32)
+    clone = pickle.loads(pickle.dumps(net))
+    assert torch.equal(clone(X), net(X))
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = UGMMNet(5, (6, 3), 2, dropout=0.2, tie_means=True).eval()
+    fresh.load_state_dict(torch.load(buffer))
+    assert torch.equal(fresh(X), net(X))
+    states = torch.tensor([0.0, 1.0])
+    assert torch.equal(fresh.score_states(X, 1, states), net.score_states(X, 1, states))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_net_matches_cpu():
+    net = _net(6, (5,), 2, dtype=torch.float32)
+    X = _data(50, 6, dtype=torch.float32)
+    cuda_net = pickle.loads(pickle.dumps(net)).cuda()
+    assert torch.allclose(cuda_net(X.cuda()).cpu(), net(X), atol=1e-4)
+    states = torch.tensor([0.0, 1.0])
+    assert torch.allclose(
+        cuda_net.score_states(X.cuda(), 2, states.cuda()).cpu(), net.score_states(X, 2, states), atol=1e-4
+    )
