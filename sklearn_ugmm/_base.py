@@ -157,14 +157,14 @@ class BaseUGMM(BaseEstimator):
             )
         return min(self.batch_size, n_samples)
 
-    def _train(self, module, per_sample_loss, X_train, y_train, validation=None, validation_score=None, generator=None):
-        """Train ``module`` through a fresh skorch net; return the fitted net."""
-        net = build_net(
+    def _make_net(self, module, n_train, validation=None, validation_score=None, generator=None):
+        """A skorch net around ``module`` configured by this estimator's parameters."""
+        return build_net(
             module,
-            per_sample_loss,
+            self._per_sample_loss,
             learning_rate_init=self.learning_rate_init,
             alpha=self.alpha,
-            batch_size=self._batch_size(len(X_train)),
+            batch_size=self._batch_size(n_train),
             max_iter=self.max_iter,
             tol=self.tol,
             n_iter_no_change=self.n_iter_no_change,
@@ -175,8 +175,24 @@ class BaseUGMM(BaseEstimator):
             validation_score=validation_score,
             extra_callbacks=self.callbacks,
         )
+
+    def _train(self, module, X_train, y_train, validation=None, validation_score=None, generator=None):
+        """Train ``module`` through a fresh skorch net; return the fitted net."""
+        net = self._make_net(module, len(X_train), validation, validation_score, generator)
         net.fit(X_train, y_train)
         return net
+
+    def _restore_module(self, state):
+        """Rebuild the fitted network from a state dict (see ``load_model``)."""
+        try:
+            self.device_ = resolve_device(self.device)
+        except ValueError as exc:
+            warnings.warn(f"{exc} Loading the model on the CPU instead.", UserWarning)
+            self.device_ = torch.device("cpu")
+        module = self._new_module(generator=None)
+        module.load_state_dict(state, strict=True)
+        self.net_ = self._make_net(module, n_train=1)
+        self.net_.initialize()
 
     def _record_history(self, net, append):
         # an interrupted epoch leaves a history row without a training loss

@@ -46,19 +46,22 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         L2 penalty on the mixing logits.
     batch_size : int or "auto", default="auto"
         Minibatch size; "auto" is ``min(200, n_samples)``.
-    learning_rate_init : float, default=1e-2
+    learning_rate_init : float, default=3e-2
         Adam learning rate.
     max_iter : int, default=200
         Maximum number of epochs.
     tol : float, default=1e-4
         Minimum improvement of the monitored loss (training loss, or
         validation loss with ``early_stopping``) that counts as progress.
-    early_stopping : bool, default=False
+    early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the training data (stratified),
-        stop when its loss stops improving and restore the best epoch.
+        stop when its loss stops improving and restore the best epoch. On by
+        default: restoring the epoch with the best validation loss gives much
+        better calibrated probabilities (log-loss) than training to
+        convergence of the training loss.
     validation_fraction : float, default=0.1
         Share of the training data held out for early stopping.
-    n_iter_no_change : int, default=10
+    n_iter_no_change : int, default=20
         Epochs without progress before training stops.
     dropout : float, default=0.0
         Probability of removing each mixture component during training.
@@ -128,12 +131,12 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         objective="discriminative",
         alpha=1e-4,
         batch_size="auto",
-        learning_rate_init=1e-2,
+        learning_rate_init=3e-2,
         max_iter=200,
         tol=1e-4,
-        early_stopping=False,
+        early_stopping=True,
         validation_fraction=0.1,
-        n_iter_no_change=10,
+        n_iter_no_change=20,
         dropout=0.0,
         tie_means=False,
         standardize=True,
@@ -215,16 +218,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         if continuing:
             module = self.module_
         else:
-            n_inputs = Xs.shape[1] + (self.objective == "generative")
-            n_outputs = n_classes if self.objective == "discriminative" else 1
-            module = UGMMNet(
-                n_inputs,
-                self._hidden_sizes(),
-                n_outputs,
-                dropout=self.dropout,
-                tie_means=self.tie_means,
-                generator=generator,
-            )
+            module = self._new_module(generator)
             # samples of zero weight do not shape the initial model either
             seen = sample_weight[train_idx] > 0
             X_seen = torch.as_tensor(X_train[seen])
@@ -234,12 +228,26 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         module.set_generator(generator)
         self.device_ = device
 
-        loss = _cross_entropy if self.objective == "discriminative" else _negative_root_score
-        score = self._validation_accuracy
-        self.net_ = self._train(module, loss, X_train, y_train, validation, score, generator)
+        self.net_ = self._train(module, X_train, y_train, validation, self._validation_accuracy, generator)
         self._record_history(self.net_, append=continuing)
         module.set_generator(None)
         return self
+
+    def _new_module(self, generator):
+        n_classes = len(self.classes_)
+        generative = self.objective == "generative"
+        return UGMMNet(
+            self.n_features_in_ + generative,
+            self._hidden_sizes(),
+            1 if generative else n_classes,
+            dropout=self.dropout,
+            tie_means=self.tie_means,
+            generator=generator,
+        )
+
+    @property
+    def _per_sample_loss(self):
+        return _cross_entropy if self.objective == "discriminative" else _negative_root_score
 
     def _label_values(self, n_classes):
         """Input values that encode the classes in the generative model (standardised indices)."""
