@@ -3,5 +3,7 @@
 __version__ = "0.1.0"
 
 from ._classifier import UGMMClassifier  # noqa: E402
+from ._density import UGMMDensityEstimator  # noqa: E402
+from ._persistence import load_model, save_model  # noqa: E402
 
-__all__ = ["UGMMClassifier", "__version__"]
+__all__ = ["UGMMClassifier", "UGMMDensityEstimator", "load_model", "save_model", "__version__"]

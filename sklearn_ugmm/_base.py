@@ -173,6 +173,7 @@ class BaseUGMM(BaseEstimator):
             verbose=self.verbose,
             validation_data=validation,
             validation_score=validation_score,
+            validation_monitor=self._validation_monitor,
             extra_callbacks=self.callbacks,
         )
 
@@ -209,7 +210,8 @@ class BaseUGMM(BaseEstimator):
         if self.early_stopping:
             scores = [float(row.get("valid_score", np.nan)) for row in history]
             self.validation_scores_ = scores
-            self.best_validation_score_ = float(np.nanmax(scores)) if scores else np.nan
+            finite = [v for v in scores if np.isfinite(v)]
+            self.best_validation_score_ = float(max(finite)) if finite else np.nan
         else:
             self.validation_scores_ = None
             self.best_validation_score_ = None
@@ -223,6 +225,9 @@ class BaseUGMM(BaseEstimator):
                 "and the optimization hasn't converged yet.",
                 ConvergenceWarning,
             )
+
+    #: validation history entry that early stopping watches (lower is better)
+    _validation_monitor = "valid_loss"
 
     # ------------------------------------------------------------------ inference
     def __sklearn_is_fitted__(self):

@@ -96,7 +96,9 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Training loss per epoch.
     best_loss_ : float
     validation_scores_ : list of float or None
-        Validation accuracy per epoch (``early_stopping=True`` only).
+        Validation accuracy per epoch (``early_stopping=True`` only). Early
+        stopping itself watches the validation log-loss of the class scores
+        (for both objectives), and restores the best epoch.
     best_validation_score_ : float or None
     net_ : skorch.NeuralNet
         The skorch net that trained the model.
@@ -228,7 +230,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         module.set_generator(generator)
         self.device_ = device
 
-        self.net_ = self._train(module, X_train, y_train, validation, self._validation_accuracy, generator)
+        self.net_ = self._train(module, X_train, y_train, validation, self._validation_metrics, generator)
         self._record_history(self.net_, append=continuing)
         module.set_generator(None)
         return self
@@ -260,12 +262,19 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
             Xs = np.hstack([Xs, labels[:, None]])
         return Xs, pack_target(y_index, sample_weight)
 
-    def _validation_accuracy(self, module, X, packed):
+    _validation_monitor = "valid_log_loss"
+
+    def _validation_metrics(self, module, X, packed):
+        """Weighted accuracy and conditional log-loss of the class scores."""
         y = torch.as_tensor(np.asarray(packed)[:, 0], device=X.device).long()
-        w = torch.as_tensor(np.asarray(packed)[:, -1], device=X.device)
+        w = torch.as_tensor(np.asarray(packed)[:, -1], device=X.device, dtype=X.dtype)
         scores = self._class_scores(module, X if self.objective == "discriminative" else X[:, :-1])
         correct = (scores.argmax(dim=1) == y).to(w.dtype)
-        return float((w * correct).sum() / w.sum())
+        log_loss = torch.nn.functional.cross_entropy(scores, y, reduction="none")
+        return {
+            "valid_score": float((w * correct).sum() / w.sum()),
+            "valid_log_loss": float((w * log_loss).sum() / w.sum()),
+        }
 
     def _class_scores(self, module, X):
         """Per-class scores (log-densities) for scaled inputs X."""

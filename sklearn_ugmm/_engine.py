@@ -124,14 +124,12 @@ class ValidationScore(Callback):
     Parameters
     ----------
     score : callable
-        ``score(module, X, packed_y) -> float`` with the module in eval mode.
-    name : str
-        History key.
+        ``score(module, X, packed_y)`` with the module in eval mode: a float,
+        recorded as ``valid_score``, or a dict of history keys to floats.
     """
 
-    def __init__(self, score, name="valid_score"):
+    def __init__(self, score):
         self.score = score
-        self.name = name
 
     def on_epoch_end(self, net, dataset_valid=None, **kwargs):
         if dataset_valid is None:
@@ -145,7 +143,9 @@ class ValidationScore(Callback):
                 value = self.score(module, X, dataset_valid.y)
         finally:
             module.train(was_training)
-        net.history.record(self.name, float(value))
+        values = value if isinstance(value, dict) else {"valid_score": value}
+        for key, v in values.items():
+            net.history.record(key, float(v))
 
 
 def build_net(
@@ -163,16 +163,17 @@ def build_net(
     verbose,
     validation_data=None,
     validation_score=None,
+    validation_monitor="valid_loss",
     extra_callbacks=(),
 ):
     """A skorch ``NeuralNet`` that trains ``module`` with Adam.
 
     Without ``validation_data`` training stops once the training loss has not
     improved by ``tol`` for ``n_iter_no_change`` epochs (MLPClassifier's
-    rule); with it, once the validation loss has not, and the best epoch's
-    weights are restored. ``alpha`` is an L2 penalty on the mixing logits.
+    rule); with it, once the validation history entry ``validation_monitor``
+    (lower is better) has not, and the best epoch's weights are restored. ``alpha`` is an L2 penalty on the mixing logits.
     """
-    monitor = "train_loss" if validation_data is None else "valid_loss"
+    monitor = "train_loss" if validation_data is None else validation_monitor
     callbacks = [("interrupt_guard", InterruptGuard()), ("divergence_guard", DivergenceGuard())]
     if validation_data is not None and validation_score is not None:
         # before the stopping rule, which ends the epoch by raising
@@ -205,6 +206,8 @@ def build_net(
         batch_size=batch_size,
         iterator_train__shuffle=True,
         iterator_train__generator=generator,
+        # every DataLoader iterator draws a base seed, from the global RNG unless given one
+        iterator_valid__generator=generator,
         train_split=train_split,
         callbacks=callbacks,
         device=device,

@@ -48,7 +48,9 @@ def test_fit_predict_iris(iris):
     assert clf.n_iter_ == len(clf.loss_curve_)
     assert clf.best_loss_ == min(clf.loss_curve_)
     assert clf.loss_curve_[-1] < clf.loss_curve_[0]
-    assert clf.validation_scores_ is None
+    assert len(clf.validation_scores_) == clf.n_iter_  # early stopping is on by default
+    no_es = UGMMClassifier(early_stopping=False, **FAST).fit(X, y)
+    assert no_es.validation_scores_ is None
 
 
 def test_generative_objective_predicts_by_mpe(iris):

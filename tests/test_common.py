@@ -2,7 +2,7 @@
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_ugmm import UGMMClassifier
+from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator
 
 # Each expected failure carries the reason it cannot pass.
 _MINIBATCH_REASON = (
@@ -27,7 +27,10 @@ def _expected_failed_checks(estimator):
 
 
 @parametrize_with_checks(
-    [UGMMClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0)],
+    [
+        UGMMClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
+        UGMMDensityEstimator(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
+    ],
     expected_failed_checks=_expected_failed_checks,
     xfail_strict=True,
 )

@@ -1,11 +1,14 @@
 """The uGMM-NN in plain PyTorch: usable without the scikit-learn estimators."""
 
 from ._functional import DEFAULT_BLOCK_ELEMENTS, ugmm_log_density, ugmm_log_density_reference
+from ._autoregressive import AutoregressiveUGMM, MaskedUGMMLayer
 from ._layer import UGMMLayer
 from ._net import UGMMNet
 
 __all__ = [
+    "AutoregressiveUGMM",
     "DEFAULT_BLOCK_ELEMENTS",
+    "MaskedUGMMLayer",
     "UGMMLayer",
     "UGMMNet",
     "ugmm_log_density",

@@ -1,0 +1,553 @@
+"""A normalised density built from uGMM neurons: the autoregressive uGMM.
+
+The root score of the paper's uGMM-NN is not a density: already for one
+layer, ``sum_k pi_k N(x_k | mu_k, sigma_k^2)`` integrates to infinity over
+R^D when D > 1. :class:`AutoregressiveUGMM` keeps the uGMM neurons but
+arranges them so that the result is a true, normalised density that can be
+sampled exactly::
+
+    p(x) = prod_d p(x_d | x_<d)
+
+* The hidden layers are :class:`MaskedUGMMLayer` s: uGMM layers whose
+  mixing weights are masked with MADE degrees (a disallowed input gets the
+  mixing logit ``-inf``, the same mechanism as dropout), so that a hidden
+  neuron of degree ``m`` only sees the first ``m`` variables of the order.
+* Every conditional ``p(x_d | x_<d)`` is a genuine uGMM neuron over the
+  actual variable ``x_d``: a univariate Gaussian mixture whose components are
+  tied to the hidden neurons of degree ``< d`` (the component mean is an
+  affine map of the neuron's activation -- the paper's parameter tying --
+  and its log-weight and log-scale are gated by it), plus
+  ``n_free_components`` free components. All component means share a masked
+  linear term ``sum_{k<d} W[d, k] x_k``, so a full-covariance Gaussian (a
+  Cholesky factorisation) is a special case; each free component adds its
+  own masked linear term and has its log-weight gated linearly by the
+  allowed hidden activations (so mixtures of full-covariance Gaussians are
+  well approximated).
+
+Each conditional is a normalised univariate mixture of ``x_d`` whatever
+``x_<d``, hence ``exp(log_prob)`` integrates to one and ancestral sampling
+draws exactly from it.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ._functional import DEFAULT_BLOCK_ELEMENTS
+from ._layer import UGMMLayer
+
+__all__ = ["AutoregressiveUGMM", "MaskedUGMMLayer", "hidden_degrees"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+# hidden activations enter the output neurons through c * tanh(u / c)
+_FEATURE_BOUND = 3.0
+
+
+def _inverse_softplus(y):
+    return y + torch.log(-torch.expm1(-y))
+
+
+def _z_limit(dtype):
+    return float(torch.finfo(dtype).max) ** 0.25
+
+
+def hidden_degrees(n_features, size):
+    """Deterministic MADE degrees of a hidden layer, evenly spread on 1..D-1.
+
+    With a single feature there is nothing to condition on; the degrees are
+    then all 1 (such neurons reach no output).
+    """
+    top = max(int(n_features) - 1, 1)
+    return 1 + (torch.arange(int(size)) * top) // int(size)
+
+
+class MaskedUGMMLayer(UGMMLayer):
+    """A :class:`UGMMLayer` whose neurons see only some of their inputs.
+
+    ``mask[j, k]`` says whether neuron ``j`` has a component on input ``k``;
+    a disallowed component gets the mixing logit ``-inf``. In training mode
+    dropout removes allowed components only, and a neuron always keeps at
+    least one allowed component.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    mask : bool tensor of shape (out_features, in_features), optional
+        Allowed connections (all allowed when None). Every row needs at least
+        one allowed entry.
+    **options
+        Passed to :class:`UGMMLayer` (``dropout``, ``min_scale``,
+        ``block_elements``, ``device``, ``dtype``, ``tie_means``).
+
+    Attributes
+    ----------
+    mask : bool buffer of shape (out_features, in_features)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_ugmm.nn import MaskedUGMMLayer
+    >>> mask = torch.tensor([[True, False], [True, True]])
+    >>> layer = MaskedUGMMLayer(2, 2, mask=mask)
+    >>> layer.log_weights()[0, 1].item()
+    -inf
+    """
+
+    def __init__(self, in_features, out_features, *, mask=None, **options):
+        super().__init__(in_features, out_features, **options)
+        device = self.logits.device
+        self.register_buffer(
+            "mask", torch.ones(out_features, in_features, dtype=torch.bool, device=device)
+        )
+        if mask is not None:
+            self.set_mask(mask)
+
+    def set_mask(self, mask):
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=self.mask.device)
+        if mask.shape != self.mask.shape:
+            raise ValueError(f"mask must have shape {tuple(self.mask.shape)}, got {tuple(mask.shape)}")
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("every neuron needs at least one allowed input")
+        self.mask.copy_(mask)
+        return self
+
+    def log_weights(self):
+        """Masked log mixing weights, with this forward pass's dropout applied."""
+        remove = ~self.mask
+        if self.training and self.dropout > 0:
+            remove = remove | self._masked_dropout()
+        return torch.log_softmax(self.logits.masked_fill(remove, -math.inf), dim=1)
+
+    def _masked_dropout(self):
+        gen = self.generator
+        gen_device = gen.device if gen is not None else self.logits.device
+        u = torch.rand(self.logits.shape, generator=gen, device=gen_device).to(self.logits.device)
+        mask = self.mask
+        drop = (u < self.dropout) & mask
+        lost = ~(mask & ~drop).any(dim=1)
+        if bool(lost.any()):
+            # keep the allowed component with the largest u
+            best = u.masked_fill(~mask, -1.0).argmax(dim=1)
+            keep = F.one_hot(best, mask.shape[1]).bool() & lost[:, None]
+            drop &= ~keep
+        return drop
+
+
+class AutoregressiveUGMM(nn.Module):
+    """Autoregressive density of uGMM neurons: ``exp(log_prob)`` integrates to 1.
+
+    Parameters
+    ----------
+    n_features : int
+        Dimension D of the data.
+    hidden_layer_sizes : sequence of int, default=(64,)
+        Sizes of the masked uGMM hidden layers (may be empty: the model is
+        then a Gaussian-mixture-noise linear autoregression).
+    n_free_components : int, default=8
+        Components of every conditional that do not depend on a hidden
+        neuron (the only components of the first variable's marginal).
+    order : sequence of int, optional
+        Permutation of the features: the variable order of the factorisation
+        (``order[0]`` comes first). Identity when None.
+    dropout : float, default=0.0
+        Dropout of the hidden layers' mixture components (training only).
+    min_scale : float, default=1e-3
+        Floor of every standard deviation, so the likelihood is bounded.
+    block_elements : int
+        Work-tensor bound of the hidden layers and of the output mixtures.
+    whiten_hidden : bool, default=False
+        Feed the hidden layers the linear innovations ``x_d - sum W[d,k] x_k``
+        instead of ``x`` (experimental; no measured gain).
+    generator : torch.Generator, optional
+        Source of randomness for the initial parameters and the dropout
+        masks; the global generator when None.
+    device, dtype : optional
+        Factory arguments.
+
+    Attributes
+    ----------
+    hidden : nn.ModuleList of MaskedUGMMLayer
+    linear : Parameter (D, D)
+        Linear autoregression, masked to its strictly lower triangle (in the
+        variable order).
+    out_mask : bool buffer (D, H)
+        Which hidden neurons of the last layer each conditional uses.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_ugmm.nn import AutoregressiveUGMM
+    >>> X = torch.randn(100, 3)
+    >>> model = AutoregressiveUGMM(3, (16,))
+    >>> model.init_from_data(X, generator=torch.Generator().manual_seed(0))
+    >>> model.log_prob(X).shape
+    torch.Size([100])
+    >>> model.sample(5, generator=torch.Generator().manual_seed(0)).shape
+    torch.Size([5, 3])
+    """
+
+    def __init__(
+        self,
+        n_features,
+        hidden_layer_sizes=(64,),
+        *,
+        n_free_components=8,
+        order=None,
+        dropout=0.0,
+        min_scale=1e-3,
+        block_elements=DEFAULT_BLOCK_ELEMENTS,
+        whiten_hidden=False,
+        generator=None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        D = int(n_features)
+        if D < 1:
+            raise ValueError("n_features must be positive")
+        if int(n_free_components) < 1:
+            raise ValueError("n_free_components must be at least 1")
+        if not min_scale > 0:
+            raise ValueError("min_scale must be positive")
+        sizes = [int(h) for h in hidden_layer_sizes]
+        if any(h < 1 for h in sizes):
+            raise ValueError("hidden layer sizes must be positive")
+        factory = {"device": device, "dtype": dtype}
+        self.n_features = D
+        self.hidden_layer_sizes = tuple(sizes)
+        self.n_free_components = int(n_free_components)
+        self.min_scale = float(min_scale)
+        self.block_elements = int(block_elements)
+
+        if order is None:
+            order = torch.arange(D)
+        order = torch.as_tensor(order, dtype=torch.long).reshape(-1)
+        if order.numel() != D or not torch.equal(order.sort().values, torch.arange(D)):
+            raise ValueError(f"order must be a permutation of range({D})")
+        self.register_buffer("order", order.to(device))
+        self.register_buffer("inverse_order", torch.argsort(order).to(device))
+
+        # MADE degrees: input (position) d has degree d + 1
+        in_deg = torch.arange(1, D + 1)
+        self.hidden = nn.ModuleList()
+        prev = in_deg
+        for i, size in enumerate(sizes):
+            deg = hidden_degrees(D, size)
+            mask = deg[:, None] >= prev[None, :]
+            layer = MaskedUGMMLayer(
+                prev.numel(), size, mask=mask.to(device), dropout=dropout,
+                min_scale=min_scale, block_elements=block_elements, generator=generator, **factory,
+            )
+            self.hidden.append(layer)
+            self.register_buffer(f"degrees_{i}", deg.to(device))
+            prev = deg
+        H = sizes[-1] if sizes else 0
+        self.n_tied = H
+        out_mask = in_deg[:, None] > prev[None, :] if sizes else torch.zeros(D, 0, dtype=torch.bool)
+        self.register_buffer("out_mask", out_mask.to(device))
+        self.register_buffer("linear_mask", torch.ones(D, D, dtype=torch.bool).tril(-1).to(device))
+        # standardisation of the last hidden activations (set by init_from_data)
+        self.register_buffer("feature_shift", torch.zeros(H, **factory))
+        self.register_buffer("feature_scale", torch.ones(H, **factory))
+
+        K = self.n_free_components
+        self.linear = nn.Parameter(torch.zeros(D, D, **factory))
+        self.free_loc = nn.Parameter(torch.zeros(D, K, **factory))
+        self.free_raw_scale = nn.Parameter(torch.zeros(D, K, **factory))
+        self.free_logits = nn.Parameter(torch.zeros(D, K, **factory))
+        # components tied to hidden neuron j: mean = bias + slope * f_j,
+        # log-weight = logit + gate * f_j, raw scale = raw_scale + scale_gate * f_j
+        self.tied_bias = nn.Parameter(torch.zeros(D, H, **factory))
+        self.tied_slope = nn.Parameter(torch.zeros(D, H, **factory))
+        self.tied_raw_scale = nn.Parameter(torch.zeros(D, H, **factory))
+        self.tied_scale_gate = nn.Parameter(torch.zeros(D, H, **factory))
+        self.tied_logits = nn.Parameter(torch.zeros(D, H, **factory))
+        self.tied_gate = nn.Parameter(torch.zeros(D, H, **factory))
+        # free components: own linear autoregression and hidden-gated weights
+        self.free_linear = nn.Parameter(torch.zeros(D, K, D, **factory))
+        self.free_gate = nn.Parameter(torch.zeros(D, K, H, **factory))
+        self.whiten_hidden = bool(whiten_hidden)
+        self.reset_parameters(generator)
+
+    # ------------------------------------------------------------------ setup
+    def reset_parameters(self, generator=None):
+        """Data-free initialisation (for standardised data)."""
+        with torch.no_grad():
+            for layer in self.hidden:
+                layer.reset_parameters(generator=generator)
+            dtype = self.linear.dtype
+            self.linear.zero_()
+            K = self.n_free_components
+            q = (torch.arange(K, dtype=dtype) + 0.5) / K
+            locs = math.sqrt(2.0) * torch.erfinv(2 * q - 1)
+            self.free_loc.copy_(locs.expand(self.n_features, K))
+            self._set_raw(self.free_raw_scale, torch.ones((), dtype=dtype))
+            self.free_logits.zero_()
+            self.free_linear.zero_()
+            self.free_gate.zero_()
+            H = self.n_tied
+            if H:
+                self.tied_bias.copy_(torch.randn(self.n_features, H, generator=generator, dtype=dtype))
+                self.tied_slope.copy_(0.1 * torch.randn(self.n_features, H, generator=generator, dtype=dtype))
+                self._set_raw(self.tied_raw_scale, torch.ones((), dtype=dtype))
+                self.tied_scale_gate.zero_()
+                self.tied_logits.zero_()
+                self.tied_gate.copy_(0.1 * torch.randn(self.n_features, H, generator=generator, dtype=dtype))
+            self.feature_shift.zero_()
+            self.feature_scale.fill_(1.0)
+
+    def _set_raw(self, param, scale):
+        scale = torch.as_tensor(scale, dtype=param.dtype, device=param.device)
+        excess = (scale - self.min_scale).clamp(min=1e-6 * self.min_scale, max=1e30)
+        param.copy_(_inverse_softplus(excess).expand_as(param))
+
+    def n_parameters(self):
+        """Number of free parameters (for BIC and AIC).
+
+        Counts only entries that the masks leave in the model, less one
+        mixing logit per softmax (their common shift changes nothing).
+        """
+        count = 0
+        for layer in self.hidden:
+            allowed = int(layer.mask.sum())
+            count += 3 * allowed - layer.out_features
+        n_linear = int(self.linear_mask.sum())
+        n_tied = int(self.out_mask.sum())
+        K, D = self.n_free_components, self.n_features
+        count += n_linear  # shared linear term
+        count += 3 * D * K - D  # free loc, scale, logits
+        count += K * n_linear + K * n_tied  # free components' linear terms and gates
+        count += 6 * n_tied  # tied bias, slope, scale, scale gate, logit, gate
+        return count
+
+    def set_generator(self, generator):
+        """Use ``generator`` for the hidden layers' dropout masks."""
+        for layer in self.hidden:
+            layer.generator = generator
+        return self
+
+    # --------------------------------------------------------------- forward
+    def _hidden(self, x_o):
+        """Raw log-density activations of the last hidden layer."""
+        h = x_o
+        if self.whiten_hidden:
+            h = x_o - x_o @ (self.linear * self.linear_mask).t()
+        for layer in self.hidden:
+            h = layer(h)
+        return h
+
+    def _features(self, h):
+        u = (h - self.feature_shift) / self.feature_scale
+        return _FEATURE_BOUND * torch.tanh(u / _FEATURE_BOUND)
+
+    def _conditionals(self, x_o, f, rows=slice(None)):
+        """Mixture parameters of the conditionals at positions ``rows``.
+
+        Returns loc (B, R, C), scale (B, R, C) and log-weights (B, R, C)
+        with C = H + n_free_components.
+        """
+        W = (self.linear * self.linear_mask)[rows]  # (R, D)
+        lin = x_o @ W.t()  # (B, R)
+        fW = (self.free_linear * self.linear_mask[:, None, :])[rows]  # (R, K, D)
+        free_loc = lin[:, :, None] + self.free_loc[rows] + torch.einsum("bk,rck->brc", x_o, fW)
+        free_scale = (self.min_scale + F.softplus(self.free_raw_scale[rows])).expand_as(free_loc)
+        free_logits = self.free_logits[rows].expand_as(free_loc)
+        if self.n_tied == 0:
+            return free_loc, free_scale, torch.log_softmax(free_logits, dim=-1)
+        fG = (self.free_gate * self.out_mask[:, None, :])[rows]  # (R, K, H)
+        free_logits = free_logits + torch.einsum("bh,rch->brc", f, fG)
+        fb = f[:, None, :]  # (B, 1, H)
+        tied_loc = lin[:, :, None] + self.tied_bias[rows] + self.tied_slope[rows] * fb
+        tied_scale = self.min_scale + F.softplus(self.tied_raw_scale[rows] + self.tied_scale_gate[rows] * fb)
+        tied_logits = (self.tied_logits[rows] + self.tied_gate[rows] * fb).masked_fill(
+            ~self.out_mask[rows], -math.inf
+        )
+        loc = torch.cat([tied_loc, free_loc], dim=-1)
+        scale = torch.cat([tied_scale, free_scale], dim=-1)
+        log_w = torch.log_softmax(torch.cat([tied_logits, free_logits], dim=-1), dim=-1)
+        return loc, scale, log_w
+
+    def _log_prob_block(self, x_o):
+        f = self._features(self._hidden(x_o)) if self.n_tied else None
+        loc, scale, log_w = self._conditionals(x_o, f)
+        z = (x_o[:, :, None] - loc) / scale
+        lim = _z_limit(z.dtype)
+        z = z.clamp(-lim, lim)
+        comp = log_w - 0.5 * z * z - torch.log(scale) - _HALF_LOG_2PI
+        return torch.logsumexp(comp, dim=-1)  # (B, D)
+
+    def log_prob_conditionals(self, x):
+        """Per-variable conditional log-densities, shape (batch, D), in the
+        variable order (column ``i`` is ``log p(x[order[i]] | earlier)``)."""
+        if x.dim() != 2 or x.shape[1] != self.n_features:
+            raise ValueError(f"expected x of shape (batch, {self.n_features}), got {tuple(x.shape)}")
+        x_o = x[:, self.order]
+        per_row = self.n_features * (self.n_tied + self.n_free_components)
+        rows = max(1, self.block_elements // (4 * per_row))
+        if x_o.shape[0] <= rows:
+            return self._log_prob_block(x_o)
+        return torch.cat([self._log_prob_block(x_o[i:i + rows]) for i in range(0, x_o.shape[0], rows)])
+
+    def log_prob(self, x):
+        """Log-density of each sample, shape (batch,)."""
+        return self.log_prob_conditionals(x).sum(dim=1)
+
+    def forward(self, x):
+        return self.log_prob(x)
+
+    # -------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, n, generator=None):
+        """Exact ancestral samples, shape (n, D), in the original feature order.
+
+        Dropout is never applied. Randomness comes only from ``generator``
+        (the global generator when None).
+        """
+        n = int(n)
+        dtype, device = self.linear.dtype, self.linear.device
+        gen_device = generator.device if generator is not None else device
+        was_training = self.training
+        self.eval()
+        try:
+            x_o = torch.zeros(n, self.n_features, dtype=dtype, device=device)
+            if n == 0:
+                return x_o
+            for d in range(self.n_features):
+                f = self._features(self._hidden(x_o)) if self.n_tied else None
+                loc, scale, log_w = self._conditionals(x_o, f, rows=slice(d, d + 1))
+                probs = log_w[:, 0].exp().to(gen_device)
+                comp = torch.multinomial(probs, 1, generator=generator).to(device)
+                eps = torch.randn(n, 1, generator=generator, dtype=dtype, device=gen_device).to(device)
+                x_o[:, d] = (loc[:, 0].gather(1, comp) + scale[:, 0].gather(1, comp) * eps)[:, 0]
+            return x_o[:, self.inverse_order]
+        finally:
+            self.train(was_training)
+
+    # -------------------------------------------------------- initialisation
+    @torch.no_grad()
+    def init_from_data(self, X, generator=None, *, max_samples=4096, ridge=1e-3):
+        """Data-dependent initialisation.
+
+        * The linear autoregression starts at the (ridge-regularised)
+          Gaussian fit of the winsorised data: the conditionals start as the
+          conditionals of a full-covariance Gaussian.
+        * Hidden components sit on the winsorised values of random samples,
+          with robust (inter-quartile) per-input spreads as scales.
+        * Each conditional's components sit on residuals of random samples
+          (free components on residual quantiles), with the residual's robust
+          spread as scale; hidden activations are standardised by their
+          median and robust spread.
+
+        Constant columns and heavy tails are handled by the robust statistics
+        (winsorising at the 1st/99th percentiles, spread fall-backs, ridge).
+
+        Parameters
+        ----------
+        X : Tensor of shape (n_samples, n_features)
+        generator : torch.Generator, optional
+        max_samples : int, default=4096
+            Rows used for the statistics (a random subset of larger X).
+        ridge : float, default=1e-3
+            Relative ridge added to the covariance diagonal.
+        """
+        if X.dim() != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"expected X of shape (n, {self.n_features}), got {tuple(X.shape)}")
+        if X.shape[0] == 0:
+            raise ValueError("init_from_data needs at least one sample")
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError("init_from_data needs finite inputs")
+        dtype, device = self.linear.dtype, self.linear.device
+        if X.shape[0] > max_samples:
+            idx = torch.randperm(X.shape[0], generator=generator)[:max_samples]
+            X = X[idx.to(X.device)]
+        X = X.to(device=device, dtype=torch.float64)[:, self.order]
+        n, D = X.shape
+        med, spread, low, high = _robust_stats(X)
+        Xc = torch.minimum(torch.maximum(X, low), high)
+
+        # linear part: Gaussian conditionals of the winsorised data
+        mu = Xc.mean(dim=0)
+        C = (Xc - mu).t() @ (Xc - mu) / max(n - 1, 1)
+        diag = torch.maximum(C.diagonal(), spread**2)
+        C = C + torch.diag(ridge * diag + 1e-12)
+        L = _safe_cholesky(C)
+        T = torch.linalg.solve_triangular(L, torch.eye(D, dtype=C.dtype, device=device), upper=False)
+        W = -(T / T.diagonal()[:, None]).tril(-1)
+        resid = Xc - Xc @ W.t()
+        r_med, r_spread, r_low, r_high = _robust_stats(resid)
+        resid = torch.minimum(torch.maximum(resid, r_low), r_high)
+        self.linear.copy_(W.to(dtype))
+
+        K = self.n_free_components
+        q = (torch.arange(K, dtype=torch.float64, device=device) + 0.5) / K
+        free = torch.quantile(resid, q, dim=0).t()  # (D, K)
+        self.free_loc.copy_(free.to(dtype))
+        self._set_raw(self.free_raw_scale, r_spread[:, None].clamp(min=10 * self.min_scale).to(dtype))
+        self.free_logits.zero_()
+
+        was_training = self.training
+        self.eval()
+        try:
+            h = Xc.to(dtype)
+            if self.whiten_hidden:
+                h = h - h @ (self.linear * self.linear_mask).t()
+            for layer in self.hidden:
+                hs = h.double()
+                h_med, h_spread, h_low, h_high = _robust_stats(hs)
+                rows = torch.randint(n, (layer.out_features,), generator=generator).to(device)
+                loc = torch.minimum(torch.maximum(hs[rows], h_low), h_high)
+                layer.loc.copy_(loc.to(dtype))
+                layer.set_scale(h_spread[None, :].clamp(min=10 * self.min_scale).expand(layer.out_features, -1).to(dtype))
+                layer.logits.zero_()
+                h = layer(h)
+            H = self.n_tied
+            if H:
+                h_med, h_spread, _, _ = _robust_stats(h.double())
+                self.feature_shift.copy_(h_med.to(dtype))
+                self.feature_scale.copy_(h_spread.clamp(min=1e-3).to(dtype))
+                rows = torch.randint(n, (D, H), generator=generator).to(device)
+                self.tied_bias.copy_(resid.t().gather(1, rows).to(dtype))
+                self.tied_slope.zero_()
+                self._set_raw(self.tied_raw_scale, r_spread[:, None].clamp(min=10 * self.min_scale).to(dtype))
+                self.tied_scale_gate.zero_()
+                self.tied_logits.zero_()
+                self.tied_gate.zero_()
+        finally:
+            self.train(was_training)
+
+    def extra_repr(self):
+        return (
+            f"n_features={self.n_features}, hidden_layer_sizes={self.hidden_layer_sizes}, "
+            f"n_free_components={self.n_free_components}, min_scale={self.min_scale}"
+        )
+
+
+def _robust_stats(h):
+    """Per-column median, robust spread and 1st/99th percentiles (float64)."""
+    h = h.double()
+    probs = torch.tensor([0.01, 0.25, 0.5, 0.75, 0.99], dtype=h.dtype, device=h.device)
+    low, q25, median, q75, high = torch.quantile(h, probs, dim=0)
+    spread = (q75 - q25) / 1.349
+    spread = torch.where(spread > 0, spread, (high - low) / 4.653)
+    ref = median.abs().clamp(min=1.0)
+    usable = spread > 1e-6 * ref
+    if bool(usable.any()):
+        fallback = spread[usable].median()
+    else:
+        fallback = torch.ones((), dtype=h.dtype, device=h.device)
+    spread = torch.where(usable, spread, fallback)
+    return median, spread, low, high
+
+
+def _safe_cholesky(C):
+    eye = torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+    jitter = 0.0
+    base = float(C.diagonal().abs().max().clamp(min=1e-12))
+    for _ in range(10):
+        L, info = torch.linalg.cholesky_ex(C + jitter * eye)
+        if int(info) == 0:
+            return L
+        jitter = base * 1e-8 if jitter == 0.0 else jitter * 10
+    return torch.diag(C.diagonal().clamp(min=1e-12).sqrt())
