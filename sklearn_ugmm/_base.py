@@ -157,7 +157,7 @@ class BaseUGMM(BaseEstimator):
             )
         return min(self.batch_size, n_samples)
 
-    def _make_net(self, module, n_train, validation=None, validation_score=None, generator=None):
+    def _make_net(self, module, n_train, validation=None, validation_score=None, generator=None, patience=None):
         """A skorch net around ``module`` configured by this estimator's parameters."""
         return build_net(
             module,
@@ -167,7 +167,7 @@ class BaseUGMM(BaseEstimator):
             batch_size=self._batch_size(n_train),
             max_iter=self.max_iter,
             tol=self.tol,
-            n_iter_no_change=self.n_iter_no_change,
+            n_iter_no_change=self.n_iter_no_change if patience is None else patience,
             generator=generator,
             device=self.device_,
             verbose=self.verbose,
@@ -183,6 +183,25 @@ class BaseUGMM(BaseEstimator):
         net.fit(X_train, y_train)
         return net
 
+    def _partial_fit_epoch(self, X_train, y_train, new_module):
+        """One epoch over ``(X_train, y_train)``, building the model on the first call.
+
+        ``new_module(generator)`` returns the initialised network. The skorch
+        net (with its optimiser state, history and generators) persists
+        between calls, and no stopping rule applies.
+        """
+        if not hasattr(self, "net_"):
+            generator = self._torch_generator(local_random_state(self.random_state))
+            module = new_module(generator)
+            module.set_generator(generator)
+            net = self._make_net(module, len(X_train), generator=generator, patience=np.inf)
+            net.initialize()
+        else:
+            net = self.net_
+        net.partial_fit(X_train, y_train, epochs=1)
+        self.net_ = net
+        self._record_history(net, append=False, warn=False)
+
     def _restore_module(self, state):
         """Rebuild the fitted network from a state dict (see ``load_model``)."""
         try:
@@ -195,7 +214,7 @@ class BaseUGMM(BaseEstimator):
         self.net_ = self._make_net(module, n_train=1)
         self.net_.initialize()
 
-    def _record_history(self, net, append):
+    def _record_history(self, net, append, warn=True):
         # an interrupted epoch leaves a history row without a training loss
         history = [row for row in net.history if "train_loss" in row]
         losses = [float(row["train_loss"]) for row in history]
@@ -219,7 +238,7 @@ class BaseUGMM(BaseEstimator):
         stopping = callbacks.get("stopping")
         stopped_early = stopping is not None and stopping.misses_ >= stopping.patience
         interrupted = callbacks["interrupt_guard"].interrupted_
-        if n_epochs >= self.max_iter and not stopped_early and not interrupted:
+        if warn and n_epochs >= self.max_iter and not stopped_early and not interrupted:
             warnings.warn(
                 f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
                 "and the optimization hasn't converged yet.",

@@ -220,20 +220,70 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         if continuing:
             module = self.module_
         else:
-            module = self._new_module(generator)
-            # samples of zero weight do not shape the initial model either
-            seen = sample_weight[train_idx] > 0
-            X_seen = torch.as_tensor(X_train[seen])
-            module.init_from_data(X_seen, generator=generator)
-            if self.objective == "discriminative" and not self.tie_means:
-                _init_output_from_classes(module, X_seen, y_index[train_idx][seen], n_classes)
+            module = self._initialised_module(X_train, y_index[train_idx], sample_weight[train_idx], generator)
         module.set_generator(generator)
         self.device_ = device
 
         self.net_ = self._train(module, X_train, y_train, validation, self._validation_metrics, generator)
         self._record_history(self.net_, append=continuing)
-        module.set_generator(None)
         return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """One epoch of training on (X, y), for streaming and out-of-core data.
+
+        The first call builds the model: it needs ``classes`` (all labels that
+        will ever appear) and fits the internal standardisation and the
+        data-dependent initialisation on its batch. No validation split and
+        no stopping rule apply.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        classes : array-like of shape (n_classes,), default=None
+            Required on the first call, ignored (but checked) afterwards.
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : UGMMClassifier
+        """
+        first = not hasattr(self, "net_")
+        X, y = validate_data(self, X, y, reset=first, dtype=np.float64)
+        check_classification_targets(y)
+        sample_weight = self._check_weights(sample_weight, X)
+        if first:
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit.")
+            classes = np.unique(classes)
+            if len(classes) < 2:
+                raise ValueError(f"The number of classes has to be greater than one; got {len(classes)} class.")
+            self.device_ = resolve_device(self.device)
+            self.classes_ = classes
+            self._fit_scaling(X, sample_weight)
+        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(f"classes={classes!r} is not the same as on the first call to partial_fit.")
+        unseen = np.setdiff1d(np.unique(y), self.classes_)
+        if len(unseen):
+            raise ValueError(f"y contains labels not in classes: {unseen!r}.")
+        y_index = np.searchsorted(self.classes_, y)
+        X_train, y_train = self._inputs_targets(self._scaled(X), y_index, sample_weight, len(self.classes_))
+        self._partial_fit_epoch(
+            X_train, y_train, lambda generator: self._initialised_module(X_train, y_index, sample_weight, generator)
+        )
+        return self
+
+    def _initialised_module(self, X_train, y_index, sample_weight, generator):
+        """A new network, initialised from the training data."""
+        module = self._new_module(generator)
+        # samples of zero weight do not shape the initial model either
+        seen = sample_weight > 0
+        X_seen = torch.as_tensor(X_train[seen])
+        module.init_from_data(X_seen, generator=generator)
+        if self.objective == "discriminative" and not self.tie_means:
+            _init_output_from_classes(module, X_seen, y_index[seen], len(self.classes_))
+        return module
 
     def _new_module(self, generator):
         n_classes = len(self.classes_)

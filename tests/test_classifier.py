@@ -316,3 +316,30 @@ def test_keyboard_interrupt_keeps_last_completed_epoch(iris):
     for key, value in clf.module_.state_dict().items():
         torch.testing.assert_close(value, snapshots[-1][key], rtol=0, atol=0)
     assert clf.predict_proba(X).shape == (150, 3)
+
+
+def test_partial_fit_streams_batches(iris):
+    X, y = iris
+    rng = np.random.RandomState(0)
+    order = rng.permutation(150)
+    X, y = X[order], y[order]
+
+    def stream(seed):
+        clf = UGMMClassifier(hidden_layer_sizes=(8,), learning_rate_init=0.05, random_state=seed)
+        with pytest.raises(ValueError, match="classes must be passed"):
+            clone(clf).partial_fit(X[:50], y[:50])
+        for epoch in range(20):
+            for start in range(0, 150, 50):
+                clf.partial_fit(X[start : start + 50], y[start : start + 50], classes=[0, 1, 2])
+        return clf
+
+    clf = stream(0)
+    assert clf.n_iter_ == 60 and len(clf.loss_curve_) == 60
+    assert clf.score(X, y) > 0.9
+    np.testing.assert_array_equal(stream(0).predict_proba(X), clf.predict_proba(X))
+    with pytest.raises(ValueError, match="not the same"):
+        clf.partial_fit(X[:10], y[:10], classes=[0, 1, 2, 3])
+    with pytest.raises(ValueError, match="not in classes"):
+        clf.partial_fit(X[:3], np.array([0, 1, 5]))
+    with pytest.raises(ValueError, match="features"):
+        clf.partial_fit(X[:10, :3], y[:10])
