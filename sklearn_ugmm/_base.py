@@ -157,12 +157,15 @@ class BaseUGMM(BaseEstimator):
             )
         return min(self.batch_size, n_samples)
 
+    def _learning_rate(self):
+        return self.learning_rate_init
+
     def _make_net(self, module, n_train, validation=None, validation_score=None, generator=None, patience=None):
         """A skorch net around ``module`` configured by this estimator's parameters."""
         return build_net(
             module,
             self._per_sample_loss,
-            learning_rate_init=self.learning_rate_init,
+            learning_rate_init=self._learning_rate(),
             alpha=self.alpha,
             batch_size=self._batch_size(n_train),
             max_iter=self.max_iter,

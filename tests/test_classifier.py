@@ -343,3 +343,24 @@ def test_partial_fit_streams_batches(iris):
         clf.partial_fit(X[:3], np.array([0, 1, 5]))
     with pytest.raises(ValueError, match="features"):
         clf.partial_fit(X[:10, :3], y[:10])
+
+
+class _ThreadProbe(Callback):
+    def on_epoch_end(self, net, **kwargs):
+        net.history.record("torch_threads", torch.get_num_threads())
+
+
+def test_parallel_fits_do_not_oversubscribe_threads(iris):
+    import os
+
+    from sklearn.model_selection import cross_validate
+
+    X, y = iris
+    before = torch.get_num_threads()
+    result = cross_validate(
+        UGMMClassifier(**dict(FAST, callbacks=[_ThreadProbe()])), X, y, cv=2, n_jobs=2, return_estimator=True
+    )
+    for est in result["estimator"]:
+        threads = est.net_.history[-1, "torch_threads"]
+        assert threads * 2 <= max(2, os.cpu_count())
+    assert torch.get_num_threads() == before
