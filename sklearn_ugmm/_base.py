@@ -129,9 +129,13 @@ class BaseUGMM(BaseEstimator):
             self.scaling_scale_ = np.ones(n_features)
             return
         w = sample_weight / sample_weight.sum()
-        mean = w @ X
-        var = w @ (X - mean) ** 2
-        scale = np.sqrt(var)
+        # moments of X / max|X| cannot overflow, even for values near 1e308
+        magnitude = np.max(np.abs(X), axis=0)
+        magnitude[magnitude == 0] = 1.0
+        unit = X / magnitude
+        mean = w @ unit
+        scale = np.sqrt(w @ (unit - mean) ** 2) * magnitude
+        mean = mean * magnitude
         # constant features are only centred, as StandardScaler does
         scale[~(scale > 1e-12 * np.maximum(1.0, np.abs(mean)))] = 1.0
         self.scaling_mean_ = mean
