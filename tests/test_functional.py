@@ -103,11 +103,14 @@ def test_far_from_every_component_uses_exact_peak(dtype):
     assert ref.min() < -1500
     rel = 1e-6 if dtype == torch.float32 else 1e-13
     assert ((ours - ref).abs() / ref.abs().clamp(min=1.0)).max() <= rel
-    grad = torch.randn_like(ref)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
     g_ours = torch.autograd.grad(ours, (x, loc, scale, log_w), grad)
     g_ref = torch.autograd.grad(ref, (x, loc, scale, log_w), grad)
+    # softmax weights come from differences of log-densities near -2000, whose
+    # float32 ulp is 1.2e-4: both implementations carry that much rounding
+    grad_rel = 2e-3 if dtype == torch.float32 else 1e-11
     for a, b in zip(g_ours, g_ref):
-        assert ((a - b).abs() / b.abs().clamp(min=1.0)).max() <= 100 * rel
+        assert ((a - b).abs() / b.abs().clamp(min=1.0)).max() <= grad_rel
 
 
 def test_gradcheck_float64():
@@ -207,3 +210,20 @@ def test_buffers_reuse_memory_for_the_last_block():
     assert [t.shape for t in short] == [(4, 2, 5)] * 2
     assert all(t.is_contiguous() for t in short)
     assert all(a.data_ptr() == b.data_ptr() for a, b in zip(full, short))
+
+
+def test_huge_inputs_never_give_nan_gradients_in_float32():
+    # |log-densities| ~ 1e12 have float32 ulps of 2**16: recomputed components
+    # may round above the saved output, which must not overflow exp2 in backward
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        x = (torch.randn(16, 6, generator=g) * 1e6).requires_grad_()
+        loc = torch.randn(5, 6, generator=g).requires_grad_()
+        scale = (torch.rand(5, 6, generator=g) + 0.5).requires_grad_()
+        log_w = torch.log_softmax(torch.randn(5, 6, generator=g), dim=1).requires_grad_()
+        out = ugmm_log_density(x, loc, scale, log_w)
+        grad = torch.randn(16, 5, generator=g)
+        grad[::2] = 0.0
+        grads = torch.autograd.grad(out, (x, loc, scale, log_w), grad)
+        assert bool(torch.isfinite(out).all())
+        assert all(bool(torch.isfinite(t).all()) for t in grads)

@@ -81,7 +81,12 @@ _squared_difference = torch.ops.aten.mse_loss.out  # (a - b)**2, broadcast, redu
 
 
 def _exp2_floored(t):
-    return t.clamp_(min=_FLOOR_BITS).exp2_()
+    # Arguments are log2 ratios to a reference that bounds every component, so
+    # they are <= 0 in exact arithmetic; float32 rounding at very large
+    # magnitudes (|log-density| ~ 1e12, where one ulp is 2**16) can push a
+    # recomputed one above 0, and exp2 would overflow to inf (inf * 0 = NaN in
+    # backward). Clamping to 0 keeps every softmax weight <= 1.
+    return t.clamp_(min=_FLOOR_BITS, max=0.0).exp2_()
 
 
 class _Prepared:
