@@ -1,10 +1,13 @@
 """UGMMDensityEstimator: a true, normalised density built from uGMM neurons."""
 
+import warnings
 from numbers import Integral
 
 import numpy as np
 import torch
 from sklearn.base import DensityMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -36,7 +39,12 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
     ``x_d`` -- a genuine uGMM neuron -- whose components are tied to the
     hidden neurons allowed to see ``x_<d``, plus ``n_free_components`` free
     components and a masked linear term in the means (so a full-covariance
-    Gaussian is a special case). Hence ``exp(score_samples)`` integrates to
+    Gaussian is a special case). The free components' weights are gated by
+    the likelihood of ``x_<d`` under their own chains, so they form a mixture
+    of full-covariance Gaussians; training starts them at a full-covariance
+    :class:`~sklearn.mixture.GaussianMixture` of the training split (1 to
+    ``n_free_components`` components, chosen by BIC) and lets the hidden
+    uGMM neurons refine it. Hence ``exp(score_samples)`` integrates to
     one and :meth:`sample` draws exactly from the model.
 
     Parameters
@@ -52,7 +60,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
     alpha : float, default=1e-4
         L2 penalty on the mixing logits.
     batch_size : int or "auto", default="auto"
-        Minibatch size; "auto" is ``n_samples // 32`` clipped to [32, 512]
+        Minibatch size; "auto" is ``n_samples // 64`` clipped to [32, 256]
         (and at most ``n_samples``).
     learning_rate_init : float, default=3e-3
         Adam learning rate.
@@ -194,12 +202,34 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
             module = self._new_module(generator)
             seen = sample_weight[train_idx] > 0
             module.init_from_data(torch.as_tensor(X_train[seen]), generator=generator)
+            if self._mixture_init:
+                self._init_from_mixture(module, X_train[seen], rng, generator)
         module.set_generator(generator)
         self.device_ = device
         self.net_ = self._train(module, X_train, y_train, validation, _validation_log_likelihood, generator)
         self._record_history(self.net_, append=continuing)
         module.set_generator(None)
         return self
+
+    #: start the free components at a BIC-selected full-covariance GaussianMixture
+    _mixture_init = True
+    _mixture_criterion = "bic"
+
+    def _init_from_mixture(self, module, X, rng, generator, max_samples=4096):
+        X = np.asarray(X, dtype=np.float64)
+        if len(X) > max_samples:
+            X = X[rng.permutation(len(X))[:max_samples]]
+        seed = rng.randint(np.iinfo(np.int32).max)
+        best, best_value = None, np.inf
+        max_components = max(1, min(self.n_free_components, len(X) // (2 * (X.shape[1] + 1))))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for m in range(1, max_components + 1):
+                gmm = GaussianMixture(m, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(X)
+                value = gmm.bic(X) if self._mixture_criterion == "bic" else gmm.aic(X)
+                if value < best_value:
+                    best, best_value = gmm, value
+        module.init_from_mixture(best.weights_, best.means_, best.covariances_, generator=generator)
 
     def _new_module(self, generator):
         return AutoregressiveUGMM(
@@ -217,8 +247,9 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
 
     def _batch_size(self, n_samples):
         if self.batch_size == "auto":
-            # small batches for small data, up to 512 rows for large data
-            return int(min(n_samples, np.clip(n_samples // 32, 32, 512)))
+            # small batches for small data, up to 256 rows for large data
+            # (on magic, 256-row batches reach a better likelihood per epoch than 512)
+            return int(min(n_samples, np.clip(n_samples // 64, 32, 256)))
         return super()._batch_size(n_samples)
 
     def _check_order(self, n_features):

@@ -20,9 +20,12 @@ sampled exactly::
   ``n_free_components`` free components. All component means share a masked
   linear term ``sum_{k<d} W[d, k] x_k``, so a full-covariance Gaussian (a
   Cholesky factorisation) is a special case; each free component adds its
-  own masked linear term and has its log-weight gated linearly by the
-  allowed hidden activations (so mixtures of full-covariance Gaussians are
-  well approximated).
+  own masked linear term and scale, and (``gmm_gating``) its log-weight at
+  position ``d`` is gated by the log-likelihood of ``x_<d`` under that
+  component's own chain of conditionals, so the free components alone form
+  an exact mixture of full-covariance Gaussians (see
+  :meth:`AutoregressiveUGMM.init_from_mixture`); their weights are further
+  gated linearly by the allowed hidden activations.
 
 Each conditional is a normalised univariate mixture of ``x_d`` whatever
 ``x_<d``, hence ``exp(log_prob)`` integrates to one and ancestral sampling
@@ -160,6 +163,11 @@ class AutoregressiveUGMM(nn.Module):
     whiten_hidden : bool, default=False
         Feed the hidden layers the linear innovations ``x_d - sum W[d,k] x_k``
         instead of ``x`` (experimental; no measured gain).
+    gmm_gating : bool, default=True
+        Gate each free component's log-weight at position ``d`` by the
+        log-likelihood of ``x_<d`` under that component's chain of
+        conditionals (then the free components form a mixture of
+        full-covariance Gaussians). Still autoregressive and normalised.
     generator : torch.Generator, optional
         Source of randomness for the initial parameters and the dropout
         masks; the global generator when None.
@@ -199,6 +207,7 @@ class AutoregressiveUGMM(nn.Module):
         min_scale=1e-3,
         block_elements=DEFAULT_BLOCK_ELEMENTS,
         whiten_hidden=False,
+        gmm_gating=True,
         generator=None,
         device=None,
         dtype=None,
@@ -269,6 +278,7 @@ class AutoregressiveUGMM(nn.Module):
         self.free_linear = nn.Parameter(torch.zeros(D, K, D, **factory))
         self.free_gate = nn.Parameter(torch.zeros(D, K, H, **factory))
         self.whiten_hidden = bool(whiten_hidden)
+        self.gmm_gating = bool(gmm_gating)
         self.reset_parameters(generator)
 
     # ------------------------------------------------------------------ setup
@@ -348,18 +358,40 @@ class AutoregressiveUGMM(nn.Module):
         Returns loc (B, R, C), scale (B, R, C) and log-weights (B, R, C)
         with C = H + n_free_components.
         """
-        W = (self.linear * self.linear_mask)[rows]  # (R, D)
+        mask = self.linear_mask
+        if self.gmm_gating:
+            # the gates need every earlier position's free components
+            rows_all = slice(None)
+        else:
+            rows_all = rows
+        W = (self.linear * mask)[rows_all]  # (R, D)
         lin = x_o @ W.t()  # (B, R)
-        fW = (self.free_linear * self.linear_mask[:, None, :])[rows]  # (R, K, D)
-        free_loc = lin[:, :, None] + self.free_loc[rows] + torch.einsum("bk,rck->brc", x_o, fW)
-        free_scale = (self.min_scale + F.softplus(self.free_raw_scale[rows])).expand_as(free_loc)
-        free_logits = self.free_logits[rows].expand_as(free_loc)
+        fW = (self.free_linear * mask[:, None, :])[rows_all]  # (R, K, D)
+        free_loc = lin[:, :, None] + self.free_loc[rows_all] + torch.einsum("bk,rck->brc", x_o, fW)
+        free_scale = (self.min_scale + F.softplus(self.free_raw_scale[rows_all])).expand_as(free_loc)
+        free_logits = self.free_logits[rows_all].expand_as(free_loc)
+        if self.gmm_gating:
+            # free component k's weight at position d is also gated by the
+            # log-likelihood of x_<d under component k's own chain of
+            # conditionals: the free components alone form a mixture of
+            # full-covariance Gaussians (exactly when the logits agree over d)
+            z = (x_o[:, :, None] - free_loc) / free_scale
+            lim = _z_limit(z.dtype)
+            z = z.clamp(-lim, lim)
+            ll = -0.5 * z * z - torch.log(free_scale) - _HALF_LOG_2PI  # (B, D, K)
+            prefix = torch.cumsum(ll, dim=1) - ll  # sum over j < d
+            free_logits = free_logits + prefix
+            free_loc, free_scale, free_logits = free_loc[:, rows], free_scale[:, rows], free_logits[:, rows]
         if self.n_tied == 0:
             return free_loc, free_scale, torch.log_softmax(free_logits, dim=-1)
         fG = (self.free_gate * self.out_mask[:, None, :])[rows]  # (R, K, H)
         free_logits = free_logits + torch.einsum("bh,rch->brc", f, fG)
+        # the free components' weights are normalised among themselves first:
+        # the tied logits then set the tied components' share on a fixed scale
+        free_logits = torch.log_softmax(free_logits, dim=-1)
         fb = f[:, None, :]  # (B, 1, H)
-        tied_loc = lin[:, :, None] + self.tied_bias[rows] + self.tied_slope[rows] * fb
+        lin_rows = lin[:, rows] if self.gmm_gating else lin
+        tied_loc = lin_rows[:, :, None] + self.tied_bias[rows] + self.tied_slope[rows] * fb
         tied_scale = self.min_scale + F.softplus(self.tied_raw_scale[rows] + self.tied_scale_gate[rows] * fb)
         tied_logits = (self.tied_logits[rows] + self.tied_gate[rows] * fb).masked_fill(
             ~self.out_mask[rows], -math.inf
@@ -516,6 +548,69 @@ class AutoregressiveUGMM(nn.Module):
                 self.tied_gate.zero_()
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def init_from_mixture(self, weights, means, covariances, *, tied_share=0.05, generator=None):
+        """Start the free components at a full-covariance Gaussian mixture.
+
+        With ``gmm_gating`` the free components' chains of conditionals then
+        reproduce the mixture exactly; the tied components keep their
+        parameters and get a total weight of about ``tied_share``. Call after
+        :meth:`init_from_data` (which sets the shared linear term).
+
+        Parameters
+        ----------
+        weights : array-like of shape (M,)
+        means : array-like of shape (M, D)
+        covariances : array-like of shape (M, D, D)
+            In the original feature order. With M < n_free_components the
+            heaviest components are split (slightly shifted copies sharing
+            the weight); with M > n_free_components only the heaviest are kept.
+        tied_share : float, default=0.05
+        generator : torch.Generator, optional
+        """
+        dtype, device = self.linear.dtype, self.linear.device
+        w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+        mu = torch.as_tensor(means, dtype=torch.float64)
+        cov = torch.as_tensor(covariances, dtype=torch.float64)
+        M, D, K = w.numel(), self.n_features, self.n_free_components
+        if mu.shape != (M, D) or cov.shape != (M, D, D):
+            raise ValueError(f"expected means ({M}, {D}) and covariances ({M}, {D}, {D})")
+        order = self.order.cpu()
+        mu = mu[:, order]
+        cov = cov[:, order][:, :, order]
+        keep = torch.argsort(w, descending=True)[:K]
+        w, mu, cov = w[keep], mu[keep], cov[keep]
+        eye = torch.eye(D, dtype=torch.float64)
+        locs, scales, slopes = [], [], []
+        for m in range(w.numel()):
+            L = _safe_cholesky(cov[m])
+            T = torch.linalg.solve_triangular(L, eye, upper=False)
+            diag = T.diagonal()
+            slopes.append(-(T / diag[:, None]).tril(-1))
+            locs.append((T @ mu[m]) / diag)
+            scales.append(1.0 / diag)
+        locs, scales, slopes = torch.stack(locs), torch.stack(scales), torch.stack(slopes)  # (M, D), (M, D), (M, D, D)
+        # split the heaviest components until there are K
+        w = w / w.sum()
+        while w.numel() < K:
+            j = int(torch.argmax(w))
+            shift = 0.2 * scales[j] * (2.0 * torch.rand(D, generator=generator, dtype=torch.float64) - 1.0)
+            w = torch.cat([w, w[j:j + 1] / 2])
+            w[j] = w[j] / 2
+            locs = torch.cat([locs, (locs[j] + shift)[None]])
+            locs[j] = locs[j] - shift
+            scales = torch.cat([scales, scales[j:j + 1]])
+            slopes = torch.cat([slopes, slopes[j:j + 1]])
+        W = (self.linear * self.linear_mask).double().cpu()
+        self.free_loc.copy_(locs.t().to(dtype))
+        self._set_raw(self.free_raw_scale, scales.t().clamp(min=2 * self.min_scale).to(dtype))
+        self.free_linear.copy_((slopes.permute(1, 0, 2) - W[:, None, :]).to(dtype))
+        self.free_logits.copy_(w.log().expand(D, K).to(dtype))
+        self.free_gate.zero_()
+        if self.n_tied:
+            tied = math.log(tied_share / (1.0 - tied_share)) - math.log(self.n_tied)
+            self.tied_logits.fill_(tied)
 
     def extra_repr(self):
         return (
