@@ -199,11 +199,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         if continuing:
             module = self.module_
         else:
-            module = self._new_module(generator)
-            seen = sample_weight[train_idx] > 0
-            module.init_from_data(torch.as_tensor(X_train[seen]), generator=generator)
-            if self._mixture_init:
-                self._init_from_mixture(module, X_train[seen], rng, generator)
+            module = self._initialised_module(X_train, sample_weight[train_idx], rng, generator)
         module.set_generator(generator)
         self.device_ = device
         self.net_ = self._train(module, X_train, y_train, validation, _validation_log_likelihood, generator)
@@ -230,6 +226,54 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
                 if value < best_value:
                     best, best_value = gmm, value
         module.init_from_mixture(best.weights_, best.means_, best.covariances_, generator=generator)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """One epoch of maximum-likelihood training on X (streaming, out of core).
+
+        The first call builds the model: it fits the internal standardisation
+        and the data-dependent initialisation on its batch. Later calls take
+        further maximum-likelihood steps; no validation split or stopping
+        rule applies.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A batch of training data.
+        y : Ignored
+            Not used, present for API consistency.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the batch's samples.
+
+        Returns
+        -------
+        self : UGMMDensityEstimator
+            The estimator, one epoch further.
+        """
+        first = not hasattr(self, "net_")
+        X = validate_data(self, X, reset=first, dtype=np.float64)
+        sample_weight = self._check_weights(sample_weight, X)
+        if first:
+            self._check_order(X.shape[1])
+            self.device_ = resolve_device(self.device)
+            self._fit_scaling(X, sample_weight)
+        Xs = self._scaled(X)
+        rng = local_random_state(self.random_state)
+        self._partial_fit_epoch(
+            Xs,
+            pack_target(None, sample_weight),
+            lambda generator: self._initialised_module(Xs, sample_weight, rng, generator),
+        )
+        return self
+
+    def _initialised_module(self, X_train, sample_weight, rng, generator):
+        """A new network, initialised from the (scaled) training data."""
+        module = self._new_module(generator)
+        seen = sample_weight > 0
+        module.init_from_data(torch.as_tensor(X_train[seen]), generator=generator)
+        if self._mixture_init:
+            self._init_from_mixture(module, X_train[seen], rng, generator)
+        return module
 
     def _new_module(self, generator):
         return AutoregressiveUGMM(

@@ -158,3 +158,22 @@ def test_errors():
         est.score_samples(X[:, :1])
     with pytest.raises(ValueError, match="n_samples"):
         est.sample(0)
+
+
+def test_partial_fit_takes_further_likelihood_steps():
+    X = _correlated_2d(400)
+    est = UGMMDensityEstimator(hidden_layer_sizes=(8,), random_state=0)
+    scores = []
+    for epoch in range(8):
+        for start in range(0, 400, 100):
+            est.partial_fit(X[start : start + 100])
+        scores.append(est.score(X))
+    assert est.n_iter_ == 32 and len(est.loss_curve_) == 32
+    assert scores[-1] > scores[0]
+    again = UGMMDensityEstimator(hidden_layer_sizes=(8,), random_state=0)
+    for epoch in range(8):
+        for start in range(0, 400, 100):
+            again.partial_fit(X[start : start + 100])
+    np.testing.assert_array_equal(again.score_samples(X), est.score_samples(X))
+    with pytest.raises(ValueError, match="features"):
+        est.partial_fit(X[:10, :1])
