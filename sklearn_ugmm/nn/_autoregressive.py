@@ -38,22 +38,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._functional import DEFAULT_BLOCK_ELEMENTS
-from ._layer import UGMMLayer
+from ._functional import DEFAULT_BLOCK_ELEMENTS, _z_limit
+from ._layer import UGMMLayer, _inverse_softplus
+from ._net import _robust_stats
 
 __all__ = ["AutoregressiveUGMM", "MaskedUGMMLayer", "hidden_degrees"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # hidden activations enter the output neurons through c * tanh(u / c)
 _FEATURE_BOUND = 3.0
-
-
-def _inverse_softplus(y):
-    return y + torch.log(-torch.expm1(-y))
-
-
-def _z_limit(dtype):
-    return float(torch.finfo(dtype).max) ** 0.25
 
 
 def hidden_degrees(n_features, size):
@@ -617,23 +610,6 @@ class AutoregressiveUGMM(nn.Module):
             f"n_features={self.n_features}, hidden_layer_sizes={self.hidden_layer_sizes}, "
             f"n_free_components={self.n_free_components}, min_scale={self.min_scale}"
         )
-
-
-def _robust_stats(h):
-    """Per-column median, robust spread and 1st/99th percentiles (float64)."""
-    h = h.double()
-    probs = torch.tensor([0.01, 0.25, 0.5, 0.75, 0.99], dtype=h.dtype, device=h.device)
-    low, q25, median, q75, high = torch.quantile(h, probs, dim=0)
-    spread = (q75 - q25) / 1.349
-    spread = torch.where(spread > 0, spread, (high - low) / 4.653)
-    ref = median.abs().clamp(min=1.0)
-    usable = spread > 1e-6 * ref
-    if bool(usable.any()):
-        fallback = spread[usable].median()
-    else:
-        fallback = torch.ones((), dtype=h.dtype, device=h.device)
-    spread = torch.where(usable, spread, fallback)
-    return median, spread, low, high
 
 
 def _safe_cholesky(C):
