@@ -204,7 +204,6 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         self.device_ = device
         self.net_ = self._train(module, X_train, y_train, validation, _validation_log_likelihood, generator)
         self._record_history(self.net_, append=continuing)
-        module.set_generator(None)
         return self
 
     #: start the free components at a BIC-selected full-covariance GaussianMixture
