@@ -373,8 +373,8 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         float
         """
         check_is_fitted(self)
-        n = np.asarray(X).shape[0] if hasattr(X, "shape") else len(X)
-        return -2 * self.score(X) * n + self._n_parameters() * np.log(n)
+        scores = self.score_samples(X)
+        return -2 * scores.sum() + self._n_parameters() * np.log(len(scores))
 
     def aic(self, X):
         """Akaike information criterion on X (lower is better).
@@ -388,8 +388,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         float
         """
         check_is_fitted(self)
-        n = np.asarray(X).shape[0] if hasattr(X, "shape") else len(X)
-        return -2 * self.score(X) * n + 2 * self._n_parameters()
+        return -2 * self.score_samples(X).sum() + 2 * self._n_parameters()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
