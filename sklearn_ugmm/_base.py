@@ -267,8 +267,13 @@ class BaseUGMM(BaseEstimator):
     def _model_device(self):
         return next(self.module_.parameters()).device
 
-    def _batched(self, fn, X, *, n_rows=INFERENCE_BATCH_ROWS):
-        """Apply ``fn`` (tensor -> tensor) to row batches of float32 ``X``, in eval mode."""
+    def _batched(self, fn, X, *, prepare, n_rows=INFERENCE_BATCH_ROWS):
+        """Apply ``fn`` (tensor -> tensor) to row batches of ``X``, in eval mode.
+
+        ``prepare`` turns one batch of validated rows into the float32 model
+        input (scaling), so that no full-size copy of ``X`` is ever made:
+        besides ``X`` itself, memory holds one batch and the outputs.
+        """
         module = self.module_
         device = self._model_device()
         was_training = module.training
@@ -277,7 +282,7 @@ class BaseUGMM(BaseEstimator):
         try:
             with torch.no_grad():
                 for start in range(0, X.shape[0], n_rows):
-                    block = torch.as_tensor(X[start : start + n_rows], device=device)
+                    block = torch.as_tensor(prepare(X[start : start + n_rows]), device=device)
                     outputs.append(fn(block).cpu().numpy().astype(np.float64))
         finally:
             module.train(was_training)

@@ -89,25 +89,31 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
+        Class labels known to the classifier.
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
-        Defined only when X has string feature names.
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features,)
+        Names of features seen during fit. Defined only when X has feature
+        names that are all strings.
     n_iter_ : int
         Epochs run.
     loss_curve_ : list of float
         Training loss per epoch.
     best_loss_ : float
+        Smallest training loss in ``loss_curve_``.
     validation_scores_ : list of float or None
         Validation accuracy per epoch (``early_stopping=True`` only). Early
         stopping itself watches the validation loss of the training
         objective and restores the best epoch.
     best_validation_score_ : float or None
+        Best validation accuracy (``early_stopping=True`` only).
     net_ : skorch.NeuralNet
         The skorch net that trained the model.
     module_ : sklearn_ugmm.nn.UGMMNet
         The trained torch network.
     device_ : torch.device
-    scaling_mean_, scaling_scale_ : ndarray of shape (n_features_in_,)
+        Device the network is on.
+    scaling_mean_, scaling_scale_ : ndarray of shape (n_features,)
         The internal standardisation.
 
     Examples
@@ -177,13 +183,17 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            The input samples.
         y : array-like of shape (n_samples,)
+            The target values (class labels).
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights; the loss is ``sum(w * loss) / sum(w)``.
+            If None, all samples have the same weight.
 
         Returns
         -------
         self : UGMMClassifier
+            The fitted estimator.
         """
         continuing = self.warm_start and hasattr(self, "net_")
         X, y = validate_data(self, X, y, reset=not continuing, dtype=np.float64)
@@ -243,14 +253,20 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            The input samples.
         y : array-like of shape (n_samples,)
+            The target values (class labels); every label must be in
+            ``classes``.
         classes : array-like of shape (n_classes,), default=None
             Required on the first call, ignored (but checked) afterwards.
         sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the samples in this batch. If None, all
+            samples have the same weight.
 
         Returns
         -------
         self : UGMMClassifier
+            The updated estimator.
         """
         first = not hasattr(self, "net_")
         X, y = validate_data(self, X, y, reset=first, dtype=np.float64)
@@ -343,10 +359,11 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         return module.score_states(padded, index=X.shape[1], states=states)
 
     def _log_proba(self, X):
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        Xs = self._scaled(X)
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         return self._batched(
-            lambda block: torch.log_softmax(self._class_scores(self.module_, block), dim=1), Xs
+            lambda block: torch.log_softmax(self._class_scores(self.module_, block), dim=1),
+            X,
+            prepare=self._scaled,
         )
 
     def predict_log_proba(self, X):
@@ -355,10 +372,13 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            The input samples.
 
         Returns
         -------
-        ndarray of shape (n_samples, n_classes)
+        log_proba : ndarray of shape (n_samples, n_classes)
+            The log-probability of each class for each sample, with the
+            classes in the order of ``classes_``.
         """
         check_is_fitted(self)
         return self._log_proba(X)
@@ -369,10 +389,13 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            The input samples.
 
         Returns
         -------
-        ndarray of shape (n_samples, n_classes)
+        proba : ndarray of shape (n_samples, n_classes)
+            The probability of each class for each sample, with the classes
+            in the order of ``classes_``; each row sums to one.
         """
         check_is_fitted(self)
         proba = np.exp(self._log_proba(X))
@@ -384,10 +407,12 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            The input samples.
 
         Returns
         -------
-        ndarray of shape (n_samples,)
+        y_pred : ndarray of shape (n_samples,)
+            The predicted class label of each sample.
         """
         check_is_fitted(self)
         log_proba = self._log_proba(X)

@@ -73,7 +73,10 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         log-likelihood stops improving and restore the best epoch. On by
         default: without it the model overfits small data sets.
     validation_fraction : float, default=0.1
+        Share of the training data held out for early stopping.
     n_iter_no_change : int, default=20
+        Epochs without progress (an improvement of at least ``tol`` of the
+        monitored loss) before training stops.
     dropout : float, default=0.0
         Dropout of the hidden layers' mixture components during training.
     standardize : bool, default=True
@@ -82,25 +85,43 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N", "mps" or "auto".
     callbacks : list of skorch callbacks, default=None
+        Extra callbacks for the skorch training loop (an LR scheduler, a
+        checkpoint, ...), as callbacks or (name, callback) pairs.
     random_state : int, RandomState instance or None, default=None
+        Seeds local torch generators for initialisation, the validation
+        split, dropout and shuffling, and the default generator of
+        :meth:`sample` (the global RNGs are never touched).
     verbose : int, default=0
+        Print skorch's per-epoch table (loss, validation score, time) when > 0.
     warm_start : bool, default=False
+        Continue training the previous model on the next call to fit.
 
     Attributes
     ----------
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features,)
+        Names of features seen during fit. Defined only when X has feature
+        names that are all strings.
     n_iter_ : int
+        Epochs run.
     loss_curve_ : list of float
         Training negative log-likelihood per sample (standardised space).
     best_loss_ : float
+        Smallest training loss in ``loss_curve_``.
     validation_scores_ : list of float or None
         Validation mean log-likelihood per epoch (standardised space).
     best_validation_score_ : float or None
+        Best validation mean log-likelihood (``early_stopping=True`` only).
     net_ : skorch.NeuralNet
+        The skorch net that trained the model.
     module_ : sklearn_ugmm.nn.AutoregressiveUGMM
+        The trained torch network.
     device_ : torch.device
-    scaling_mean_, scaling_scale_ : ndarray of shape (n_features_in_,)
+        Device the network is on.
+    scaling_mean_, scaling_scale_ : ndarray of shape (n_features,)
+        The internal standardisation (weighted mean and standard deviation
+        of the training data; zeros and ones when ``standardize=False``).
 
     Examples
     --------
@@ -168,13 +189,17 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            The training samples.
         y : Ignored
+            Not used, present for API consistency by convention.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights; the loss is ``sum(w * nll) / sum(w)``.
+            If None, all samples have the same weight.
 
         Returns
         -------
         self : UGMMDensityEstimator
+            The fitted estimator.
         """
         continuing = self.warm_start and hasattr(self, "net_")
         X = validate_data(self, X, reset=not continuing, dtype=np.float64)
@@ -240,7 +265,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         X : array-like of shape (n_samples, n_features)
             A batch of training data.
         y : Ignored
-            Not used, present for API consistency.
+            Not used, present for API consistency by convention.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights of the batch's samples.
 
@@ -303,23 +328,32 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
             raise ValueError(f"order must be a permutation of range({n_features}), got {self.order!r}.")
         return order
 
+    def _clipped_scaled(self, X):
+        """Standardised float32 rows; far-out values are clipped, not rejected.
+
+        Clipping at 1e30 keeps a point that is astronomically far out finite
+        in float32, where its log-density is still hugely negative.
+        """
+        Xs = (np.asarray(X, dtype=np.float64) - self.scaling_mean_) / self.scaling_scale_
+        return np.clip(Xs, -1e30, 1e30).astype(np.float32)
+
     def score_samples(self, X):
         """Log-density of each sample, in the original feature space.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            The input samples.
 
         Returns
         -------
-        ndarray of shape (n_samples,)
+        log_density : ndarray of shape (n_samples,)
             ``log p(x)``, including the log-Jacobian of the internal
             standardisation.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        Xs = np.clip((X - self.scaling_mean_) / self.scaling_scale_, -1e30, 1e30).astype(np.float32)
-        log_density = self._batched(self.module_.log_prob, Xs)
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        log_density = self._batched(self.module_.log_prob, X, prepare=self._clipped_scaled)
         return log_density - np.sum(np.log(self.scaling_scale_))
 
     def score(self, X, y=None):
@@ -328,11 +362,15 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            The input samples.
         y : Ignored
+            Not used, present for API consistency by convention.
 
         Returns
         -------
-        float
+        log_likelihood : float
+            Mean of :meth:`score_samples` over the samples of X, in the
+            original feature space.
         """
         check_is_fitted(self)
         return float(np.mean(self.score_samples(X)))
@@ -343,12 +381,14 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         Parameters
         ----------
         n_samples : int, default=1
+            Number of samples to draw.
         random_state : int, RandomState instance or None, default=None
             Seeds a local generator; the estimator's ``random_state`` when None.
 
         Returns
         -------
-        ndarray of shape (n_samples, n_features)
+        X : ndarray of shape (n_samples, n_features)
+            The drawn samples, in the original feature space.
         """
         check_is_fitted(self)
         if not isinstance(n_samples, Integral) or n_samples < 1:
@@ -367,10 +407,14 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            The input samples.
 
         Returns
         -------
-        float
+        bic : float
+            ``-2 * log_likelihood + n_parameters * log(n_samples)``, with
+            the total log-likelihood of X and the number of free parameters
+            of the network (``module_.n_parameters()``).
         """
         check_is_fitted(self)
         scores = self.score_samples(X)
@@ -382,10 +426,14 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            The input samples.
 
         Returns
         -------
-        float
+        aic : float
+            ``-2 * log_likelihood + 2 * n_parameters``, with the total
+            log-likelihood of X and the number of free parameters of the
+            network (``module_.n_parameters()``).
         """
         check_is_fitted(self)
         return -2 * self.score_samples(X).sum() + 2 * self._n_parameters()

@@ -111,6 +111,7 @@ def load_model(path, *, device=None):
     Parameters
     ----------
     path : str or path-like
+        File written by :func:`save_model`.
     device : str, optional
         Where to put the model ("cpu", "cuda", ...); the saved ``device``
         parameter when None, or the CPU when that device is not available.
@@ -118,12 +119,31 @@ def load_model(path, *, device=None):
     Returns
     -------
     estimator : UGMMClassifier or UGMMDensityEstimator
+        The fitted estimator, with the saved hyperparameters, fitted
+        attributes and network weights.
 
     Raises
     ------
     ValueError
         If the file is not a sklearn-ugmm model, was modified after saving,
         or does not match the estimator it describes.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn_ugmm import UGMMClassifier, save_model, load_model
+    >>> X, y = load_iris(return_X_y=True)
+    >>> clf = UGMMClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit(X, y)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "model.ugmm")
+    ...     save_model(clf, path)
+    ...     loaded = load_model(path)
+    >>> loaded
+    UGMMClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0)
+    >>> bool(np.array_equal(loaded.predict(X), clf.predict(X)))
+    True
     """
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)

@@ -30,41 +30,7 @@ SKIPPED_METHODS = {"extra_repr"}
 # Objects whose docstrings still fail validation, with the failing checks.
 # These live in files whose owners fix them; remove an entry once fixed (the
 # test then fails as XPASS, strict=True, to keep this list honest).
-KNOWN_ISSUES = {
-    "sklearn_ugmm.UGMMClassifier.fit": "PR07:X, PR07:y, RT03:",
-    "sklearn_ugmm.UGMMClassifier.partial_fit": "PR07:X, PR07:sample_weight, PR07:y, RT03:",
-    "sklearn_ugmm.UGMMClassifier.predict": "PR07:X, RT03:",
-    "sklearn_ugmm.UGMMClassifier.predict_log_proba": "PR07:X, RT03:",
-    "sklearn_ugmm.UGMMClassifier.predict_proba": "PR07:X, RT03:",
-    "sklearn_ugmm.UGMMDensityEstimator": "PR07:callbacks, PR07:n_iter_no_change, PR07:random_state, PR07:validation_fraction, PR07:verbose, PR07:warm_start",
-    "sklearn_ugmm.UGMMDensityEstimator.aic": "PR07:X, RT03:",
-    "sklearn_ugmm.UGMMDensityEstimator.bic": "PR07:X, RT03:",
-    "sklearn_ugmm.UGMMDensityEstimator.fit": "PR07:X, PR07:y, RT03:",
-    "sklearn_ugmm.UGMMDensityEstimator.sample": "PR07:n_samples, RT03:",
-    "sklearn_ugmm.UGMMDensityEstimator.score": "PR07:X, PR07:y, RT03:",
-    "sklearn_ugmm.UGMMDensityEstimator.score_samples": "PR07:X",
-    "sklearn_ugmm.load_model": "EX01:, PR07:path, RT03:",
-    "sklearn_ugmm.nn.AutoregressiveUGMM.forward": "GL08:",
-    "sklearn_ugmm.nn.AutoregressiveUGMM.init_from_data": "PR07:X, PR07:generator",
-    "sklearn_ugmm.nn.AutoregressiveUGMM.init_from_mixture": "PR07:generator, PR07:means, PR07:tied_share, PR07:weights",
-    "sklearn_ugmm.nn.AutoregressiveUGMM.log_prob": "PR01:'x', RT01:",
-    "sklearn_ugmm.nn.AutoregressiveUGMM.log_prob_conditionals": "PR01:'x', RT01:, SS06:",
-    "sklearn_ugmm.nn.AutoregressiveUGMM.n_parameters": "RT01:",
-    "sklearn_ugmm.nn.AutoregressiveUGMM.reset_parameters": "PR01:'generator'",
-    "sklearn_ugmm.nn.AutoregressiveUGMM.sample": "PR01:'generator', 'n', RT01:",
-    "sklearn_ugmm.nn.AutoregressiveUGMM.set_generator": "PR01:'generator', RT01:",
-    "sklearn_ugmm.nn.MaskedUGMMLayer": "PR07:in_features, PR07:out_features",
-    "sklearn_ugmm.nn.MaskedUGMMLayer.log_weights": "RT01:",
-    "sklearn_ugmm.nn.MaskedUGMMLayer.set_mask": "GL08:",
-    "sklearn_ugmm.nn.UGMMLayer.forward": "GL08:",
-    "sklearn_ugmm.nn.UGMMLayer.log_weights": "RT01:",
-    "sklearn_ugmm.nn.UGMMLayer.reset_parameters": "PR01:'generator'",
-    "sklearn_ugmm.nn.UGMMLayer.set_scale": "PR01:'scale'",
-    "sklearn_ugmm.nn.UGMMNet.forward": "GL08:",
-    "sklearn_ugmm.nn.UGMMNet.score_states": "RT03:",
-    "sklearn_ugmm.nn.UGMMNet.set_generator": "PR01:'generator', RT01:",
-    "sklearn_ugmm.nn.ugmm_log_density_reference": "PR07:loc, PR07:log_weights, PR07:scale, PR07:x, RT03:",
-}
+KNOWN_ISSUES = {}
 
 
 def _public_objects():

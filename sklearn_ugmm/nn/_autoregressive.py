@@ -69,7 +69,10 @@ class MaskedUGMMLayer(UGMMLayer):
 
     Parameters
     ----------
-    in_features, out_features : int
+    in_features : int
+        Number of inputs (components per neuron).
+    out_features : int
+        Number of neurons.
     mask : bool tensor of shape (out_features, in_features), optional
         Allowed connections (all allowed when None). Every row needs at least
         one allowed entry.
@@ -101,6 +104,19 @@ class MaskedUGMMLayer(UGMMLayer):
             self.set_mask(mask)
 
     def set_mask(self, mask):
+        """Set the allowed connections.
+
+        Parameters
+        ----------
+        mask : bool array-like of shape (out_features, in_features)
+            ``mask[j, k]`` is True when neuron ``j`` has a component on
+            input ``k``. Every row needs at least one True entry.
+
+        Returns
+        -------
+        self : MaskedUGMMLayer
+            The layer itself.
+        """
         mask = torch.as_tensor(mask, dtype=torch.bool, device=self.mask.device)
         if mask.shape != self.mask.shape:
             raise ValueError(f"mask must have shape {tuple(self.mask.shape)}, got {tuple(mask.shape)}")
@@ -110,7 +126,14 @@ class MaskedUGMMLayer(UGMMLayer):
         return self
 
     def log_weights(self):
-        """Masked log mixing weights, with this forward pass's dropout applied."""
+        """Masked log mixing weights, with this forward pass's dropout applied.
+
+        Returns
+        -------
+        log_weights : Tensor of shape (out_features, in_features)
+            ``log_softmax`` of the logits over each neuron's components;
+            disallowed (and, in training mode, dropped) components get -inf.
+        """
         remove = ~self.mask
         if self.training and self.dropout > 0:
             remove = remove | self._masked_dropout()
@@ -276,7 +299,14 @@ class AutoregressiveUGMM(nn.Module):
 
     # ------------------------------------------------------------------ setup
     def reset_parameters(self, generator=None):
-        """Data-free initialisation (for standardised data)."""
+        """Data-free initialisation (for standardised data).
+
+        Parameters
+        ----------
+        generator : torch.Generator, optional
+            Source of randomness for the hidden layers and the tied
+            components; the global generator when None.
+        """
         with torch.no_grad():
             for layer in self.hidden:
                 layer.reset_parameters(generator=generator)
@@ -311,6 +341,11 @@ class AutoregressiveUGMM(nn.Module):
 
         Counts only entries that the masks leave in the model, less one
         mixing logit per softmax (their common shift changes nothing).
+
+        Returns
+        -------
+        count : int
+            Number of free parameters.
         """
         count = 0
         for layer in self.hidden:
@@ -326,7 +361,19 @@ class AutoregressiveUGMM(nn.Module):
         return count
 
     def set_generator(self, generator):
-        """Use ``generator`` for the hidden layers' dropout masks."""
+        """Use ``generator`` for the hidden layers' dropout masks.
+
+        Parameters
+        ----------
+        generator : torch.Generator or None
+            Source of randomness for the dropout masks; the global
+            generator when None.
+
+        Returns
+        -------
+        self : AutoregressiveUGMM
+            The model itself.
+        """
         for layer in self.hidden:
             layer.generator = generator
         return self
@@ -404,8 +451,20 @@ class AutoregressiveUGMM(nn.Module):
         return torch.logsumexp(comp, dim=-1)  # (B, D)
 
     def log_prob_conditionals(self, x):
-        """Per-variable conditional log-densities, shape (batch, D), in the
-        variable order (column ``i`` is ``log p(x[order[i]] | earlier)``)."""
+        """Per-variable conditional log-densities, in the variable order.
+
+        Parameters
+        ----------
+        x : Tensor of shape (batch, n_features)
+            Samples, in the original feature order.
+
+        Returns
+        -------
+        log_probs : Tensor of shape (batch, n_features)
+            Column ``i`` is ``log p(x[order[i]] | earlier)``, the
+            log-density of the ``i``-th variable of the order given the
+            variables before it.
+        """
         if x.dim() != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected x of shape (batch, {self.n_features}), got {tuple(x.shape)}")
         x_o = x[:, self.order]
@@ -416,19 +475,54 @@ class AutoregressiveUGMM(nn.Module):
         return torch.cat([self._log_prob_block(x_o[i:i + rows]) for i in range(0, x_o.shape[0], rows)])
 
     def log_prob(self, x):
-        """Log-density of each sample, shape (batch,)."""
+        """Log-density of each sample.
+
+        Parameters
+        ----------
+        x : Tensor of shape (batch, n_features)
+            Samples, in the original feature order.
+
+        Returns
+        -------
+        log_prob : Tensor of shape (batch,)
+            ``log p(x)``, the sum of the conditional log-densities.
+        """
         return self.log_prob_conditionals(x).sum(dim=1)
 
     def forward(self, x):
+        """Log-density of each sample (same as :meth:`log_prob`).
+
+        Parameters
+        ----------
+        x : Tensor of shape (batch, n_features)
+            Samples, in the original feature order.
+
+        Returns
+        -------
+        log_prob : Tensor of shape (batch,)
+            ``log p(x)`` of each sample.
+        """
         return self.log_prob(x)
 
     # -------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample(self, n, generator=None):
-        """Exact ancestral samples, shape (n, D), in the original feature order.
+        """Exact ancestral samples, in the original feature order.
 
         Dropout is never applied. Randomness comes only from ``generator``
         (the global generator when None).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples to draw (may be 0).
+        generator : torch.Generator, optional
+            Source of randomness; the global generator when None.
+
+        Returns
+        -------
+        samples : Tensor of shape (n, n_features)
+            The drawn samples.
         """
         n = int(n)
         dtype, device = self.linear.dtype, self.linear.device
@@ -471,7 +565,10 @@ class AutoregressiveUGMM(nn.Module):
         Parameters
         ----------
         X : Tensor of shape (n_samples, n_features)
+            Finite training samples, in the original feature order.
         generator : torch.Generator, optional
+            Source of randomness for the row subset and the samples the
+            components start on; the global generator when None.
         max_samples : int, default=4096
             Rows used for the statistics (a random subset of larger X).
         ridge : float, default=1e-3
@@ -554,13 +651,18 @@ class AutoregressiveUGMM(nn.Module):
         Parameters
         ----------
         weights : array-like of shape (M,)
+            Mixing weights of the M mixture components (normalised here).
         means : array-like of shape (M, D)
+            Component means, in the original feature order.
         covariances : array-like of shape (M, D, D)
             In the original feature order. With M < n_free_components the
             heaviest components are split (slightly shifted copies sharing
             the weight); with M > n_free_components only the heaviest are kept.
         tied_share : float, default=0.05
+            Total starting weight of the tied components, in (0, 1).
         generator : torch.Generator, optional
+            Source of randomness for the shifts of split components; the
+            global generator when None.
         """
         dtype, device = self.linear.dtype, self.linear.device
         w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)

@@ -40,11 +40,18 @@ def ugmm_log_density_reference(x, loc, scale, log_weights):
     Parameters
     ----------
     x : Tensor of shape (batch, in)
-    loc, scale, log_weights : Tensor of shape (out, in)
+        Inputs.
+    loc : Tensor of shape (out, in)
+        Component means.
+    scale : Tensor of shape (out, in)
+        Component standard deviations, strictly positive.
+    log_weights : Tensor of shape (out, in)
+        Log mixing weights; ``-inf`` removes a component.
 
     Returns
     -------
     Tensor of shape (batch, out)
+        Log-density of each neuron's mixture at each sample.
 
     Examples
     --------

@@ -119,6 +119,12 @@ class UGMMLayer(nn.Module):
         """Random initialisation as in the reference code.
 
         Means ~ N(0, 1), scales ~ U(0, 1) (plus the floor), uniform weights.
+
+        Parameters
+        ----------
+        generator : torch.Generator, optional
+            Source of randomness for the means and scales; the global
+            generator when None.
         """
         with torch.no_grad():
             self.loc.copy_(torch.randn(self.loc.shape, generator=generator, dtype=self.loc.dtype))
@@ -132,7 +138,14 @@ class UGMMLayer(nn.Module):
         return self.min_scale + F.softplus(self.raw_scale)
 
     def set_scale(self, scale):
-        """Set ``raw_scale`` so that :attr:`scale` equals ``scale`` (floored)."""
+        """Set ``raw_scale`` so that :attr:`scale` equals ``scale`` (floored).
+
+        Parameters
+        ----------
+        scale : float or Tensor broadcastable to (out_features, in_features)
+            The new standard deviations. Values at or below ``min_scale``
+            are raised just above it, and values are capped at 1e30.
+        """
         scale = torch.as_tensor(scale, dtype=self.raw_scale.dtype, device=self.raw_scale.device)
         excess = (scale - self.min_scale).clamp(min=1e-6 * max(self.min_scale, 1e-30), max=1e30)
         with torch.no_grad():
@@ -150,7 +163,16 @@ class UGMMLayer(nn.Module):
         return self.loc
 
     def log_weights(self):
-        """Log mixing weights, with this forward pass's dropout applied."""
+        """Log mixing weights, with this forward pass's dropout applied.
+
+        In training mode with ``dropout > 0`` a new dropout mask is drawn on
+        every call; dropped components get weight zero (log-weight -inf).
+
+        Returns
+        -------
+        log_weights : Tensor of shape (out_features, in_features)
+            ``log_softmax`` of the logits over each neuron's components.
+        """
         logits = self.logits
         if self.training and self.dropout > 0:
             logits = logits.masked_fill(self._dropout_mask(), -math.inf)
@@ -170,6 +192,18 @@ class UGMMLayer(nn.Module):
         return drop.to(self.logits.device)
 
     def forward(self, x):
+        """Log-density of every neuron's mixture for each row of ``x``.
+
+        Parameters
+        ----------
+        x : Tensor of shape (batch, in_features)
+            Input activations.
+
+        Returns
+        -------
+        out : Tensor of shape (batch, out_features)
+            Output log-density of each neuron.
+        """
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"expected input of shape (batch, {self.in_features}), got {tuple(x.shape)}"

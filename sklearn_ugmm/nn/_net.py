@@ -62,12 +62,36 @@ class UGMMNet(nn.Module):
         return self.layers[-1].out_features
 
     def set_generator(self, generator):
-        """Use ``generator`` for every layer's dropout masks."""
+        """Use ``generator`` for every layer's dropout masks.
+
+        Parameters
+        ----------
+        generator : torch.Generator or None
+            Source of randomness for the dropout masks; the global
+            generator when None.
+
+        Returns
+        -------
+        self : UGMMNet
+            The network itself.
+        """
         for layer in self.layers:
             layer.generator = generator
         return self
 
     def forward(self, x):
+        """Pass ``x`` through the layers in turn.
+
+        Parameters
+        ----------
+        x : Tensor of shape (batch, n_inputs)
+            Input variables.
+
+        Returns
+        -------
+        out : Tensor of shape (batch, n_outputs)
+            Log-density of each output neuron.
+        """
         for layer in self.layers:
             x = layer(x)
         return x
@@ -91,8 +115,9 @@ class UGMMNet(nn.Module):
 
         Returns
         -------
-        Tensor of shape (batch, n_states), or (batch, n_states, n_outputs)
-        when the network has more than one output.
+        scores : Tensor of shape (batch, n_states) or (batch, n_states, n_outputs)
+            Network output for each sample and state; the last axis holds
+            the output neurons when the network has more than one.
         """
         n_inputs = self.n_inputs
         if X.dim() != 2 or X.shape[1] != n_inputs:
