@@ -87,6 +87,7 @@ class BaseUGMM(BaseEstimator):
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "adaptive"})],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -161,15 +162,23 @@ class BaseUGMM(BaseEstimator):
             )
         return min(self.batch_size, n_samples)
 
-    def _learning_rate(self):
+    def _learning_rate(self, n_train):
         return self.learning_rate_init
 
-    def _make_net(self, module, n_train, validation=None, validation_score=None, generator=None, patience=None):
+    def _lr_patience(self):
+        """Epochs without progress before ``learning_rate="adaptive"`` cuts the rate."""
+        if self.learning_rate != "adaptive" or not np.isfinite(self.n_iter_no_change):
+            return None
+        return max(3, int(self.n_iter_no_change) // 4 + 1)
+
+    def _make_net(
+        self, module, n_train, validation=None, validation_score=None, generator=None, patience=None, adaptive=False
+    ):
         """A skorch net around ``module`` configured by this estimator's parameters."""
         return build_net(
             module,
             self._per_sample_loss,
-            learning_rate_init=self._learning_rate(),
+            learning_rate_init=self._learning_rate(n_train),
             alpha=self.alpha,
             batch_size=self._batch_size(n_train),
             max_iter=self.max_iter,
@@ -182,11 +191,12 @@ class BaseUGMM(BaseEstimator):
             validation_score=validation_score,
             validation_monitor=self._validation_monitor,
             extra_callbacks=self.callbacks,
+            lr_patience=self._lr_patience() if adaptive else None,
         )
 
     def _train(self, module, X_train, y_train, validation=None, validation_score=None, generator=None):
         """Train ``module`` through a fresh skorch net; return the fitted net."""
-        net = self._make_net(module, len(X_train), validation, validation_score, generator)
+        net = self._make_net(module, len(X_train), validation, validation_score, generator, adaptive=True)
         net.fit(X_train, y_train)
         return net
 

@@ -46,6 +46,14 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         L2 penalty on the mixing logits.
     batch_size : int or "auto", default="auto"
         Minibatch size; "auto" is ``min(200, n_samples)``.
+    learning_rate : {"constant", "adaptive"}, default="constant"
+        Learning-rate schedule, MLPClassifier's name. "constant" keeps
+        ``learning_rate_init``. "adaptive" multiplies the rate by 0.3 each
+        time the monitored loss (the one ``n_iter_no_change`` watches) has
+        gone ``n_iter_no_change // 4 + 1`` epochs (at least 3) without
+        improving by ``tol``; training still stops after ``n_iter_no_change`` epochs without
+        progress. Unlike MLPClassifier's (SGD only) it applies to Adam, and
+        only in ``fit`` (``partial_fit`` keeps the rate).
     learning_rate_init : float or "auto", default="auto"
         Adam learning rate; "auto" is 3e-2 for the discriminative and 1e-2
         for the generative objective (the best of those we measured with the
@@ -142,6 +150,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         objective="discriminative",
         alpha=1e-4,
         batch_size="auto",
+        learning_rate="constant",
         learning_rate_init="auto",
         max_iter=200,
         tol=1e-4,
@@ -161,6 +170,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         self.objective = objective
         self.alpha = alpha
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
         self.max_iter = max_iter
         self.tol = tol
@@ -304,7 +314,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
             _init_output_from_classes(module, X_seen, y_index[seen], len(self.classes_))
         return module
 
-    def _learning_rate(self):
+    def _learning_rate(self, n_train):
         if self.learning_rate_init == "auto":
             # measured best for each objective with the other defaults
             return 3e-2 if self.objective == "discriminative" else 1e-2

@@ -13,10 +13,12 @@ import warnings
 import numpy as np
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping
+from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 from skorch.utils import noop
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 __all__ = [
     "WeightedLoss",
@@ -26,6 +28,9 @@ __all__ = [
     "build_net",
     "pack_target",
 ]
+
+#: ``learning_rate="adaptive"`` multiplies the learning rate by this factor on a plateau
+ADAPTIVE_LR_FACTOR = 0.3
 
 
 def pack_target(y, sample_weight):
@@ -165,6 +170,8 @@ def build_net(
     validation_score=None,
     validation_monitor="valid_loss",
     extra_callbacks=(),
+    lr_patience=None,
+    lr_factor=ADAPTIVE_LR_FACTOR,
 ):
     """A skorch ``NeuralNet`` that trains ``module`` with Adam.
 
@@ -172,12 +179,30 @@ def build_net(
     improved by ``tol`` for ``n_iter_no_change`` epochs (MLPClassifier's
     rule); with it, once the validation history entry ``validation_monitor``
     (lower is better) has not, and the best epoch's weights are restored. ``alpha`` is an L2 penalty on the mixing logits.
+    With ``lr_patience`` the learning rate is multiplied by ``lr_factor`` each
+    time that same monitor has gone ``lr_patience`` epochs without improving by
+    ``tol`` (``ReduceLROnPlateau`` through skorch's ``LRScheduler``).
     """
     monitor = "train_loss" if validation_data is None else validation_monitor
     callbacks = [("interrupt_guard", InterruptGuard()), ("divergence_guard", DivergenceGuard())]
     if validation_data is not None and validation_score is not None:
         # before the stopping rule, which ends the epoch by raising
         callbacks.append(("valid_score", ValidationScore(validation_score)))
+    if lr_patience is not None:
+        # before the stopping rule, which ends the epoch by raising
+        callbacks.append(
+            (
+                "adaptive_lr",
+                LRScheduler(
+                    policy=ReduceLROnPlateau,
+                    monitor=monitor,
+                    patience=lr_patience - 1,  # torch cuts after patience + 1 bad epochs
+                    factor=lr_factor,
+                    threshold=tol,
+                    threshold_mode="abs",
+                ),
+            )
+        )
     callbacks.append(
         (
             "stopping",
@@ -200,10 +225,13 @@ def build_net(
         criterion=WeightedLoss,
         criterion__per_sample_loss=per_sample_loss,
         optimizer=torch.optim.Adam,
+        **_fused_adam(device),
         optimizer__param_groups=[("*logits", {"weight_decay": alpha})],
         lr=learning_rate_init,
         max_epochs=max_iter,
         batch_size=batch_size,
+        iterator_train=BatchLoader,
+        iterator_valid=BatchLoader,
         iterator_train__shuffle=True,
         iterator_train__generator=generator,
         # every DataLoader iterator draws a base seed, from the global RNG unless given one
@@ -213,6 +241,42 @@ def build_net(
         device=device,
         verbose=int(verbose),
     )
+
+
+class _ArrayBatchSampler(BatchSampler):
+    # index arrays, not lists: sklearn's indexing inspects a list element by element
+    def __iter__(self):
+        for batch in super().__iter__():
+            yield np.asarray(batch, dtype=np.intp)
+
+
+class BatchLoader(DataLoader):
+    """A DataLoader that fetches each minibatch with one fancy index.
+
+    The plain DataLoader indexes the dataset once per row and collates the
+    rows, which costs more than a training step of a small network. This one
+    draws the same row order (the same ``RandomSampler`` with the same
+    generator, cut into the same batches) and asks the dataset for a whole
+    batch at once; skorch's ``Dataset`` indexes arrays with index lists.
+    """
+
+    def __init__(self, dataset, batch_size=1, shuffle=False, generator=None, **kwargs):
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        super().__init__(
+            dataset,
+            sampler=_ArrayBatchSampler(sampler, batch_size, drop_last=False),
+            batch_size=None,
+            generator=generator,
+            **kwargs,
+        )
+
+
+def _fused_adam(device):
+    """Adam's fused kernel where torch has it (CPU from 2.4, CUDA): ~20% faster steps."""
+    kind = torch.device(device).type
+    if kind == "cuda" or (kind == "cpu" and torch.__version__ >= "2.4"):
+        return {"optimizer__fused": True}
+    return {}
 
 
 def _named(callbacks):
