@@ -257,7 +257,7 @@ class BatchLoader(DataLoader):
     rows, which costs more than a training step of a small network. This one
     draws the same row order (the same ``RandomSampler`` with the same
     generator, cut into the same batches) and asks the dataset for a whole
-    batch at once; skorch's ``Dataset`` indexes arrays with index lists.
+    batch at once (skorch's ``Dataset`` takes an index array).
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, generator=None, **kwargs):
