@@ -1,3 +1,4 @@
+import math
 import io
 import pickle
 
@@ -125,6 +126,46 @@ def test_init_from_data_places_components_on_the_data():
     assert ((layer.loc >= low) & (layer.loc <= high)).all()
     # the spread of each input, not the default U(0, 1) scales
     assert torch.allclose(layer.scale, torch.full_like(layer.scale, 5.0), rtol=0.3)
+
+
+def _sparse_images(n=2000, n_pixels=60, seed=0):
+    """Image-like data: exact-zero background, a class-dependent stroke of random intensity."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.zeros(n, n_pixels)
+    label = torch.randint(3, (n,), generator=g)
+    for c in range(3):
+        rows = label == c
+        on = torch.rand(int(rows.sum()), 15, generator=g) < 0.6
+        X[rows, 10 * c : 10 * c + 15] = on * torch.rand(int(rows.sum()), 15, generator=g)
+    return X
+
+
+def test_init_from_data_focuses_hidden_neurons_on_their_templates_distinctive_inputs():
+    X = _sparse_images()
+    net = UGMMNet(X.shape[1], (16,), 3)
+    net.init_from_data(X, generator=torch.Generator().manual_seed(0))
+    hidden, output = net.layers
+    assert torch.equal(output.logits, torch.zeros_like(output.logits))
+    down_value = torch.tensor(math.log(1e-2), dtype=hidden.logits.dtype)
+    assert bool(((hidden.logits == 0) | (hidden.logits == down_value)).all())
+    # every hidden neuron down-weights some inputs (the zero background where
+    # its template is zero too) and keeps its template's stroke inputs
+    down = hidden.logits < 0
+    assert bool(down.any(dim=1).all()) and bool((~down).any(dim=1).all())
+    assert not bool((down & (hidden.loc > 0.5)).any())  # clearly "on" template pixels keep full weight
+    # the point: hidden outputs vary much more across samples than with uniform weights
+    with torch.no_grad():
+        spread_focused = hidden(X).std(dim=0).median()
+        hidden.logits.zero_()
+        spread_uniform = hidden(X).std(dim=0).median()
+    assert spread_focused > 2 * spread_uniform
+
+
+def test_init_from_data_leaves_continuous_inputs_uniformly_weighted():
+    X = torch.randn(1000, 5, generator=torch.Generator().manual_seed(0))
+    net = UGMMNet(5, (8,), 2)
+    net.init_from_data(X, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(net.layers[0].logits, torch.zeros_like(net.layers[0].logits))
 
 
 def test_init_from_data_rejects_bad_input():

@@ -159,8 +159,14 @@ class UGMMNet(nn.Module):
         reach it: component means are the activations of randomly drawn
         samples (clipped to the 1st-99th percentile range, so outliers do not
         become centres), scales are robust per-input spreads (inter-quartile
-        range; inputs with no spread get the median spread of the others), and
-        mixing weights start uniform. With tied means the evaluation point of
+        range; inputs with no spread get the median spread of the others).
+        Output neurons start with uniform mixing weights; a hidden neuron
+        gives the components where its template sample is within half a
+        spread of the input's median 1/100 of the weight of the others, so
+        that it starts as a detector of the template's distinctive values
+        (otherwise, on data with many near-constant inputs such as image
+        borders, components that match every sample swamp the mixture). With
+        untied means only; with tied means the evaluation point of
         each neuron is the median of a randomly chosen input, and component
         scales also cover the distance from that point to each input's median.
 
@@ -186,8 +192,8 @@ class UGMMNet(nn.Module):
                 idx = torch.randperm(X.shape[0], generator=generator)[:max_samples]
                 X = X[idx.to(X.device)]
             h = X
-            for layer in self.layers:
-                _init_layer(layer, h, generator)
+            for i, layer in enumerate(self.layers):
+                _init_layer(layer, h, generator, focus=i < len(self.layers) - 1)
                 h = layer(h)
         finally:
             self.train(was_training)
@@ -211,7 +217,15 @@ def _robust_stats(h):
     return median, spread, low, high
 
 
-def _init_layer(layer, h, generator):
+#: Initial mixing weight, relative to the others, of a hidden neuron's
+#: components whose mean sits at an input's typical value (see _init_layer).
+_TYPICAL_WEIGHT = 1e-2
+#: An input is concentrated when more than this share of the samples lie
+#: within half a spread of its median (a normal variable: 38%).
+_CONCENTRATED = 0.5
+
+
+def _init_layer(layer, h, generator, focus=False):
     n_samples = h.shape[0]
     median, spread, low, high = _robust_stats(h)
     n_out, n_in = layer.out_features, layer.in_features
@@ -229,3 +243,14 @@ def _init_layer(layer, h, generator):
     layer.loc.copy_(loc.to(dtype=dtype, device=device))
     layer.set_scale(scale.to(dtype=dtype, device=device))
     layer.logits.zero_()
+    if focus and not layer.tie_means:
+        # A component centred on an input's typical value matches almost every
+        # sample; on data with many (near-)constant inputs (image borders) such
+        # components dominate the mixture and the neuron's output hardly varies
+        # from sample to sample. Weight the inputs where the neuron's template
+        # sample is atypical instead, so that the neuron starts as a detector
+        # of that template's distinctive values.
+        near = (h.double() - median).abs() <= 0.5 * spread
+        concentrated = near.double().mean(dim=0) > _CONCENTRATED
+        typical = ((loc - median[None, :]).abs() <= 0.5 * spread[None, :]) & concentrated[None, :]
+        layer.logits.masked_fill_(typical.to(device), math.log(_TYPICAL_WEIGHT))
