@@ -18,7 +18,7 @@ Settings (chosen for a small CPU budget):
 
 Usage::
 
-    python examples/benchmarks/mnist.py [path/to/mnist.npz] [--epochs 12] [--subset N]
+    python examples/benchmarks/mnist.py [path/to/mnist.npz] [--epochs 30] [--subset N]
 
 The data defaults to ``../shared/data/mnist.npz`` relative to the repository
 (keys ``X_train``, ``y_train``, ``X_test``, ``y_test``; uint8 pixels).
@@ -44,7 +44,7 @@ from sklearn_ugmm import UGMMClassifier  # noqa: E402
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("path", nargs="?", default=None, help="mnist.npz (default ../shared/data/mnist.npz)")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--dropout", type=float, default=0.05)
