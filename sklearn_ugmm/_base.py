@@ -142,14 +142,14 @@ class BaseUGMM(BaseEstimator):
         self.scaling_mean_ = mean
         self.scaling_scale_ = scale
 
-    def _scaled(self, X):
+    def _scaled(self, X, dtype=np.float32):
         Xs = (np.asarray(X, dtype=np.float64) - self.scaling_mean_) / self.scaling_scale_
         if not np.all(np.isfinite(Xs.astype(np.float32))):
             raise ValueError(
                 "Input contains values too large for float32 after scaling; "
                 "the model computes in float32."
             )
-        return Xs.astype(np.float32)
+        return Xs.astype(dtype)
 
     def _batch_size(self, n_samples):
         if self.batch_size == "auto":
@@ -276,6 +276,27 @@ class BaseUGMM(BaseEstimator):
 
     def _model_device(self):
         return next(self.module_.parameters()).device
+
+    def _evaluation_module(self):
+        """A float64 copy of the trained network, in eval mode, on its device.
+
+        Inference is done in float64: in float32 a sample's outputs would
+        depend, in their last bits, on which other rows share its batch
+        (matrix products and reductions round differently by shape), so
+        results would not be invariant to subsetting or reordering the rows.
+        A fresh copy per call keeps concurrent calls from threads independent.
+        """
+        device = self._model_device()
+        module = self._new_module(None)
+        module.load_state_dict(self.module_.state_dict())
+        return module.to(device=device, dtype=self._evaluation_torch_dtype()).eval()
+
+    def _evaluation_torch_dtype(self):
+        return torch.float32 if self._model_device().type == "mps" else torch.float64  # MPS has no float64
+
+    def _evaluation_dtype(self, X):
+        """Rows of float64 ``X`` in the evaluation precision (see _evaluation_module)."""
+        return X.astype(np.float32) if self._evaluation_torch_dtype() == torch.float32 else X
 
     def _batched(self, fn, X, *, prepare, n_rows=INFERENCE_BATCH_ROWS):
         """Apply ``fn`` (tensor -> tensor) to row batches of ``X``, in eval mode.

@@ -365,15 +365,16 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
             return module(X)
         n_classes = len(self.classes_)
         padded = torch.cat([X, X.new_zeros((X.shape[0], 1))], dim=1)
-        states = torch.as_tensor(self._label_values(n_classes), device=X.device)
+        states = torch.as_tensor(self._label_values(n_classes), device=X.device, dtype=X.dtype)
         return module.score_states(padded, index=X.shape[1], states=states)
 
     def _log_proba(self, X):
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        module = self._evaluation_module()
         return self._batched(
-            lambda block: torch.log_softmax(self._class_scores(self.module_, block), dim=1),
+            lambda block: torch.log_softmax(self._class_scores(module, block), dim=1),
             X,
-            prepare=self._scaled,
+            prepare=lambda rows: self._evaluation_dtype(self._scaled(rows, dtype=np.float64)),
         )
 
     def predict_log_proba(self, X):

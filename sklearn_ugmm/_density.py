@@ -359,23 +359,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         where its log-density is still hugely negative.
         """
         Xs = (np.asarray(X, dtype=np.float64) - self.scaling_mean_) / self.scaling_scale_
-        Xs = np.clip(Xs, -1e30, 1e30)
-        return Xs.astype(np.float32) if self._model_device().type == "mps" else Xs
-
-    def _evaluation_module(self):
-        """A float64 copy of the trained network, in eval mode, on its device.
-
-        Densities are reported in float64: in float32 a sample's log-density
-        would depend, in its last bits, on which other rows share its batch
-        (matrix products round differently by shape), so score_samples would
-        not be invariant to subsetting. A fresh copy per call keeps concurrent
-        calls from different threads independent.
-        """
-        device = self._model_device()
-        module = self._new_module(None)
-        module.load_state_dict(self.module_.state_dict())
-        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-        return module.to(device=device, dtype=dtype).eval()
+        return self._evaluation_dtype(np.clip(Xs, -1e30, 1e30))
 
     def score_samples(self, X):
         """Log-density of each sample, in the original feature space.

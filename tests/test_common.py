@@ -9,15 +9,9 @@ _MINIBATCH_REASON = (
     "training uses shuffled minibatches: weighting a row by 2 is equivalent to duplicating it "
     "in expectation, not bit for bit (the batches differ), as for MLPClassifier and SGDClassifier"
 )
-_FLOAT32_ORDER_REASON = (
-    "the network computes in float32 and torch's reductions round differently depending on a "
-    "row's position in the batch: permuting rows changes probabilities by ~1e-8, above the "
-    "check's atol=1e-9 (every row is still scored independently of the others)"
-)
 EXPECTED_FAILED_CHECKS = {
     "UGMMClassifier": {
         "check_sample_weight_equivalence_on_dense_data": _MINIBATCH_REASON,
-        "check_methods_sample_order_invariance": _FLOAT32_ORDER_REASON,
     },
 }
 
