@@ -289,34 +289,25 @@ class BaseUGMM(BaseEstimator):
         device = self._model_device()
         module = self._new_module(None)
         module.load_state_dict(self.module_.state_dict())
-        return module.to(device=device, dtype=self._evaluation_torch_dtype()).eval()
+        return module.to(device=device, dtype=self._evaluation_dtype()).eval()
 
-    def _evaluation_torch_dtype(self):
+    def _evaluation_dtype(self):
         return torch.float32 if self._model_device().type == "mps" else torch.float64  # MPS has no float64
 
-    def _evaluation_dtype(self, X):
-        """Rows of float64 ``X`` in the evaluation precision (see _evaluation_module)."""
-        return X.astype(np.float32) if self._evaluation_torch_dtype() == torch.float32 else X
-
     def _batched(self, fn, X, *, prepare, n_rows=INFERENCE_BATCH_ROWS):
-        """Apply ``fn`` (tensor -> tensor) to row batches of ``X``, in eval mode.
+        """``fn(module, rows)`` over row batches of ``X``, with the evaluation copy of the network.
 
-        ``prepare`` turns one batch of validated rows into the float32 model
-        input (scaling), so that no full-size copy of ``X`` is ever made:
+        ``prepare`` turns one batch of validated rows into the (float64,
+        scaled) model input, so that no full-size copy of ``X`` is ever made:
         besides ``X`` itself, memory holds one batch and the outputs.
         """
-        module = self.module_
-        device = self._model_device()
-        was_training = module.training
-        module.eval()
+        module = self._evaluation_module()
+        device, dtype = self._model_device(), self._evaluation_dtype()
         outputs = []
-        try:
-            with torch.no_grad():
-                for start in range(0, X.shape[0], n_rows):
-                    block = torch.as_tensor(prepare(X[start : start + n_rows]), device=device)
-                    outputs.append(fn(block).cpu().numpy().astype(np.float64))
-        finally:
-            module.train(was_training)
+        with torch.no_grad():
+            for start in range(0, X.shape[0], n_rows):
+                block = torch.as_tensor(prepare(X[start : start + n_rows]), device=device, dtype=dtype)
+                outputs.append(fn(module, block).cpu().numpy().astype(np.float64))
         return np.concatenate(outputs, axis=0)
 
 

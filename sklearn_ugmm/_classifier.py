@@ -370,11 +370,10 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
 
     def _log_proba(self, X):
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        module = self._evaluation_module()
         return self._batched(
-            lambda block: torch.log_softmax(self._class_scores(module, block), dim=1),
+            lambda module, rows: torch.log_softmax(self._class_scores(module, rows), dim=1),
             X,
-            prepare=lambda rows: self._evaluation_dtype(self._scaled(rows, dtype=np.float64)),
+            prepare=lambda rows: self._scaled(rows, dtype=np.float64),
         )
 
     def predict_log_proba(self, X):

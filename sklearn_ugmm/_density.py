@@ -359,7 +359,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         where its log-density is still hugely negative.
         """
         Xs = (np.asarray(X, dtype=np.float64) - self.scaling_mean_) / self.scaling_scale_
-        return self._evaluation_dtype(np.clip(Xs, -1e30, 1e30))
+        return np.clip(Xs, -1e30, 1e30)
 
     def score_samples(self, X):
         """Log-density of each sample, in the original feature space.
@@ -377,7 +377,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        log_density = self._batched(self._evaluation_module().log_prob, X, prepare=self._clipped_scaled)
+        log_density = self._batched(lambda module, rows: module.log_prob(rows), X, prepare=self._clipped_scaled)
         return log_density - np.sum(np.log(self.scaling_scale_))
 
     def score(self, X, y=None):
