@@ -165,6 +165,10 @@ class BaseUGMM(BaseEstimator):
     def _learning_rate(self, n_train):
         return self.learning_rate_init
 
+    def _penalty(self, n_train):
+        """``penalty(module)`` added to the training loss, or None."""
+        return None
+
     def _lr_patience(self):
         """Epochs without progress before ``learning_rate="adaptive"`` cuts the rate."""
         if self.learning_rate != "adaptive" or not np.isfinite(self.n_iter_no_change):
@@ -192,6 +196,7 @@ class BaseUGMM(BaseEstimator):
             validation_monitor=self._validation_monitor,
             extra_callbacks=self.callbacks,
             lr_patience=self._lr_patience() if adaptive else None,
+            penalty=self._penalty(n_train),
         )
 
     def _train(self, module, X_train, y_train, validation=None, validation_score=None, generator=None):

@@ -1,11 +1,14 @@
 """UGMMClassifier: a scikit-learn classifier over the uGMM-NN."""
 
+from functools import partial
+from numbers import Real
+
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils._param_validation import StrOptions
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -22,6 +25,10 @@ def _cross_entropy(output, target):
 
 def _negative_root_score(output, target):
     return -output[:, 0]
+
+
+def _precision_penalty(module, strength):
+    return strength * module.precision_penalty()
 
 
 class UGMMClassifier(ClassifierMixin, BaseUGMM):
@@ -44,6 +51,15 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         the scores.
     alpha : float, default=1e-4
         L2 penalty on the mixing logits.
+    precision_penalty : float, default=300
+        Penalty against components that become much narrower than they were
+        initialised: ``precision_penalty / n_train`` times, summed over the
+        layers, the mean of ``(initial scale / scale) ** 2`` over the
+        components is added to the training loss (``n_train``: training rows,
+        of the first call for ``partial_fit``). Sharp components make
+        overconfident predictions; like a prior worth about this many
+        samples, the penalty matters on small data sets and fades as
+        ``n_train`` grows. 0 turns it off.
     batch_size : int or "auto", default="auto"
         Minibatch size; "auto" is ``min(200, n_samples)``.
     learning_rate : {"constant", "adaptive"}, default="constant"
@@ -141,6 +157,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         "objective": [StrOptions({"discriminative", "generative"})],
         "learning_rate_init": [StrOptions({"auto"}), *BaseUGMM._parameter_constraints["learning_rate_init"]],
         "tie_means": ["boolean"],
+        "precision_penalty": [Interval(Real, 0, None, closed="left")],
     }
 
     def __init__(
@@ -149,6 +166,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         *,
         objective="discriminative",
         alpha=1e-4,
+        precision_penalty=300.0,
         batch_size="auto",
         learning_rate="constant",
         learning_rate_init="auto",
@@ -169,6 +187,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.objective = objective
         self.alpha = alpha
+        self.precision_penalty = precision_penalty
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
@@ -319,6 +338,11 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
             # measured best for each objective with the other defaults
             return 3e-2 if self.objective == "discriminative" else 1e-2
         return self.learning_rate_init
+
+    def _penalty(self, n_train):
+        if self.precision_penalty == 0:
+            return None
+        return partial(_precision_penalty, strength=self.precision_penalty / max(n_train, 1))
 
     def _new_module(self, generator):
         n_classes = len(self.classes_)

@@ -24,6 +24,7 @@ __all__ = [
     "WeightedLoss",
     "DivergenceGuard",
     "InterruptGuard",
+    "PenalisedNet",
     "ValidationScore",
     "build_net",
     "pack_target",
@@ -85,7 +86,9 @@ class InterruptGuard(Callback):
     skorch ends training quietly on ``KeyboardInterrupt`` (its stopping rules
     raise one too). When the interrupt came from the user in the middle of an
     epoch, this restores the weights as they were at the end of the last
-    completed epoch and warns; ``interrupted_`` tells the estimator.
+    completed epoch and warns; ``interrupted_`` tells the estimator. With
+    early stopping, the stopping rule (a later callback) then restores the
+    completed epoch with the best validation loss, as at any other end.
     """
 
     def initialize(self):
@@ -114,9 +117,33 @@ class InterruptGuard(Callback):
         completed = sum(1 for row in net.history if "train_loss" in row)
         warnings.warn(
             f"Training was interrupted (KeyboardInterrupt) during epoch {completed + 1}; "
-            f"the model keeps the weights of the last completed epoch ({completed}).",
+            f"the model keeps the weights of the last completed epoch ({completed}), or, with "
+            "early stopping, of the completed epoch with the best validation loss.",
             UserWarning,
         )
+
+
+class PenalisedNet(NeuralNet):
+    """skorch's ``NeuralNet`` with an optional penalty on the module added to the training loss.
+
+    Parameters
+    ----------
+    module, criterion, **kwargs
+        As for ``skorch.NeuralNet``.
+    penalty : callable, default=None
+        ``penalty(module) -> Tensor`` added to the loss of every training
+        batch (not to the validation loss, which early stopping watches).
+    """
+
+    def __init__(self, module, criterion, penalty=None, **kwargs):
+        super().__init__(module, criterion, **kwargs)
+        self.penalty = penalty
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        if training and self.penalty is not None:
+            loss = loss + self.penalty(self.module_)
+        return loss
 
 
 def _state_copy(module):
@@ -172,13 +199,16 @@ def build_net(
     extra_callbacks=(),
     lr_patience=None,
     lr_factor=ADAPTIVE_LR_FACTOR,
+    penalty=None,
 ):
     """A skorch ``NeuralNet`` that trains ``module`` with Adam.
 
     Without ``validation_data`` training stops once the training loss has not
     improved by ``tol`` for ``n_iter_no_change`` epochs (MLPClassifier's
     rule); with it, once the validation history entry ``validation_monitor``
-    (lower is better) has not, and the best epoch's weights are restored. ``alpha`` is an L2 penalty on the mixing logits.
+    (lower is better) has not, and the best epoch's weights are restored.
+    ``alpha`` is an L2 penalty on the mixing logits (Adam's weight decay);
+    ``penalty(module)``, when given, is added to every training batch's loss.
     With ``lr_patience`` the learning rate is multiplied by ``lr_factor`` each
     time that same monitor has gone ``lr_patience`` epochs without improving by
     ``tol`` (``ReduceLROnPlateau`` through skorch's ``LRScheduler``).
@@ -220,8 +250,9 @@ def build_net(
     train_split = None
     if validation_data is not None:
         train_split = predefined_split(Dataset(*validation_data))
-    return NeuralNet(
+    return PenalisedNet(
         module=module,
+        penalty=penalty,
         criterion=WeightedLoss,
         criterion__per_sample_loss=per_sample_loss,
         optimizer=torch.optim.Adam,

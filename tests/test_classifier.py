@@ -297,7 +297,8 @@ def test_cuda_fit_then_cpu_predict(iris):
     np.testing.assert_allclose(restored.predict_proba(X), expected, atol=1e-5)
 
 
-def test_keyboard_interrupt_keeps_last_completed_epoch(iris):
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_keyboard_interrupt_keeps_last_completed_epoch(iris, early_stopping):
     X, y = iris
     snapshots = []
 
@@ -309,12 +310,17 @@ def test_keyboard_interrupt_keeps_last_completed_epoch(iris):
             if training and len(net.history) == 3:
                 raise KeyboardInterrupt
 
-    clf = UGMMClassifier(**dict(FAST, batch_size=50, callbacks=[Interrupt()]))
+    clf = UGMMClassifier(**dict(FAST, batch_size=50, early_stopping=early_stopping, callbacks=[Interrupt()]))
     with pytest.warns(UserWarning, match="interrupted.*epoch 3.*last completed epoch \\(2\\)"):
         clf.fit(X, y)
     assert clf.n_iter_ == 2 and len(clf.loss_curve_) == 2
+    kept = 1
+    if early_stopping:
+        # the stopping rule restores the completed epoch with the best validation loss
+        kept = int(np.argmin([row["valid_loss"] for row in clf.net_.history[:2]]))
+        assert kept == 0  # here the first, so the two rules are told apart
     for key, value in clf.module_.state_dict().items():
-        torch.testing.assert_close(value, snapshots[-1][key], rtol=0, atol=0)
+        torch.testing.assert_close(value, snapshots[kept][key], rtol=0, atol=0)
     assert clf.predict_proba(X).shape == (150, 3)
 
 

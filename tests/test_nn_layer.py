@@ -244,3 +244,31 @@ def test_cuda_matches_cpu(tie_means):
     out = cuda_layer(x.cuda())
     out.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in cuda_layer.parameters())
+
+
+def test_precision_penalty_is_the_mean_squared_relative_precision():
+    layer = _layer()
+    reference = torch.rand(layer.raw_scale.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.5
+    layer.set_scale(reference)
+    torch.testing.assert_close(layer.reference_scale, layer.scale.detach())
+    assert layer.precision_penalty().item() == pytest.approx(1.0, rel=1e-9)
+    with torch.no_grad():
+        layer.raw_scale.sub_(0.7)  # narrower components
+    expected = ((layer.reference_scale / (layer.min_scale + torch.nn.functional.softplus(layer.raw_scale))) ** 2).mean()
+    torch.testing.assert_close(layer.precision_penalty(), expected)
+    assert layer.precision_penalty().item() > 1.0
+    assert torch.autograd.gradcheck(
+        lambda raw: ((layer.reference_scale / (layer.min_scale + torch.nn.functional.softplus(raw))) ** 2).mean(),
+        (layer.raw_scale.detach().clone().requires_grad_(),),
+    )
+    (grad,) = torch.autograd.grad(layer.precision_penalty(), layer.raw_scale)
+    assert bool((grad < 0).all())  # the penalty pushes every scale wider
+
+
+def test_reference_scale_travels_with_the_state_dict():
+    layer = _layer()
+    layer.set_scale(2.5)
+    clone = UGMMLayer(6, 4, dtype=torch.float64)
+    clone.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(clone.reference_scale, layer.reference_scale)
+    torch.testing.assert_close(clone.precision_penalty(), layer.precision_penalty())

@@ -235,3 +235,14 @@ def test_cuda_net_matches_cpu():
     assert torch.allclose(
         cuda_net.score_states(X.cuda(), 2, states.cuda()).cpu(), net.score_states(X, 2, states), atol=1e-4
     )
+
+
+def test_precision_penalty_sums_the_layers_and_starts_at_their_number():
+    net = UGMMNet(5, (7, 4), 3, dtype=torch.float64)
+    net.init_from_data(torch.randn(50, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    assert net.precision_penalty().item() == pytest.approx(3.0, rel=1e-9)
+    with torch.no_grad():
+        net.layers[1].raw_scale.sub_(1.0)
+    total = sum(layer.precision_penalty() for layer in net.layers)
+    torch.testing.assert_close(net.precision_penalty(), total)
+    assert net.precision_penalty().item() > 3.0

@@ -48,6 +48,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--dropout", type=float, default=0.05)
+    parser.add_argument("--precision-penalty", type=float, default=300.0)
     parser.add_argument("--subset", type=int, default=None, help="train on the first N images only")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -71,6 +72,7 @@ def main(argv=None):
         early_stopping=False,
         n_iter_no_change=np.inf,
         dropout=args.dropout,
+        precision_penalty=args.precision_penalty,
         standardize=False,
         device=args.device,
         callbacks=[("lr_schedule", schedule)],
@@ -78,7 +80,7 @@ def main(argv=None):
         verbose=1,
     )
     print(f"training on {len(X_train)} images, {args.epochs} epochs, batch {args.batch_size}, "
-          f"lr {args.lr} (cosine), dropout {args.dropout}, torch threads {torch.get_num_threads()}")
+          f"lr {args.lr} (cosine), dropout {args.dropout}, precision penalty {args.precision_penalty}, torch threads {torch.get_num_threads()}")
     start = time.perf_counter()
     clf.fit(X_train, y_train)
     fit_s = time.perf_counter() - start

@@ -66,6 +66,9 @@ class UGMMLayer(nn.Module):
         Unconstrained scales: ``scale = min_scale + softplus(raw_scale)``.
     logits : Parameter of shape (out_features, in_features)
         Unnormalised log mixing weights.
+    reference_scale : buffer of shape (out_features, in_features)
+        The scales as last set by :meth:`set_scale` (the initialisation); the
+        reference of :meth:`precision_penalty`.
     generator : torch.Generator or None
         Source of randomness for dropout masks (the global generator when
         None).
@@ -113,6 +116,7 @@ class UGMMLayer(nn.Module):
         self.loc = nn.Parameter(torch.empty(loc_shape, **factory))
         self.raw_scale = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.logits = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.register_buffer("reference_scale", torch.ones(out_features, in_features, **factory))
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator=None):
@@ -144,12 +148,28 @@ class UGMMLayer(nn.Module):
         ----------
         scale : float or Tensor broadcastable to (out_features, in_features)
             The new standard deviations. Values at or below ``min_scale``
-            are raised just above it, and values are capped at 1e30.
+            are raised just above it, and values are capped at 1e30. They
+            also become :attr:`reference_scale`.
         """
         scale = torch.as_tensor(scale, dtype=self.raw_scale.dtype, device=self.raw_scale.device)
         excess = (scale - self.min_scale).clamp(min=1e-6 * max(self.min_scale, 1e-30), max=1e30)
         with torch.no_grad():
             self.raw_scale.copy_(_inverse_softplus(excess).expand_as(self.raw_scale))
+            self.reference_scale.copy_(self.scale)
+
+    def precision_penalty(self):
+        """Mean squared precision of the components relative to their reference.
+
+        ``mean((reference_scale / scale) ** 2)``: 1 at initialisation, large
+        when components have become much narrower than they started (sharp,
+        overconfident mixtures).
+
+        Returns
+        -------
+        penalty : Tensor of shape ()
+            Differentiable with respect to ``raw_scale``.
+        """
+        return ((self.reference_scale / self.scale) ** 2).mean()
 
     @property
     def component_loc(self):

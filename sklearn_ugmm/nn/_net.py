@@ -96,6 +96,17 @@ class UGMMNet(nn.Module):
             x = layer(x)
         return x
 
+    def precision_penalty(self):
+        """Sum over layers of :meth:`UGMMLayer.precision_penalty`.
+
+        Returns
+        -------
+        penalty : Tensor of shape ()
+            ``sum_l mean((reference_scale_l / scale_l) ** 2)``; equal to the
+            number of layers at initialisation.
+        """
+        return sum(layer.precision_penalty() for layer in self.layers)
+
     def score_states(self, X, index, states):
         """Network output with input ``index`` set to each of ``states``.
 
