@@ -14,7 +14,10 @@ Settings (chosen for a small CPU budget):
 * Adam, batch 128, ``learning_rate_init=1e-2`` with a cosine decay to 0 over
   ``--epochs`` epochs (``skorch.callbacks.LRScheduler``), stepped per batch;
 * no early stopping (a fixed schedule; ``n_iter_no_change=inf``), small
-  component dropout (``--dropout``, default 0.05) against overfitting.
+  component dropout (``--dropout``, default 0.05) against overfitting, and
+  no precision penalty (``--precision-penalty``, default 0: with 60,000
+  images the estimator's default of 300 would be negligible, and 30000
+  with no dropout measured 97.51% against 97.56% for these defaults).
 
 Usage::
 
@@ -48,7 +51,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--dropout", type=float, default=0.05)
-    parser.add_argument("--precision-penalty", type=float, default=300.0)
+    parser.add_argument("--precision-penalty", type=float, default=0.0, help="UGMMClassifier's precision_penalty")
     parser.add_argument("--subset", type=int, default=None, help="train on the first N images only")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
