@@ -59,7 +59,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         of the first call for ``partial_fit``). Sharp components make
         overconfident predictions; like a prior worth about this many
         samples, the penalty matters on small data sets and fades as
-        ``n_train`` grows. 0 turns it off. "auto" is 300 for the
+        ``n_train`` grows. 0 turns it off. "auto" is 150 for the
         discriminative objective and 0 for the generative one, whose
         objective is itself a log-density that needs sharp components
         (with the penalty, its 5-fold CV accuracy on Iris fell to 0.57).
@@ -347,7 +347,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     def _penalty(self, n_train):
         strength = self.precision_penalty
         if strength == "auto":
-            strength = 300.0 if self.objective == "discriminative" else 0.0
+            strength = 150.0 if self.objective == "discriminative" else 0.0
         if strength == 0:
             return None
         return partial(_precision_penalty, strength=strength / max(n_train, 1))

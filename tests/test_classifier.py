@@ -61,10 +61,10 @@ def test_generative_objective_with_defaults_cross_validates_on_iris(iris):
         warnings.simplefilter("ignore", ConvergenceWarning)
         scores = cross_val_score(clf, X, y, cv=StratifiedKFold(5, shuffle=True, random_state=0))
     assert scores.mean() >= 0.95
-    # precision_penalty="auto" is off for the generative objective, 300 / n_train otherwise
+    # precision_penalty="auto" is off for the generative objective, 150 / n_train otherwise
     assert clone(clf).set_params(max_iter=1).fit(X, y).net_.penalty is None
     discriminative = UGMMClassifier(max_iter=1, early_stopping=False, random_state=0).fit(X, y)
-    assert discriminative.net_.penalty.keywords["strength"] == pytest.approx(300 / len(X))
+    assert discriminative.net_.penalty.keywords["strength"] == pytest.approx(150 / len(X))
 
 
 def test_generative_objective_predicts_by_mpe(iris):
