@@ -12,6 +12,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import _check_sample_weight
 
 from ._engine import build_net
+from ._power import fit_yeo_johnson, transform_yeo_johnson
 
 __all__ = ["BaseUGMM", "resolve_device"]
 
@@ -80,6 +81,11 @@ def _mps_available():
     return bool(backend is not None and backend.is_available())
 
 
+_POWER_KEYS = ("shift", "scale", "lambdas", "low", "high")
+#: Fitted attributes of the power transform (``standardize="yeo-johnson"`` only).
+_POWER_ATTRIBUTES = tuple(f"power_{key}_" for key in _POWER_KEYS)
+
+
 class BaseUGMM(BaseEstimator):
     """Shared machinery of the uGMM estimators (not an estimator itself)."""
 
@@ -123,8 +129,19 @@ class BaseUGMM(BaseEstimator):
         return torch.Generator().manual_seed(seed)
 
     def _fit_scaling(self, X, sample_weight):
-        """Weighted per-feature mean and standard deviation (identity when off)."""
+        """Weighted per-feature mean and standard deviation (identity when off).
+
+        With ``standardize="yeo-johnson"`` the features first go through a
+        weighted Yeo-Johnson power transform (attributes ``power_*_``).
+        """
         n_features = X.shape[1]
+        for name in _POWER_ATTRIBUTES:
+            self.__dict__.pop(name, None)
+        if self.standardize == "yeo-johnson":
+            power = fit_yeo_johnson(X, sample_weight)
+            for key, value in power.items():
+                setattr(self, f"power_{key}_", value)
+            X = transform_yeo_johnson(X, power)
         if not self.standardize:
             self.scaling_mean_ = np.zeros(n_features)
             self.scaling_scale_ = np.ones(n_features)
@@ -142,8 +159,15 @@ class BaseUGMM(BaseEstimator):
         self.scaling_mean_ = mean
         self.scaling_scale_ = scale
 
+    def _power_transformed(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        if not hasattr(self, "power_lambdas_"):
+            return X
+        return transform_yeo_johnson(X, {key: getattr(self, f"power_{key}_") for key in _POWER_KEYS})
+
     def _scaled(self, X, dtype=np.float32):
-        Xs = (np.asarray(X, dtype=np.float64) - self.scaling_mean_) / self.scaling_scale_
+        """X as the network sees it: power-transformed (if fitted so), then standardised."""
+        Xs = (self._power_transformed(X) - self.scaling_mean_) / self.scaling_scale_
         if not np.all(np.isfinite(Xs.astype(np.float32))):
             raise ValueError(
                 "Input contains values too large for float32 after scaling; "

@@ -97,9 +97,17 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     tie_means : bool, default=False
         The paper's parameter tying: component means are the incoming
         activations and each neuron learns where to evaluate its mixture.
-    standardize : bool, default=True
-        Standardise features internally (weighted mean and standard
-        deviation of the training data), so that raw-scale data works.
+    standardize : bool or "yeo-johnson", default="yeo-johnson"
+        Internal feature scaling, so that raw-scale data works. True:
+        standardise each feature (weighted mean and standard deviation of
+        the training data). "yeo-johnson": first a weighted Yeo-Johnson power
+        transform, then standardise; this brings skewed, heavy-tailed
+        features (counts, amounts) closer to the Gaussian shape of the
+        model's components. The transform is fitted by maximum likelihood
+        per feature after centring on the weighted median and dividing by the
+        standard deviation, so it does not depend on the units, and it continues
+        linearly beyond the training range, so outliers at prediction time
+        stay finite. False: no scaling.
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N", "mps" or "auto".
     callbacks : list of skorch callbacks, default=None
@@ -141,7 +149,14 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     device_ : torch.device
         Device the network is on.
     scaling_mean_, scaling_scale_ : ndarray of shape (n_features,)
-        The internal standardisation.
+        The internal standardisation (of the power-transformed features with
+        ``standardize="yeo-johnson"``).
+    power_lambdas_ : ndarray of shape (n_features,)
+        Yeo-Johnson power of each feature (``standardize="yeo-johnson"``
+        only; 1 is the identity). ``power_shift_`` and ``power_scale_`` hold
+        the centring and spread applied before the transform, ``power_low_``
+        and ``power_high_`` the range of the centred training data beyond
+        which it is linear.
 
     Examples
     --------
@@ -161,6 +176,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         "learning_rate_init": [StrOptions({"auto"}), *BaseUGMM._parameter_constraints["learning_rate_init"]],
         "tie_means": ["boolean"],
         "precision_penalty": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
+        "standardize": ["boolean", StrOptions({"yeo-johnson"})],
     }
 
     def __init__(
@@ -180,7 +196,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         n_iter_no_change=20,
         dropout=0.0,
         tie_means=False,
-        standardize=True,
+        standardize="yeo-johnson",
         device="cpu",
         callbacks=None,
         random_state=None,

@@ -296,7 +296,11 @@ def test_large_prediction_is_batched(iris):
 
 def test_tie_means_and_dropout_train(iris):
     X, y = iris
-    clf = UGMMClassifier(hidden_layer_sizes=(16,), tie_means=True, dropout=0.1, random_state=0).fit(X, y)
+    # no early stopping: with tied means the validation loss of Iris's 15 held-out
+    # rows can stall for 20 epochs early on and stop some seeds near chance level
+    clf = UGMMClassifier(
+        hidden_layer_sizes=(16,), tie_means=True, dropout=0.1, early_stopping=False, max_iter=100, random_state=0
+    ).fit(X, y)
     assert clf.module_.layers[0].loc.shape == (16,)
     assert clf.score(X, y) > 0.9
 
@@ -324,7 +328,9 @@ def test_keyboard_interrupt_keeps_last_completed_epoch(iris, early_stopping):
             if training and len(net.history) == 3:
                 raise KeyboardInterrupt
 
-    clf = UGMMClassifier(**dict(FAST, batch_size=50, early_stopping=early_stopping, callbacks=[Interrupt()]))
+    clf = UGMMClassifier(
+        **dict(FAST, batch_size=50, early_stopping=early_stopping, standardize=True, callbacks=[Interrupt()])
+    )
     with pytest.warns(UserWarning, match="interrupted.*epoch 3.*last completed epoch \\(2\\)"):
         clf.fit(X, y)
     assert clf.n_iter_ == 2 and len(clf.loss_curve_) == 2

@@ -85,7 +85,7 @@ def test_neuron_display_classifier_curve_matches_model(clf, iris, tmp_path, laye
     disp = NeuronDisplay.from_estimator(clf, X, layer=layer, neuron=neuron, max_components=3)
     layers = clf.module_.layers
     index = layer % len(layers)
-    Xs = (X.to_numpy() - clf.scaling_mean_) / clf.scaling_scale_
+    Xs = clf._scaled(X.to_numpy(), dtype=np.float64)
     acts = _independent_activations(layers, Xs, index)
     loc, scale, weight = _layer_params(layers[index], neuron)
     # the grid covers the incoming activations and the component means
@@ -142,7 +142,7 @@ def test_neuron_display_tied_means(tied_clf, iris):
     X, _ = iris
     layer = tied_clf.module_.layers[0]
     disp = NeuronDisplay.from_estimator(tied_clf, X, layer=0, neuron=2)
-    Xs = (X.to_numpy() - tied_clf.scaling_mean_) / tied_clf.scaling_scale_
+    Xs = tied_clf._scaled(X.to_numpy(), dtype=np.float64)
     _, scale, weight = _layer_params(layer, 2)
     # components centred on the median incoming activations, evaluated at loc[j]
     means = np.median(Xs, axis=0)

@@ -84,7 +84,7 @@ def network_inputs(estimator, X, y=None):
     """The standardised inputs the network sees for X (and labels y when generative)."""
     X_given = X
     X = validate_data(estimator, X, reset=False, dtype=np.float64)
-    Xs = ((X - estimator.scaling_mean_) / estimator.scaling_scale_).astype(np.float32)
+    Xs = estimator._scaled(X)
     module = estimator.module_
     if isinstance(module, UGMMNet) and module.n_inputs == X.shape[1] + 1:
         # generative classifier: the label is the last input

@@ -1,0 +1,145 @@
+"""Weighted Yeo-Johnson power transform: makes skewed, heavy-tailed features look Gaussian.
+
+Each uGMM component models one input with a Gaussian; a feature whose
+values pile up near zero with a long tail (counts, areas, amounts) wastes
+components on the tail and squeezes the bulk. The transform below is
+scikit-learn's ``PowerTransformer(method="yeo-johnson")`` with three
+changes: it accepts sample weights, it is shift- and scale-invariant
+(features are first centred on their weighted median and divided by
+their standard deviation), and beyond the range of the training data it continues
+linearly, so that an outlier at prediction time cannot overflow.
+"""
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+__all__ = ["fit_yeo_johnson", "transform_yeo_johnson", "yeo_johnson"]
+
+#: Search interval of the power parameter (scipy's yeojohnson_normmax
+#: searches an unbounded interval and then guards against overflow).
+LAMBDA_BOUNDS = (-3.0, 3.0)
+
+
+def yeo_johnson(z, lambdas):
+    """The Yeo-Johnson transform of each column of ``z`` with its ``lambdas`` entry.
+
+    ``((z + 1) ** lam - 1) / lam`` for ``z >= 0`` (``log1p(z)`` when
+    ``lam == 0``) and ``-((1 - z) ** (2 - lam) - 1) / (2 - lam)`` for
+    ``z < 0`` (``-log1p(-z)`` when ``lam == 2``); ``lam == 1`` is the identity.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    lambdas = np.broadcast_to(np.asarray(lambdas, dtype=np.float64), z.shape)
+    out = np.empty_like(z)
+    pos = z >= 0
+    lam_pos, lam_neg = lambdas[pos], 2.0 - lambdas[~pos]
+    log_pos, log_neg = np.log1p(z[pos]), np.log1p(-z[~pos])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[pos] = np.where(lam_pos == 0, log_pos, np.expm1(lam_pos * log_pos) / lam_pos)
+        out[~pos] = -np.where(lam_neg == 0, log_neg, np.expm1(lam_neg * log_neg) / lam_neg)
+    return out
+
+
+def _slope(z, lambdas):
+    """Derivative of :func:`yeo_johnson` with respect to ``z``."""
+    z = np.asarray(z, dtype=np.float64)
+    return np.where(z >= 0, (1.0 + np.abs(z)) ** (lambdas - 1.0), (1.0 + np.abs(z)) ** (1.0 - lambdas))
+
+
+def _neg_log_likelihood(lam, z, w, log_term):
+    """Weighted negative Gaussian log-likelihood of the transformed ``z``, per unit weight."""
+    psi = yeo_johnson(z, lam)
+    mean = w @ psi
+    var = w @ (psi - mean) ** 2
+    if not np.isfinite(var) or var <= 0:
+        return np.inf
+    return 0.5 * np.log(var) - (lam - 1.0) * log_term
+
+
+def _weighted_quantiles(X, w, levels):
+    """Per-column weighted quantiles: the smallest value whose cumulative weight reaches each level."""
+    order = np.argsort(X, axis=0, kind="stable")
+    cumulative = np.cumsum(w[order], axis=0)
+    cumulative /= cumulative[-1]
+    columns = np.arange(X.shape[1])
+    return [X[order[np.argmax(cumulative >= level, axis=0), columns], columns] for level in levels]
+
+
+def _center_and_spread(X, w):
+    """Weighted median and standard deviation of each column (1 for constant columns)."""
+    (median,) = _weighted_quantiles(X, w, (0.5,))
+    std = np.sqrt(w @ (X - w @ X) ** 2)
+    return median, np.where(std > 1e-12 * np.maximum(1.0, np.abs(median)), std, 1.0)
+
+
+def fit_yeo_johnson(X, sample_weight):
+    """Fit the weighted, shift- and scale-invariant Yeo-Johnson transform.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        Finite training data.
+    sample_weight : ndarray of shape (n_samples,)
+        Non-negative weights with a positive sum; rows of weight zero are
+        ignored.
+
+    Returns
+    -------
+    params : dict of ndarray of shape (n_features,)
+        ``shift`` and ``scale`` (the weighted median and standard deviation
+        that standardise each feature before the transform), ``lambdas`` (the
+        maximum-likelihood power of each feature, 1 for constant features)
+        and ``low`` and ``high`` (the range of the standardised training
+        data, beyond which the transform continues linearly).
+    """
+    seen = sample_weight > 0
+    X = np.asarray(X, dtype=np.float64)[seen]
+    w = sample_weight[seen] / sample_weight[seen].sum()
+    # standardise in units of max|X| first, so that moments cannot overflow
+    magnitude = np.max(np.abs(X), axis=0)
+    magnitude[magnitude == 0] = 1.0
+    unit = X / magnitude
+    shift, scale = _center_and_spread(unit, w)
+    Z = (unit - shift) / scale
+    lambdas = np.ones(X.shape[1])
+    for j, z in enumerate(Z.T):
+        if np.ptp(z) == 0:
+            continue
+        log_term = w @ (np.sign(z) * np.log1p(np.abs(z)))
+        result = minimize_scalar(
+            _neg_log_likelihood, bounds=LAMBDA_BOUNDS, args=(z, w, log_term), method="bounded",
+            options={"xatol": 1e-5},
+        )
+        lambdas[j] = result.x
+    return {
+        "shift": shift * magnitude,
+        "scale": scale * magnitude,
+        "lambdas": lambdas,
+        "low": Z.min(axis=0),
+        "high": Z.max(axis=0),
+    }
+
+
+def transform_yeo_johnson(X, params):
+    """Apply a transform fitted by :func:`fit_yeo_johnson` (linear beyond the training range).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        Data to transform.
+    params : dict
+        Output of :func:`fit_yeo_johnson`.
+
+    Returns
+    -------
+    X_new : ndarray of shape (n_samples, n_features)
+        Transformed data, float64.
+    """
+    lambdas, low, high = params["lambdas"], params["low"], params["high"]
+    Z = (np.asarray(X, dtype=np.float64) - params["shift"]) / params["scale"]
+    inside = np.clip(Z, low, high)
+    out = yeo_johnson(inside, lambdas)
+    below, above = Z < low, Z > high
+    if below.any() or above.any():
+        out = out + np.where(below, (Z - low) * _slope(low, lambdas), 0.0)
+        out = out + np.where(above, (Z - high) * _slope(high, lambdas), 0.0)
+    return out
