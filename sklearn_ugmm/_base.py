@@ -82,7 +82,7 @@ def _mps_available():
 
 
 _POWER_KEYS = ("shift", "scale", "lambdas", "low", "high")
-#: Fitted attributes of the power transform (``standardize="yeo-johnson"`` only).
+#: Fitted attributes of the power transform (only when it is used).
 _POWER_ATTRIBUTES = tuple(f"power_{key}_" for key in _POWER_KEYS)
 
 
@@ -131,18 +131,19 @@ class BaseUGMM(BaseEstimator):
     def _fit_scaling(self, X, sample_weight):
         """Weighted per-feature mean and standard deviation (identity when off).
 
-        With ``standardize="yeo-johnson"`` the features first go through a
+        With the "yeo-johnson" method the features first go through a
         weighted Yeo-Johnson power transform (attributes ``power_*_``).
         """
         n_features = X.shape[1]
         for name in _POWER_ATTRIBUTES:
             self.__dict__.pop(name, None)
-        if self.standardize == "yeo-johnson":
+        method = self._scaling_method()
+        if method == "yeo-johnson":
             power = fit_yeo_johnson(X, sample_weight)
             for key, value in power.items():
                 setattr(self, f"power_{key}_", value)
             X = transform_yeo_johnson(X, power)
-        if not self.standardize:
+        if not method:
             self.scaling_mean_ = np.zeros(n_features)
             self.scaling_scale_ = np.ones(n_features)
             return
@@ -158,6 +159,10 @@ class BaseUGMM(BaseEstimator):
         scale[~(scale > 1e-12 * np.maximum(1.0, np.abs(mean)))] = 1.0
         self.scaling_mean_ = mean
         self.scaling_scale_ = scale
+
+    def _scaling_method(self):
+        """``standardize`` with any "auto" resolved: True, False or "yeo-johnson"."""
+        return self.standardize
 
     def _power_transformed(self, X):
         X = np.asarray(X, dtype=np.float64)

