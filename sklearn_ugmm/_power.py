@@ -18,6 +18,10 @@ __all__ = ["fit_yeo_johnson", "transform_yeo_johnson", "yeo_johnson"]
 #: Search interval of the power parameter (scipy's yeojohnson_normmax
 #: searches an unbounded interval and then guards against overflow).
 LAMBDA_BOUNDS = (-3.0, 3.0)
+#: Rows used to estimate the powers: an evenly spaced (systematic) sample of
+#: the rows of positive weight beyond this many; the centring, spread and
+#: range always use every row.
+MAX_LAMBDA_ROWS = 10_000
 
 
 def yeo_johnson(z, lambdas):
@@ -28,15 +32,14 @@ def yeo_johnson(z, lambdas):
     ``z < 0`` (``-log1p(-z)`` when ``lam == 2``); ``lam == 1`` is the identity.
     """
     z = np.asarray(z, dtype=np.float64)
-    lambdas = np.broadcast_to(np.asarray(lambdas, dtype=np.float64), z.shape)
-    out = np.empty_like(z)
-    pos = z >= 0
-    lam_pos, lam_neg = lambdas[pos], 2.0 - lambdas[~pos]
-    log_pos, log_neg = np.log1p(z[pos]), np.log1p(-z[~pos])
+    lambdas = np.asarray(lambdas, dtype=np.float64)
+    # both branches are sign(z) * g(log1p(|z|)) with power lam (z >= 0) or 2 - lam (z < 0)
+    positive = z >= 0
+    power = np.where(positive, lambdas, 2.0 - lambdas)
+    log_magnitude = np.log1p(np.abs(z))
     with np.errstate(divide="ignore", invalid="ignore"):
-        out[pos] = np.where(lam_pos == 0, log_pos, np.expm1(lam_pos * log_pos) / lam_pos)
-        out[~pos] = -np.where(lam_neg == 0, log_neg, np.expm1(lam_neg * log_neg) / lam_neg)
-    return out
+        magnitude = np.where(power == 0, log_magnitude, np.expm1(power * log_magnitude) / power)
+    return np.where(positive, magnitude, -magnitude)
 
 
 def _slope(z, lambdas):
@@ -100,13 +103,17 @@ def fit_yeo_johnson(X, sample_weight):
     unit = X / magnitude
     shift, scale = _center_and_spread(unit, w)
     Z = (unit - shift) / scale
+    rows = np.arange(len(Z))
+    if len(Z) > MAX_LAMBDA_ROWS:
+        rows = np.linspace(0, len(Z) - 1, MAX_LAMBDA_ROWS).round().astype(int)
+    w_rows = w[rows] / w[rows].sum()
     lambdas = np.ones(X.shape[1])
-    for j, z in enumerate(Z.T):
+    for j, z in enumerate(Z[rows].T):
         if np.ptp(z) == 0:
             continue
-        log_term = w @ (np.sign(z) * np.log1p(np.abs(z)))
+        log_term = w_rows @ (np.sign(z) * np.log1p(np.abs(z)))
         result = minimize_scalar(
-            _neg_log_likelihood, bounds=LAMBDA_BOUNDS, args=(z, w, log_term), method="bounded",
+            _neg_log_likelihood, bounds=LAMBDA_BOUNDS, args=(z, w_rows, log_term), method="bounded",
             options={"xatol": 1e-5},
         )
         lambdas[j] = result.x

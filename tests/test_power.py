@@ -92,6 +92,20 @@ def test_linear_and_finite_beyond_the_training_range(skewed):
     assert np.all(np.diff(transform_yeo_johnson(sweep, params)[:, 0]) > 0)
 
 
+def test_powers_are_fitted_on_an_evenly_spaced_sample_of_large_data(skewed, monkeypatch):
+    import sklearn_ugmm._power as power
+
+    monkeypatch.setattr(power, "MAX_LAMBDA_ROWS", 100)
+    params = fit_yeo_johnson(skewed, np.ones(len(skewed)))
+    rows = np.linspace(0, len(skewed) - 1, 100).round().astype(int)
+    Z = _standardised(skewed, params)
+    for j in range(skewed.shape[1]):
+        assert params["lambdas"][j] == pytest.approx(stats.yeojohnson_normmax(Z[rows, j]), abs=1e-3)
+    # centring, spread and range still come from every row
+    np.testing.assert_allclose(params["scale"], skewed.std(axis=0))
+    np.testing.assert_allclose(params["high"], Z.max(axis=0))
+
+
 def test_constant_and_zero_weight_rows():
     X = np.column_stack([np.full(20, 3.0), np.arange(20.0)])
     X_bad = np.vstack([X, [[1e6, -1e6]]])
