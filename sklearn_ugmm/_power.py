@@ -3,11 +3,13 @@
 Each uGMM component models one input with a Gaussian; a feature whose
 values pile up near zero with a long tail (counts, areas, amounts) wastes
 components on the tail and squeezes the bulk. The transform below is
-scikit-learn's ``PowerTransformer(method="yeo-johnson")`` with three
-changes: it accepts sample weights, it is shift- and scale-invariant
+scikit-learn's ``PowerTransformer(method="yeo-johnson")`` with four
+changes: it accepts sample weights; it is shift- and scale-invariant
 (features are first centred on their weighted median and divided by
-their standard deviation), and beyond the range of the training data it continues
-linearly, so that an outlier at prediction time cannot overflow.
+their standard deviation); beyond the range of the training data it
+continues linearly, so that an outlier at prediction time cannot overflow;
+and on large data the powers are fitted on an evenly spaced sample of
+``MAX_LAMBDA_ROWS`` rows.
 """
 
 import numpy as np
