@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import _check_sample_weight
 
 from ._engine import build_net
-from ._power import fit_yeo_johnson, transform_yeo_johnson
+from ._power import fit_yeo_johnson, transform_yeo_johnson, unit_columns
 
 __all__ = ["BaseUGMM", "resolve_device"]
 
@@ -148,10 +148,7 @@ class BaseUGMM(BaseEstimator):
             self.scaling_scale_ = np.ones(n_features)
             return
         w = sample_weight / sample_weight.sum()
-        # moments of X / max|X| cannot overflow, even for values near 1e308
-        magnitude = np.max(np.abs(X), axis=0)
-        magnitude[magnitude == 0] = 1.0
-        unit = X / magnitude
+        unit, magnitude = unit_columns(X)
         mean = w @ unit
         scale = np.sqrt(w @ (unit - mean) ** 2) * magnitude
         mean = mean * magnitude

@@ -23,8 +23,6 @@ FORMAT = "sklearn-ugmm/1"
 _FITTED_SCALARS = ("n_features_in_", "n_iter_", "best_loss_", "best_validation_score_")
 _FITTED_LISTS = ("loss_curve_", "validation_scores_")
 _ARRAYS = ("scaling_mean_", "scaling_scale_")
-#: Saved when the estimator has them (the classifier's power transform).
-_OPTIONAL_ARRAYS = _POWER_ATTRIBUTES
 
 
 def _registry():
@@ -104,7 +102,8 @@ def save_model(estimator, path):
         fitted["classes_dtype"] = estimator.classes_.dtype.str
     meta = {"format": FORMAT, "estimator": name, "params": params, "fitted": fitted}
     meta_json = json.dumps(meta, sort_keys=True)
-    arrays = [k for k in _ARRAYS + _OPTIONAL_ARRAYS if k in _ARRAYS or hasattr(estimator, k)]
+    # the power transform's attributes exist only when the classifier used it
+    arrays = [*_ARRAYS, *(k for k in _POWER_ATTRIBUTES if hasattr(estimator, k))]
     tensors = {f"array.{k}": torch.as_tensor(np.asarray(getattr(estimator, k), dtype=np.float64)) for k in arrays}
     tensors.update({f"module.{k}": v.detach().cpu() for k, v in estimator.module_.state_dict().items()})
     torch.save({"meta": meta_json, "tensors": tensors, "sha256": _digest(meta_json, tensors)}, path)
@@ -177,9 +176,8 @@ def load_model(path, *, device=None):
         estimator.feature_names_in_ = np.asarray(fitted.pop("feature_names_in_"), dtype=object)
     for key, value in fitted.items():
         setattr(estimator, key, value)
-    for key in _ARRAYS + _OPTIONAL_ARRAYS:
-        if key in _ARRAYS or f"array.{key}" in tensors:
-            setattr(estimator, key, tensors[f"array.{key}"].numpy().astype(np.float64))
+    for key in (*_ARRAYS, *(k for k in _POWER_ATTRIBUTES if f"array.{k}" in tensors)):
+        setattr(estimator, key, tensors[f"array.{key}"].numpy().astype(np.float64))
     state = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
     try:
         estimator._restore_module(state)

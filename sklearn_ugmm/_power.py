@@ -15,7 +15,7 @@ and on large data the powers are fitted on an evenly spaced sample of
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-__all__ = ["fit_yeo_johnson", "transform_yeo_johnson", "yeo_johnson"]
+__all__ = ["fit_yeo_johnson", "transform_yeo_johnson", "unit_columns", "yeo_johnson"]
 
 #: Search interval of the power parameter (scipy's yeojohnson_normmax
 #: searches an unbounded interval and then guards against overflow).
@@ -60,18 +60,27 @@ def _neg_log_likelihood(lam, z, w, log_term):
     return 0.5 * np.log(var) - (lam - 1.0) * log_term
 
 
-def _weighted_quantiles(X, w, levels):
-    """Per-column weighted quantiles: the smallest value whose cumulative weight reaches each level."""
+def unit_columns(X):
+    """``X`` divided by each column's largest magnitude (1 for all-zero columns), and the divisors.
+
+    Moments of the result cannot overflow, even for values near 1e308.
+    """
+    magnitude = np.max(np.abs(X), axis=0)
+    magnitude[magnitude == 0] = 1.0
+    return X / magnitude, magnitude
+
+
+def _weighted_median(X, w):
+    """Per-column weighted (lower) median: the smallest value whose cumulative weight reaches half."""
     order = np.argsort(X, axis=0, kind="stable")
     cumulative = np.cumsum(w[order], axis=0)
-    cumulative /= cumulative[-1]
     columns = np.arange(X.shape[1])
-    return [X[order[np.argmax(cumulative >= level, axis=0), columns], columns] for level in levels]
+    return X[order[np.argmax(cumulative >= 0.5 * cumulative[-1], axis=0), columns], columns]
 
 
 def _center_and_spread(X, w):
     """Weighted median and standard deviation of each column (1 for constant columns)."""
-    (median,) = _weighted_quantiles(X, w, (0.5,))
+    median = _weighted_median(X, w)
     std = np.sqrt(w @ (X - w @ X) ** 2)
     return median, np.where(std > 1e-12 * np.maximum(1.0, np.abs(median)), std, 1.0)
 
@@ -99,10 +108,7 @@ def fit_yeo_johnson(X, sample_weight):
     seen = sample_weight > 0
     X = np.asarray(X, dtype=np.float64)[seen]
     w = sample_weight[seen] / sample_weight[seen].sum()
-    # standardise in units of max|X| first, so that moments cannot overflow
-    magnitude = np.max(np.abs(X), axis=0)
-    magnitude[magnitude == 0] = 1.0
-    unit = X / magnitude
+    unit, magnitude = unit_columns(X)
     shift, scale = _center_and_spread(unit, w)
     Z = (unit - shift) / scale
     rows = np.arange(len(Z))
