@@ -60,6 +60,14 @@ def _neg_log_likelihood(lam, z, w, log_term):
     return 0.5 * np.log(var) - (lam - 1.0) * log_term
 
 
+def evenly_spaced_rows(n_rows, max_rows):
+    """Indices of at most ``max_rows`` rows spread evenly over ``n_rows`` (all when fewer).
+
+    Unlike the first rows, they cover data sorted by class or by time.
+    """
+    return np.linspace(0, n_rows - 1, num=min(n_rows, max_rows)).round().astype(np.int64)
+
+
 def unit_columns(X):
     """``X`` divided by each column's largest magnitude (1 for all-zero columns), and the divisors.
 
@@ -111,9 +119,7 @@ def fit_yeo_johnson(X, sample_weight):
     unit, magnitude = unit_columns(X)
     shift, scale = _center_and_spread(unit, w)
     Z = (unit - shift) / scale
-    rows = np.arange(len(Z))
-    if len(Z) > MAX_LAMBDA_ROWS:
-        rows = np.linspace(0, len(Z) - 1, MAX_LAMBDA_ROWS).round().astype(int)
+    rows = evenly_spaced_rows(len(Z), MAX_LAMBDA_ROWS)
     w_rows = w[rows] / w[rows].sum()
     lambdas = np.ones(X.shape[1])
     for j, z in enumerate(Z[rows].T):
