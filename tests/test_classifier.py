@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from skorch.callbacks import Callback
 
 from sklearn_ugmm import UGMMClassifier
+from sklearn_ugmm._classifier import _init_output_from_classes
 
 FAST = dict(hidden_layer_sizes=(8,), max_iter=15, random_state=0)
 
@@ -73,40 +74,27 @@ def test_generative_objective_with_defaults_cross_validates_on_iris(iris):
 def test_generative_root_starts_at_the_high_end_of_each_hidden_output(iris):
     X, y = iris
     clf = UGMMClassifier(objective="generative", max_iter=1, early_stopping=False, random_state=0).fit(X, y)
-    module = _initialised_copy(clf, X, y)
-    hidden = module.layers[0]
+    X_train, _ = clf._inputs_targets(clf._scaled(X), y, np.ones(len(y)), 3)
+    module = clf._initialised_module(X_train, y, np.ones(len(y)), torch.Generator().manual_seed(0)).eval()
     with torch.no_grad():
-        h = hidden(torch.as_tensor(clf._inputs_targets(clf._scaled(X), y, np.ones(len(y)), 3)[0])).double().numpy()
-    expected = np.quantile(h, 0.95, axis=0)
-    np.testing.assert_allclose(module.layers[-1].loc.detach().numpy()[0], expected, rtol=1e-5, atol=1e-5)
+        h = module.layers[0](torch.as_tensor(X_train)).double().numpy()
+    np.testing.assert_allclose(module.layers[-1].loc.detach().numpy()[0], np.quantile(h, 0.95, axis=0), atol=1e-5)
 
 
 def test_class_initialisation_samples_rows_across_class_sorted_data(iris):
     # more rows than the initialisation reads: the rows it reads must still cover every class
     X, y = iris  # sorted by class
     clf = UGMMClassifier(hidden_layer_sizes=(4,), max_iter=1, early_stopping=False, random_state=0).fit(X, y)
-    module = _initialised_copy(clf, X, y, max_samples=30)
+    X_train = torch.as_tensor(clf._scaled(X))
+    module = clf._new_module(torch.Generator().manual_seed(0))
+    module.init_from_data(X_train, generator=torch.Generator().manual_seed(0))
+    _init_output_from_classes(module, X_train, y, 3, max_samples=30)
     rows = np.linspace(0, len(X) - 1, 30).round().astype(int)
     with torch.no_grad():
-        h = module.layers[0](torch.as_tensor(clf._scaled(X)[rows])).double().numpy()
+        h = module.eval().layers[0](X_train[rows]).double().numpy()
     for c in range(3):
         expected = np.median(h[y[rows] == c], axis=0)
         np.testing.assert_allclose(module.layers[-1].loc.detach().numpy()[c], expected, rtol=1e-5, atol=1e-5)
-
-
-def _initialised_copy(clf, X, y, max_samples=4096):
-    """A freshly initialised network for ``clf`` (fitted) and its training data."""
-    import sklearn_ugmm._classifier as classifier_module
-
-    X_train, _ = clf._inputs_targets(clf._scaled(X), y, np.ones(len(y)), 3)
-    module = clf._new_module(torch.Generator().manual_seed(0))
-    module.init_from_data(torch.as_tensor(X_train), generator=torch.Generator().manual_seed(0), focus=False)
-    if clf.objective == "generative":
-        classifier_module._init_root_at_high_activations(module, torch.as_tensor(X_train), max_samples)
-    else:
-        classifier_module._init_output_from_classes(module, torch.as_tensor(X_train), y, 3, max_samples)
-    module.eval()
-    return module
 
 
 def test_generative_objective_predicts_by_mpe(iris):
