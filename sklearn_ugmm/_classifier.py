@@ -497,6 +497,20 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         return tags
 
 
+def _output_layer_inputs(module, X, max_samples):
+    """Rows of ``X`` spread over the set (at most ``max_samples``) and what the last layer gets from them.
+
+    The activations are computed in eval mode (no dropout) and returned in float64.
+    """
+    rows = evenly_spaced_rows(len(X), max_samples)
+    module.eval()
+    h = X[rows]
+    for layer in module.layers[:-1]:
+        h = layer(h)
+    module.train()
+    return rows, h.double()
+
+
 @torch.no_grad()
 def _init_output_from_classes(module, X, y_index, n_classes, max_samples=4096):
     """Start each class neuron as a naive-Bayes-like mixture over its class.
@@ -505,13 +519,8 @@ def _init_output_from_classes(module, X, y_index, n_classes, max_samples=4096):
     and scales equal to the within-class spread of each input, so training
     starts from a model that already separates the classes.
     """
-    module.eval()
-    rows = evenly_spaced_rows(len(X), max_samples)
-    h = X[rows]
+    rows, h = _output_layer_inputs(module, X, max_samples)
     y = torch.as_tensor(y_index[rows])
-    for layer in module.layers[:-1]:
-        h = layer(h)
-    h = h.double()
     last = module.layers[-1]
     overall = torch.quantile(h, torch.tensor([0.25, 0.75], dtype=h.dtype), dim=0)
     overall_spread = ((overall[1] - overall[0]) / 1.349).clamp(min=10 * last.min_scale)
@@ -529,7 +538,6 @@ def _init_output_from_classes(module, X, y_index, n_classes, max_samples=4096):
         scale[c] = spread
     last.loc.copy_(loc.to(last.loc.dtype))
     last.set_scale(scale.to(last.raw_scale.dtype))
-    module.train()
 
 
 #: Quantile of a hidden neuron's training activations where the generative
@@ -549,14 +557,10 @@ def _init_root_at_high_activations(module, X, max_samples=4096):
     0.956 and 0.947 from the 95th percentile; upper quantiles 0.9-0.99 all
     beat the median, 0.945).
     """
-    module.eval()
-    h = X[evenly_spaced_rows(len(X), max_samples)]
-    for layer in module.layers[:-1]:
-        h = layer(h)
+    _, h = _output_layer_inputs(module, X, max_samples)
     root = module.layers[-1]
-    high = torch.quantile(h.double(), torch.tensor(_ROOT_QUANTILE, dtype=torch.float64), dim=0)
+    high = torch.quantile(h, torch.tensor(_ROOT_QUANTILE, dtype=h.dtype), dim=0)
     root.loc.copy_(high.expand_as(root.loc).to(root.loc.dtype))
-    module.train()
 
 
 def _split(y_index, validation_fraction, rng):

@@ -15,7 +15,7 @@ and on large data the powers are fitted on an evenly spaced sample of
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-__all__ = ["fit_yeo_johnson", "transform_yeo_johnson", "unit_columns", "yeo_johnson"]
+__all__ = ["evenly_spaced_rows", "fit_yeo_johnson", "transform_yeo_johnson", "unit_columns", "yeo_johnson"]
 
 #: Search interval of the power parameter (scipy's yeojohnson_normmax
 #: searches an unbounded interval and then guards against overflow).
