@@ -1,5 +1,6 @@
 """What the uGMM estimators share: parameters, devices, scaling, training, batched inference."""
 
+import math
 import warnings
 from numbers import Integral, Real
 
@@ -201,16 +202,25 @@ class BaseUGMM(BaseEstimator):
             return None
         return max(3, int(self.n_iter_no_change) // 4 + 1)
 
+    def _averaging_epochs(self):
+        """Horizon of the weight averaging in ``fit`` (None: the last weights are kept)."""
+        return None
+
     def _make_net(
         self, module, n_train, validation=None, validation_score=None, generator=None, patience=None, adaptive=False
     ):
-        """A skorch net around ``module`` configured by this estimator's parameters."""
+        """A skorch net around ``module`` configured by this estimator's parameters.
+
+        ``adaptive``: the learning-rate schedule and the weight averaging of
+        ``fit`` (not for ``partial_fit``, whose calls are single epochs).
+        """
+        batch_size = self._batch_size(n_train)
         return build_net(
             module,
             self._per_sample_loss,
             learning_rate_init=self._learning_rate(n_train),
             alpha=self.alpha,
-            batch_size=self._batch_size(n_train),
+            batch_size=batch_size,
             max_iter=self.max_iter,
             tol=self.tol,
             n_iter_no_change=self.n_iter_no_change if patience is None else patience,
@@ -223,6 +233,8 @@ class BaseUGMM(BaseEstimator):
             extra_callbacks=self.callbacks,
             lr_patience=self._lr_patience() if adaptive else None,
             penalty=self._penalty(n_train),
+            averaging_epochs=self._averaging_epochs() if adaptive else None,
+            steps_per_epoch=math.ceil(n_train / batch_size),
         )
 
     def _train(self, module, X_train, y_train, validation=None, validation_score=None, generator=None):

@@ -26,6 +26,7 @@ __all__ = [
     "InterruptGuard",
     "PenalisedNet",
     "ValidationScore",
+    "WeightAveraging",
     "build_net",
     "pack_target",
 ]
@@ -146,6 +147,78 @@ class PenalisedNet(NeuralNet):
         return loss
 
 
+class WeightAveraging(Callback):
+    """Validate, stop and finish on an exponential moving average of the weights.
+
+    After every training step the average moves towards the current weights,
+    so that each epoch it covers ``1 / horizon`` of the distance (Polyak
+    averaging with a horizon of about ``horizon`` epochs). The average, not
+    the last step's weights, is what the validation pass scores, what the
+    other callbacks see at the end of each epoch (early stopping keeps and
+    restores it) and what the net holds when training ends. The next epoch
+    trains on from the current weights, so Adam's state stays consistent.
+
+    Parameters
+    ----------
+    horizon : float
+        Epochs the average spans; more than 1.
+    steps_per_epoch : int
+        Optimiser steps per epoch.
+    """
+
+    def __init__(self, horizon, steps_per_epoch):
+        self.horizon = horizon
+        self.steps_per_epoch = steps_per_epoch
+
+    def initialize(self):
+        self._average = None
+        self._current = None
+        return self
+
+    def on_train_begin(self, net, **kwargs):
+        self._average = [p.detach().clone() for p in net.module_.parameters()]
+        self._current = None
+        self._weight = 1.0 - (1.0 - 1.0 / self.horizon) ** (1.0 / max(self.steps_per_epoch, 1))
+
+    def on_epoch_begin(self, net, **kwargs):
+        self._use_current(net)
+
+    def on_batch_begin(self, net, training=False, **kwargs):
+        if not training:
+            self._use_average(net)
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training:
+            with torch.no_grad():
+                for average, param in zip(self._average, net.module_.parameters()):
+                    average.lerp_(param, self._weight)
+
+    def on_epoch_end(self, net, **kwargs):
+        self._use_average(net)
+
+    def on_train_end(self, net, **kwargs):
+        self._use_average(net)
+        # the copies are not part of the fitted model (and would pin GPU memory in a pickle)
+        self._average = None
+        self._current = None
+
+    def _use_average(self, net):
+        if self._average is None or self._current is not None:
+            return
+        with torch.no_grad():
+            self._current = [p.detach().clone() for p in net.module_.parameters()]
+            for param, average in zip(net.module_.parameters(), self._average):
+                param.copy_(average)
+
+    def _use_current(self, net):
+        if self._current is None:
+            return
+        with torch.no_grad():
+            for param, current in zip(net.module_.parameters(), self._current):
+                param.copy_(current)
+        self._current = None
+
+
 def _state_copy(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -200,6 +273,8 @@ def build_net(
     lr_patience=None,
     lr_factor=ADAPTIVE_LR_FACTOR,
     penalty=None,
+    averaging_epochs=None,
+    steps_per_epoch=1,
 ):
     """A skorch ``NeuralNet`` that trains ``module`` with Adam.
 
@@ -211,10 +286,17 @@ def build_net(
     ``penalty(module)``, when given, is added to every training batch's loss.
     With ``lr_patience`` the learning rate is multiplied by ``lr_factor`` each
     time that same monitor has gone ``lr_patience`` epochs without improving by
-    ``tol`` (``ReduceLROnPlateau`` through skorch's ``LRScheduler``).
+    ``tol`` (``ReduceLROnPlateau`` through skorch's ``LRScheduler``). With
+    ``averaging_epochs`` (more than 1) the net validates, stops on and ends
+    with a moving average of the weights over about that many epochs of
+    ``steps_per_epoch`` steps (:class:`WeightAveraging`).
     """
     monitor = "train_loss" if validation_data is None else validation_monitor
-    callbacks = [("interrupt_guard", InterruptGuard()), ("divergence_guard", DivergenceGuard())]
+    callbacks = []
+    if averaging_epochs is not None and averaging_epochs > 1:
+        # first: the interrupt guard then snapshots (and restores) the average
+        callbacks.append(("weight_averaging", WeightAveraging(averaging_epochs, steps_per_epoch)))
+    callbacks += [("interrupt_guard", InterruptGuard()), ("divergence_guard", DivergenceGuard())]
     if validation_data is not None and validation_score is not None:
         # before the stopping rule, which ends the epoch by raising
         callbacks.append(("valid_score", ValidationScore(validation_score)))

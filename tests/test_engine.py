@@ -1,9 +1,12 @@
-"""The skorch glue: batch loading and the adaptive learning rate."""
+"""The skorch glue: batch loading, the adaptive learning rate, the penalty and weight averaging."""
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
+from skorch.callbacks import Callback
 from skorch.dataset import Dataset
 from torch.utils.data import DataLoader
 
@@ -95,3 +98,83 @@ def test_precision_penalty_keeps_components_wide_and_scales_as_one_over_n():
     # a prior worth `precision_penalty` samples: its weight per sample is c / n_train
     assert held.net_.penalty(held.module_).item() == pytest.approx(3e3 / len(X) * held.module_.precision_penalty().item())
     assert held.score(X, y) > 0.9
+
+
+class _StepRecorder(Callback):
+    """Parameters after every training step."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.steps = [[p.detach().clone() for p in net.module_.parameters()]]
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training:
+            self.steps.append([p.detach().clone() for p in net.module_.parameters()])
+
+
+def _averaging_net(module, averaging_epochs=None, validation_data=None, max_iter=3):
+    return build_net(
+        module, lambda output, target: -output[:, 0], learning_rate_init=3e-2, alpha=0.0, batch_size=8,
+        max_iter=max_iter, tol=0.0, n_iter_no_change=np.inf, generator=torch.Generator().manual_seed(0),
+        device="cpu", verbose=0, validation_data=validation_data, averaging_epochs=averaging_epochs,
+        steps_per_epoch=7, extra_callbacks=[("recorder", _StepRecorder())],
+    )
+
+
+def test_weight_averaging_ends_with_the_moving_average_of_the_training_steps():
+    X = torch.randn(50, 3, generator=torch.Generator().manual_seed(1))
+    y = torch.ones(50, 1)
+    module = UGMMNet(3, (4,), 2, generator=torch.Generator().manual_seed(2))
+    plain = _averaging_net(copy.deepcopy(module)).fit(X, y)
+    averaged = _averaging_net(copy.deepcopy(module), averaging_epochs=4).fit(X, y)
+    steps = dict(plain.callbacks_)["recorder"].steps
+    assert len(steps) == 1 + 3 * 7
+    # the average does not disturb training: the same steps, the same losses
+    for ours, theirs in zip(dict(averaged.callbacks_)["recorder"].steps, steps):
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    np.testing.assert_array_equal(averaged.history[:, "train_loss"], plain.history[:, "train_loss"])
+    # each epoch of 7 steps moves the average 1/4 of the way to the weights
+    weight = 1 - (1 - 1 / 4) ** (1 / 7)
+    expected = [p.double() for p in steps[0]]
+    for step in steps[1:]:
+        expected = [e + weight * (p.double() - e) for e, p in zip(expected, step)]
+    for param, e in zip(averaged.module_.parameters(), expected):
+        torch.testing.assert_close(param.detach().double(), e, rtol=1e-5, atol=1e-6)
+    assert not all(torch.equal(p.detach(), last) for p, last in zip(averaged.module_.parameters(), steps[-1]))
+    assert dict(averaged.callbacks_)["weight_averaging"]._average is None
+    assert "weight_averaging" not in dict(plain.callbacks_)
+
+
+def test_weight_averaging_is_what_validation_scores_and_early_stopping_restores():
+    gen = torch.Generator().manual_seed(1)
+    X, X_valid = torch.randn(50, 3, generator=gen), torch.randn(20, 3, generator=gen)
+    y, y_valid = torch.ones(50, 1), torch.ones(20, 1)
+    module = UGMMNet(3, (4,), 2, generator=torch.Generator().manual_seed(2))
+    net = _averaging_net(module, averaging_epochs=4, validation_data=(X_valid, y_valid), max_iter=6).fit(X, y)
+    valid_losses = np.array(net.history[:, "valid_loss"])
+    best = int(np.argmin(valid_losses))
+    # the restored model scores exactly the best recorded validation loss
+    with torch.no_grad():
+        restored = float(-net.module_(X_valid)[:, 0].mean())
+    assert restored == pytest.approx(valid_losses[best], rel=1e-6)
+    # and that loss is the average's, not the raw weights' at the end of that epoch
+    raw = copy.deepcopy(net.module_)
+    for param, step in zip(raw.parameters(), dict(net.callbacks_)["recorder"].steps[7 * (best + 1)]):
+        param.data.copy_(step)
+    with torch.no_grad():
+        assert float(-raw(X_valid)[:, 0].mean()) != pytest.approx(valid_losses[best], rel=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_classifier_averages_weights_in_fit_only():
+    X, y = load_breast_cancer(return_X_y=True)
+    clf = UGMMClassifier(max_iter=5, random_state=0).fit(X, y)
+    callbacks = dict(clf.net_.callbacks_)
+    assert callbacks["weight_averaging"].horizon == 10.0
+    assert callbacks["weight_averaging"].steps_per_epoch == int(np.ceil(0.9 * len(X) / 200))
+    off = UGMMClassifier(max_iter=5, averaging_epochs=1, random_state=0).fit(X, y)
+    assert "weight_averaging" not in dict(off.net_.callbacks_)
+    streamed = UGMMClassifier(random_state=0).partial_fit(X, y, classes=[0, 1])
+    assert "weight_averaging" not in dict(streamed.net_.callbacks_)
+    with pytest.raises(ValueError, match="averaging_epochs"):
+        UGMMClassifier(averaging_epochs=0.5).fit(X, y)
