@@ -205,17 +205,15 @@ class WeightAveraging(Callback):
     def _use_average(self, net):
         if self._average is None or self._current is not None:
             return
+        self._current = _state_copy(net.module_)
         with torch.no_grad():
-            self._current = [p.detach().clone() for p in net.module_.parameters()]
             for param, average in zip(net.module_.parameters(), self._average):
                 param.copy_(average)
 
     def _use_current(self, net):
         if self._current is None:
             return
-        with torch.no_grad():
-            for param, current in zip(net.module_.parameters(), self._current):
-                param.copy_(current)
+        net.module_.load_state_dict(self._current)
         self._current = None
 
 
