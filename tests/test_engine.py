@@ -170,11 +170,22 @@ def test_classifier_averages_weights_in_fit_only():
     X, y = load_breast_cancer(return_X_y=True)
     clf = UGMMClassifier(max_iter=5, random_state=0).fit(X, y)
     callbacks = dict(clf.net_.callbacks_)
+    # "auto": a horizon of 10 epochs for the discriminative objective
     assert callbacks["weight_averaging"].horizon == 10.0
     assert callbacks["weight_averaging"].steps_per_epoch == int(np.ceil(0.9 * len(X) / 200))
+    explicit = UGMMClassifier(max_iter=2, averaging_epochs=3.5, batch_size=100, random_state=0).fit(X, y)
+    assert dict(explicit.net_.callbacks_)["weight_averaging"].horizon == 3.5
+    assert dict(explicit.net_.callbacks_)["weight_averaging"].steps_per_epoch == int(np.ceil(0.9 * len(X) / 100))
     off = UGMMClassifier(max_iter=5, averaging_epochs=1, random_state=0).fit(X, y)
     assert "weight_averaging" not in dict(off.net_.callbacks_)
+    # "auto" is off for the generative objective; an explicit horizon turns it on there
+    generative = UGMMClassifier(objective="generative", max_iter=2, random_state=0).fit(X, y)
+    assert "weight_averaging" not in dict(generative.net_.callbacks_)
+    generative.set_params(averaging_epochs=10).fit(X, y)
+    assert dict(generative.net_.callbacks_)["weight_averaging"].horizon == 10
     streamed = UGMMClassifier(random_state=0).partial_fit(X, y, classes=[0, 1])
     assert "weight_averaging" not in dict(streamed.net_.callbacks_)
+    with pytest.raises(ValueError, match="averaging_epochs"):
+        UGMMClassifier(averaging_epochs="sometimes").fit(X, y)
     with pytest.raises(ValueError, match="averaging_epochs"):
         UGMMClassifier(averaging_epochs=0.5).fit(X, y)
