@@ -1,0 +1,68 @@
+"""The MNIST benchmark script: its augmentation and a smoke run on synthetic data."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "benchmarks"))
+mnist = pytest.importorskip("mnist")
+
+
+def _translated(image, dy, dx):
+    """``image`` (28x28) moved so that output[r, c] = image[r + dy, c + dx], zeros outside."""
+    out = np.zeros_like(image)
+    for r in range(28):
+        for c in range(28):
+            if 0 <= r + dy < 28 and 0 <= c + dx < 28:
+                out[r, c] = image[r + dy, c + dx]
+    return out
+
+
+@pytest.mark.parametrize("max_shift", [1, 2])
+def test_random_shift_is_a_whole_pixel_translation(max_shift):
+    rng = np.random.default_rng(0)
+    images = rng.random((200, 784)).astype(np.float32) + 1.0  # no zeros: every offset is identifiable
+    shifted = mnist.random_shift(torch.from_numpy(images), max_shift, torch.Generator().manual_seed(0)).numpy()
+    assert shifted.shape == images.shape
+    offsets = range(-max_shift, max_shift + 1)
+    seen = set()
+    for image, out in zip(images.reshape(-1, 28, 28), shifted.reshape(-1, 28, 28)):
+        matches = [(dy, dx) for dy in offsets for dx in offsets if np.array_equal(out, _translated(image, dy, dx))]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) == (2 * max_shift + 1) ** 2  # every offset is drawn
+
+
+def test_random_shift_callback_leaves_validation_batches_alone():
+    callback = mnist.RandomShift(1, seed=0).initialize()
+    images = torch.rand(64, 784) + 1.0
+    original = images.clone()
+    callback.on_batch_begin(None, batch=(images, None), training=False)
+    torch.testing.assert_close(images, original, rtol=0, atol=0)
+    callback.on_batch_begin(None, batch=(images, None), training=True)
+    assert not torch.equal(images, original)
+    # a fresh callback with the same seed draws the same offsets
+    again = original.clone()
+    mnist.RandomShift(1, seed=0).initialize().on_batch_begin(None, batch=(again, None), training=True)
+    torch.testing.assert_close(again, images, rtol=0, atol=0)
+
+
+def test_mnist_script_runs_end_to_end(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mnist.npz"
+    np.savez(
+        path,
+        X_train=rng.integers(0, 256, (300, 28, 28), dtype=np.uint8),
+        y_train=np.arange(300) % 10,
+        X_test=rng.integers(0, 256, (50, 28, 28), dtype=np.uint8),
+        y_test=np.arange(50) % 10,
+    )
+    acc = mnist.main([str(path), "--epochs", "2", "--mlp"])
+    assert 0.0 <= acc <= 1.0
+    out = capsys.readouterr().out
+    assert "UGMMClassifier: test accuracy" in out
+    assert "MLPClassifier (ReLU): test accuracy" in out
+    assert "uGMM / MLP: test error" in out
