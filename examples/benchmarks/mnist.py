@@ -117,7 +117,7 @@ def main(argv=None):
     if args.mlp:
         mlp = MLPClassifier(hidden_layer_sizes=(128, 64), max_iter=args.epochs, random_state=args.seed)
         if args.shift:
-            mlp = _ShiftedEpochs(mlp, args.epochs, args.shift, args.seed)
+            mlp = _ShiftedEpochs(mlp, args.shift, args.seed)
         mlp_acc, mlp_fit_s = _fit_and_score(mlp, X_train, y_train, X_test, y_test, "MLPClassifier (ReLU)")
         print(f"uGMM / MLP: test error {_ratio(1 - acc, 1 - mlp_acc)}, fit time {_ratio(fit_s, mlp_fit_s)}")
     return acc
@@ -167,16 +167,16 @@ class RandomShift(Callback):
 
 
 class _ShiftedEpochs:
-    """Train an sklearn estimator for ``epochs`` partial_fit calls, each on freshly shifted images."""
+    """Train an sklearn estimator for ``max_iter`` partial_fit calls, each on freshly shifted images."""
 
-    def __init__(self, estimator, epochs, max_shift, seed):
-        self.estimator, self.epochs, self.max_shift = estimator, epochs, max_shift
+    def __init__(self, estimator, max_shift, seed):
+        self.estimator, self.max_shift = estimator, max_shift
         self.generator = torch.Generator().manual_seed(seed)
 
     def fit(self, X, y):
         images = torch.from_numpy(X)
         classes = np.unique(y)
-        for _ in range(self.epochs):
+        for _ in range(self.estimator.max_iter):
             self.estimator.partial_fit(random_shift(images, self.max_shift, self.generator).numpy(), y, classes=classes)
         return self
 
