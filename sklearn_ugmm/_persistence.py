@@ -15,14 +15,13 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import _POWER_ATTRIBUTES
+from ._preprocessing import FeatureScaler
 
 __all__ = ["save_model", "load_model"]
 
-FORMAT = "sklearn-ugmm/1"
+FORMAT = "sklearn-ugmm/2"
 _FITTED_SCALARS = ("n_features_in_", "n_iter_", "best_loss_", "best_validation_score_")
 _FITTED_LISTS = ("loss_curve_", "validation_scores_")
-_ARRAYS = ("scaling_mean_", "scaling_scale_")
 
 
 def _registry():
@@ -95,6 +94,9 @@ def save_model(estimator, path):
     params = {k: _json_value(v, k) for k, v in estimator.get_params(deep=False).items()}
     fitted = {k: _json_value(getattr(estimator, k), k) for k in _FITTED_SCALARS}
     fitted.update({k: _json_value(getattr(estimator, k), k) for k in _FITTED_LISTS})
+    fitted["resolved_params_"] = {k: _json_value(v, k) for k, v in estimator.resolved_params_.items()}
+    training_meta, training_tensors = estimator._training_state()
+    fitted["training_state"] = [{k: _json_value(v, k) for k, v in group.items()} for group in training_meta["param_groups"]]
     if hasattr(estimator, "feature_names_in_"):
         fitted["feature_names_in_"] = [str(v) for v in estimator.feature_names_in_]
     if hasattr(estimator, "classes_"):
@@ -102,10 +104,9 @@ def save_model(estimator, path):
         fitted["classes_dtype"] = estimator.classes_.dtype.str
     meta = {"format": FORMAT, "estimator": name, "params": params, "fitted": fitted}
     meta_json = json.dumps(meta, sort_keys=True)
-    # the power transform's attributes exist only when the classifier used it
-    arrays = [*_ARRAYS, *(k for k in _POWER_ATTRIBUTES if hasattr(estimator, k))]
-    tensors = {f"array.{k}": torch.as_tensor(np.asarray(getattr(estimator, k), dtype=np.float64)) for k in arrays}
+    tensors = {f"scaler.{k}": torch.as_tensor(v) for k, v in estimator.scaler_.to_arrays().items()}
     tensors.update({f"module.{k}": v.detach().cpu() for k, v in estimator.module_.state_dict().items()})
+    tensors.update({f"training.{k}": v for k, v in training_tensors.items()})
     torch.save({"meta": meta_json, "tensors": tensors, "sha256": _digest(meta_json, tensors)}, path)
 
 
@@ -174,13 +175,18 @@ def load_model(path, *, device=None):
         estimator.classes_ = np.asarray(fitted.pop("classes_"), dtype=np.dtype(fitted.pop("classes_dtype")))
     if "feature_names_in_" in fitted:
         estimator.feature_names_in_ = np.asarray(fitted.pop("feature_names_in_"), dtype=object)
+    param_groups = fitted.pop("training_state")
     for key, value in fitted.items():
         setattr(estimator, key, value)
-    for key in (*_ARRAYS, *(k for k in _POWER_ATTRIBUTES if f"array.{k}" in tensors)):
-        setattr(estimator, key, tensors[f"array.{key}"].numpy().astype(np.float64))
-    state = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
+    state, scaler_arrays, training = {}, {}, {}
     try:
-        estimator._restore_module(state)
+        for key, value in tensors.items():
+            group, name = key.split(".", 1)
+            {"module": state, "scaler": scaler_arrays, "training": training}[group][name] = value
+        estimator.scaler_ = FeatureScaler.from_arrays(
+            {k: v.numpy() for k, v in scaler_arrays.items()}, method=estimator.resolved_params_["standardize"]
+        )
+        estimator._restore(state, {"param_groups": param_groups}, training)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise ValueError(f"{path}: the saved weights do not match the saved hyperparameters: {exc}") from exc
     return estimator

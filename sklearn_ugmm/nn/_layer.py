@@ -16,6 +16,39 @@ def _inverse_softplus(y):
     return y + torch.log(-torch.expm1(-y))
 
 
+def raw_scale_for(scale, min_scale):
+    """The unconstrained value whose ``min_scale + softplus`` is ``scale``.
+
+    Values at or below ``min_scale`` are raised just above it and values are
+    capped at 1e30.
+    """
+    excess = (scale - min_scale).clamp(min=1e-6 * max(min_scale, 1e-30), max=1e30)
+    return _inverse_softplus(excess)
+
+
+class GeneratorMixin:
+    """``set_generator`` for a module made of uGMM layers."""
+
+    def set_generator(self, generator):
+        """Use ``generator`` for every uGMM layer's dropout masks.
+
+        Parameters
+        ----------
+        generator : torch.Generator or None
+            Source of randomness for the dropout masks; the global
+            generator when None.
+
+        Returns
+        -------
+        self : nn.Module
+            The module itself.
+        """
+        for module in self.modules():
+            if isinstance(module, UGMMLayer):
+                module.generator = generator
+        return self
+
+
 class UGMMLayer(nn.Module):
     """A layer of uGMM neurons (arXiv 2509.07569).
 
@@ -152,9 +185,8 @@ class UGMMLayer(nn.Module):
             also become :attr:`reference_scale`.
         """
         scale = torch.as_tensor(scale, dtype=self.raw_scale.dtype, device=self.raw_scale.device)
-        excess = (scale - self.min_scale).clamp(min=1e-6 * max(self.min_scale, 1e-30), max=1e30)
         with torch.no_grad():
-            self.raw_scale.copy_(_inverse_softplus(excess).expand_as(self.raw_scale))
+            self.raw_scale.copy_(raw_scale_for(scale, self.min_scale).expand_as(self.raw_scale))
             self.reference_scale.copy_(self.scale)
 
     def precision_penalty(self):
@@ -198,18 +230,26 @@ class UGMMLayer(nn.Module):
             logits = logits.masked_fill(self._dropout_mask(), -math.inf)
         return torch.log_softmax(logits, dim=1)
 
-    def _dropout_mask(self):
-        shape = self.logits.shape
+    def _dropout_mask(self, allowed=None):
+        """Components dropped in this forward pass, among the ``allowed`` ones (all when None).
+
+        A neuron that would lose every allowed component keeps the one with
+        the largest uniform draw.
+        """
         gen = self.generator
         gen_device = gen.device if gen is not None else self.logits.device
-        u = torch.rand(shape, generator=gen, device=gen_device)
+        u = torch.rand(self.logits.shape, generator=gen, device=gen_device).to(self.logits.device)
         drop = u < self.dropout
-        # a neuron that lost every component keeps the one with the largest u
-        all_dropped = drop.all(dim=1)
-        if bool(all_dropped.any()):
-            keep = F.one_hot(u.argmax(dim=1), shape[1]).bool() & all_dropped[:, None]
+        live = ~drop
+        if allowed is not None:
+            drop &= allowed
+            live = allowed & live
+            u = u.masked_fill(~allowed, -1.0)
+        lost = ~live.any(dim=1)
+        if bool(lost.any()):
+            keep = F.one_hot(u.argmax(dim=1), u.shape[1]).bool() & lost[:, None]
             drop &= ~keep
-        return drop.to(self.logits.device)
+        return drop
 
     def forward(self, x):
         """Log-density of every neuron's mixture for each row of ``x``.
