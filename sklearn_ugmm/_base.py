@@ -2,7 +2,9 @@
 
 Every fit -- ``fit``, ``fit`` with ``warm_start`` and ``partial_fit`` -- runs
 :meth:`BaseUGMM._fit`: validate -> resolve the "auto" parameters -> fit the
-preprocessing -> split -> initialise -> train -> commit. It is a transaction:
+preprocessing -> split -> initialise -> train -> commit (the validation rows
+are drawn before the parameters are resolved, since the "auto" values depend
+on the number of training rows). It is a transaction:
 everything new is built in local variables and assigned to the estimator
 together at the end, so a fit that fails (or is interrupted before its first
 completed epoch) leaves the estimator exactly as it was. What differs between
@@ -188,12 +190,34 @@ class BaseUGMM(BaseEstimator):
         module.set_generator(generator)
         # train
         net = self._make_net(objective, module, resolved, generator, device, validation, adaptive=not incremental)
+        n_before = self._train(net, X_train, y_train, continuing=continuing, incremental=incremental)
+        history = self._history_attributes(net, n_before, append=continuing, warn=not incremental)
+        # commit
+        fitted = {"scaler_": scaler, "resolved_params_": resolved, "net_": net, "device_": device, **history}
+        if classes is not None:
+            fitted["classes_"] = classes
+        evaluation = _evaluation_copy(net.module_)
+        if not continuing:
+            for name in _FEATURE_ATTRIBUTES:
+                self.__dict__.pop(name, None)
+        self.__dict__.update(features)
+        self.__dict__.update(fitted)
+        self._evaluation_module = evaluation
+        return self
+
+    def _train(self, net, X_train, y_train, *, continuing, incremental):
+        """Run ``fit`` (or one ``partial_fit`` epoch, continuing the committed optimiser and history).
+
+        Returns the number of completed epochs the history held before. Raises
+        ``KeyboardInterrupt`` when interrupted before completing an epoch.
+        """
         n_before = 0
         if incremental:
             net.initialize()
             if continuing:
                 net.optimizer_.load_state_dict(copy.deepcopy(self.net_.optimizer_.state_dict()))
-                net.history_ = copy.deepcopy(self.net_.history_)
+                # a new list of the same rows: training appends rows and writes only to its own
+                net.history_ = type(self.net_.history_)(self.net_.history_)
                 n_before = len(_completed_epochs(net))
             net.partial_fit(X_train, y_train, epochs=1)
         else:
@@ -202,19 +226,7 @@ class BaseUGMM(BaseEstimator):
         if guard.interrupted_ and guard.completed_epochs_ == 0:
             raise KeyboardInterrupt  # nothing to keep: the estimator stays as it was
         net.set_params(train_split=None)  # the fitted model keeps no validation rows
-        history = self._history_attributes(net, n_before, append=continuing, warn=not incremental)
-        # commit
-        fitted = {"scaler_": scaler, "resolved_params_": resolved, "net_": net, "device_": device, **history}
-        if classes is not None:
-            fitted["classes_"] = classes
-        evaluation = _evaluation_copy(net.module_)
-        for name in _FEATURE_ATTRIBUTES:
-            if not continuing:
-                self.__dict__.pop(name, None)
-        self.__dict__.update(features)
-        self.__dict__.update(fitted)
-        self._evaluation_module = evaluation
-        return self
+        return n_before
 
     def _validated(self, X, y, reset):
         """``validate_data`` that leaves the estimator untouched: (X, y, feature attributes to commit)."""

@@ -43,12 +43,14 @@ def _fingerprint(est, X):
     out = est.predict_proba(X) if hasattr(est, "predict_proba") else est.score_samples(X)
     state = {k: v.clone() for k, v in est.module_.state_dict().items()}
     attrs = {k: v for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")}
-    return out, state, attrs
+    history = [dict(row, batches=len(row["batches"])) for row in est.net_.history]
+    return out, state, attrs, history
 
 
 def _assert_unchanged(est, X, before):
-    out, state, attrs = before
-    now_out, now_state, now_attrs = _fingerprint(est, X)
+    out, state, attrs, history = before
+    now_out, now_state, now_attrs, now_history = _fingerprint(est, X)
+    assert now_history == history
     np.testing.assert_array_equal(now_out, out)
     assert now_state.keys() == state.keys()
     for key in state:
@@ -270,12 +272,13 @@ def test_restored_model_trains_with_the_original_batch_size_and_penalty(iris, tm
     clf = UGMMClassifier(**CLF).fit(X, y)
     save_model(clf, tmp_path / "clf.ugmm")
     loaded = load_model(tmp_path / "clf.ugmm")
-    assert loaded.resolved_params_ == clf.resolved_params_
     loaded.partial_fit(X, y)
-    assert loaded.net_.batch_size == clf.resolved_params_["batch_size"] == 135
+    # the training rows of the fit (135 after the validation split) set both, as in memory
+    assert loaded.net_.batch_size == clf.net_.batch_size == 135
     assert loaded.net_.penalty(loaded.module_).item() == pytest.approx(
         150.0 / 135 * loaded.module_.precision_penalty().item()
     )
+    assert loaded.resolved_params_ == clf.resolved_params_
 
 
 @pytest.mark.parametrize("Estimator", [UGMMClassifier, UGMMDensityEstimator])
