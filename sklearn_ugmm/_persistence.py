@@ -96,6 +96,7 @@ def save_model(estimator, path):
     fitted.update({k: _json_value(getattr(estimator, k), k) for k in _FITTED_LISTS})
     fitted["resolved_params_"] = {k: _json_value(v, k) for k, v in estimator.resolved_params_.items()}
     training_meta, training_tensors = estimator._training_state()
+    # the optimiser's settings; its state and the training generator's go with the tensors
     fitted["training_state"] = [{k: _json_value(v, k) for k, v in group.items()} for group in training_meta["param_groups"]]
     if hasattr(estimator, "feature_names_in_"):
         fitted["feature_names_in_"] = [str(v) for v in estimator.feature_names_in_]
@@ -175,11 +176,13 @@ def load_model(path, *, device=None):
         estimator.classes_ = np.asarray(fitted.pop("classes_"), dtype=np.dtype(fitted.pop("classes_dtype")))
     if "feature_names_in_" in fitted:
         estimator.feature_names_in_ = np.asarray(fitted.pop("feature_names_in_"), dtype=object)
-    param_groups = fitted.pop("training_state")
+    param_groups = fitted.pop("training_state", None)
     for key, value in fitted.items():
         setattr(estimator, key, value)
     state, scaler_arrays, training = {}, {}, {}
     try:
+        if param_groups is None:
+            raise KeyError("training_state")
         for key, value in tensors.items():
             group, name = key.split(".", 1)
             {"module": state, "scaler": scaler_arrays, "training": training}[group][name] = value
