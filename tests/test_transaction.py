@@ -341,3 +341,15 @@ def test_evaluation_network_is_built_once_per_fitted_state(iris):
     clf.partial_fit(X, y)
     assert clf._evaluation() is not evaluation
     np.testing.assert_array_equal(clf.predict_proba(X), pickle.loads(pickle.dumps(clf)).predict_proba(X))
+
+
+def test_concurrent_predictions_share_the_evaluation_network_safely(iris):
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, y = iris
+    clf = UGMMClassifier(**CLF).fit(X, y)
+    expected = clf.predict_proba(X)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda rows: clf.predict_proba(X[rows]), [slice(None)] * 8))
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
