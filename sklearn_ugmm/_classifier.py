@@ -147,7 +147,8 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     best_validation_score_ : float or None
         Best validation accuracy (``early_stopping=True`` only).
     net_ : skorch.NeuralNet
-        The skorch net that trained the model.
+        The skorch net that trained the model (its history and optimiser
+        state; it keeps no validation rows).
     module_ : sklearn_ugmm.nn.UGMMNet
         The trained torch network.
     device_ : torch.device

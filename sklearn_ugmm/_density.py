@@ -114,7 +114,8 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
     best_validation_score_ : float or None
         Best validation mean log-likelihood (``early_stopping=True`` only).
     net_ : skorch.NeuralNet
-        The skorch net that trained the model.
+        The skorch net that trained the model (its history and optimiser
+        state; it keeps no validation rows).
     module_ : sklearn_ugmm.nn.AutoregressiveUGMM
         The trained torch network.
     device_ : torch.device
