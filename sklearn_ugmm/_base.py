@@ -122,7 +122,7 @@ class BaseUGMM(BaseEstimator):
         sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         if not np.any(sample_weight > 0):
             raise ValueError("sample_weight must have at least one positive entry; all weights are zero.")
-        return sample_weight
+        return normalised_weights(sample_weight)
 
     def _torch_generator(self, random_state):
         """A local torch generator seeded from ``random_state`` (never the global RNG)."""
@@ -352,6 +352,17 @@ class BaseUGMM(BaseEstimator):
                 block = torch.as_tensor(prepare(X[start : start + n_rows]), device=device, dtype=dtype)
                 outputs.append(fn(module, block).cpu().numpy().astype(np.float64))
         return np.concatenate(outputs, axis=0)
+
+
+def normalised_weights(sample_weight):
+    """Non-negative float64 weights divided by their largest value.
+
+    Done in float64 before the weights travel to the network in float32:
+    any positive common factor (1e-300 or 1e300) then gives the same
+    weights, which can neither underflow nor overflow in float32.
+    """
+    sample_weight = np.asarray(sample_weight, dtype=np.float64)
+    return sample_weight / np.max(sample_weight)
 
 
 def local_random_state(random_state):
