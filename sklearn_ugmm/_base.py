@@ -12,14 +12,16 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import _check_sample_weight
 
-from ._engine import build_net
-from ._power import fit_yeo_johnson, transform_yeo_johnson, unit_columns
+from ._engine import _state_copy, build_net
+from ._power import evenly_spaced_rows, fit_yeo_johnson, transform_yeo_johnson, unit_columns
 
 __all__ = ["BaseUGMM", "resolve_device"]
 
 #: Rows per inference batch: predictions never hold more than this many rows
 #: of intermediate activations at once.
 INFERENCE_BATCH_ROWS = 4096
+#: Training rows (evenly spaced) on which fit compares its loss at the start and the end.
+PROGRESS_CHECK_ROWS = 4096
 
 
 def resolve_device(device):
@@ -238,9 +240,26 @@ class BaseUGMM(BaseEstimator):
         )
 
     def _train(self, module, X_train, y_train, validation=None, validation_score=None, generator=None):
-        """Train ``module`` through a fresh skorch net; return the fitted net."""
+        """Train ``module`` through a fresh skorch net; return the fitted net.
+
+        A fit that ends with a higher training loss than it started with, or
+        with the same output for every (distinct) training row, diverged: the
+        network gets back its starting weights, with a ConvergenceWarning.
+        """
         net = self._make_net(module, len(X_train), validation, validation_score, generator, adaptive=True)
+        rows = evenly_spaced_rows(len(X_train), PROGRESS_CHECK_ROWS)
+        start_state = _state_copy(module)
+        start_loss, _ = training_loss(module, self._per_sample_loss, X_train[rows], y_train[rows])
         net.fit(X_train, y_train)
+        end_loss, outputs = training_loss(net.module_, self._per_sample_loss, X_train[rows], y_train[rows])
+        problem = divergence(start_loss, end_loss, outputs, X_train[rows])
+        if problem:
+            net.module_.load_state_dict(start_state)
+            warnings.warn(
+                f"Training diverged: {problem}. The model keeps the weights it had when this fit "
+                f"started. Lower learning_rate_init (it was {self._learning_rate(len(X_train))}).",
+                ConvergenceWarning,
+            )
         return net
 
     def _partial_fit_epoch(self, X_train, y_train, new_module):
@@ -352,6 +371,44 @@ class BaseUGMM(BaseEstimator):
                 block = torch.as_tensor(prepare(X[start : start + n_rows]), device=device, dtype=dtype)
                 outputs.append(fn(module, block).cpu().numpy().astype(np.float64))
         return np.concatenate(outputs, axis=0)
+
+
+@torch.no_grad()
+def training_loss(module, per_sample_loss, X, packed):
+    """Weighted mean loss (without penalties) of ``module`` in eval mode on rows ``X``, and its outputs.
+
+    ``packed`` holds the targets with the sample weights as last column (see
+    ``pack_target``).
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        device = next(module.parameters()).device
+        outputs = module(torch.as_tensor(X, device=device))
+        target = torch.as_tensor(packed, device=device)
+        losses = per_sample_loss(outputs, target[:, :-1]).double()
+        weight = target[:, -1].double()
+        loss = float((weight * losses).sum() / weight.sum().clamp(min=torch.finfo(torch.float64).tiny))
+    finally:
+        module.train(was_training)
+    return loss, outputs.double().cpu().numpy()
+
+
+def divergence(start_loss, end_loss, outputs, X):
+    """Why a fit diverged (a sentence), or an empty string if it did not.
+
+    It did if it ended with a higher (or non-finite) training loss than it
+    started with, or if its outputs are the same for every row although the
+    rows differ (a network collapsed to a constant).
+    """
+    if not end_loss <= start_loss:
+        return f"the training loss ended at {end_loss:.6g}, higher than it started ({start_loss:.6g})"
+    outputs = outputs.reshape(len(outputs), -1)
+    spread = np.ptp(outputs, axis=0)
+    constant = np.all(spread <= 1e-6 * (1.0 + np.abs(outputs).max(axis=0)))
+    if len(X) > 1 and constant and np.any(np.ptp(X, axis=0) > 0):
+        return "the network's outputs are the same for every training sample"
+    return ""
 
 
 def normalised_weights(sample_weight):
