@@ -13,7 +13,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import _check_sample_weight
 
 from ._engine import _state_copy, build_net
-from ._power import evenly_spaced_rows, fit_yeo_johnson, transform_yeo_johnson, unit_columns
+from ._power import evenly_spaced_rows, fit_yeo_johnson, transform_yeo_johnson, weighted_mean_and_scale
 
 __all__ = ["BaseUGMM", "resolve_device"]
 
@@ -150,15 +150,8 @@ class BaseUGMM(BaseEstimator):
             self.scaling_mean_ = np.zeros(n_features)
             self.scaling_scale_ = np.ones(n_features)
             return
-        w = sample_weight / sample_weight.sum()
-        unit, magnitude = unit_columns(X)
-        mean = w @ unit
-        scale = np.sqrt(w @ (unit - mean) ** 2) * magnitude
-        mean = mean * magnitude
         # constant features are only centred, as StandardScaler does
-        scale[~(scale > 1e-12 * np.maximum(1.0, np.abs(mean)))] = 1.0
-        self.scaling_mean_ = mean
-        self.scaling_scale_ = scale
+        self.scaling_mean_, self.scaling_scale_ = weighted_mean_and_scale(X, sample_weight / sample_weight.sum())
 
     def _scaling_method(self):
         """``standardize`` with any "auto" resolved: True, False or "yeo-johnson"."""

@@ -15,7 +15,14 @@ and on large data the powers are fitted on an evenly spaced sample of
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-__all__ = ["evenly_spaced_rows", "fit_yeo_johnson", "transform_yeo_johnson", "unit_columns", "yeo_johnson"]
+__all__ = [
+    "evenly_spaced_rows",
+    "fit_yeo_johnson",
+    "transform_yeo_johnson",
+    "unit_columns",
+    "weighted_mean_and_scale",
+    "yeo_johnson",
+]
 
 #: Search interval of the power parameter (scipy's yeojohnson_normmax
 #: searches an unbounded interval and then guards against overflow).
@@ -76,6 +83,25 @@ def unit_columns(X):
     magnitude = np.max(np.abs(X), axis=0)
     magnitude[magnitude == 0] = 1.0
     return X / magnitude, magnitude
+
+
+def weighted_mean_and_scale(X, w):
+    """Weighted mean and standard deviation of each column; a scale of 1 for constant columns.
+
+    ``w`` sums to one. The moments are computed on :func:`unit_columns`, so
+    they cannot overflow. A column counts as constant when its standard
+    deviation is within the rounding error of summing its values -- ``n``
+    times the float64 epsilon of its largest magnitude, with ``n = 1 /
+    sum(w ** 2)`` the effective number of samples, so that rows of
+    negligible weight make no spread -- a test relative to the column's
+    own magnitude, like StandardScaler's: the result is equivariant to
+    units, however small or large.
+    """
+    unit, magnitude = unit_columns(X)
+    mean = w @ unit
+    std = np.sqrt(w @ (unit - mean) ** 2)
+    constant = std <= np.finfo(np.float64).eps / np.sum(w**2)
+    return mean * magnitude, np.where(constant, 1.0, std * magnitude)
 
 
 def _weighted_median(X, w):

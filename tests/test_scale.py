@@ -64,3 +64,47 @@ def test_one_huge_weight_trains_on_that_sample(iris):
     assert clf.predict(X[:1])[0] == y[0]
     density = UGMMDensityEstimator(**FAST_DENSITY).fit(X, sample_weight=w)
     assert np.all(np.isfinite(density.score_samples(X)))
+
+
+FACTORS = [1e-15, 1e-12, 1e-6, 1e6, 1e15]
+
+
+def test_density_is_equivariant_to_units(iris):
+    """score_samples(c X) = score_samples(X) - d log c, and samples scale with c."""
+    X = iris[0][:, :2]
+    reference = UGMMDensityEstimator(**FAST_DENSITY).fit(X)
+    scores = reference.score_samples(X)
+    for c in FACTORS:
+        scaled = UGMMDensityEstimator(**FAST_DENSITY).fit(c * X)
+        np.testing.assert_allclose(scaled.score_samples(c * X), scores - X.shape[1] * np.log(c), rtol=1e-6)
+        np.testing.assert_allclose(scaled.scaling_scale_, c * reference.scaling_scale_, rtol=1e-9)
+        np.testing.assert_allclose(scaled.sample(50, random_state=1), c * reference.sample(50, random_state=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("standardize", [True, "yeo-johnson"])
+def test_classifier_is_invariant_to_units(iris, standardize):
+    X, y = iris
+    reference = UGMMClassifier(**FAST_CLF, standardize=standardize).fit(X, y)
+    for c in FACTORS:
+        scaled = UGMMClassifier(**FAST_CLF, standardize=standardize).fit(c * X, y)
+        np.testing.assert_array_equal(scaled.predict(c * X), reference.predict(X))
+        np.testing.assert_allclose(scaled.predict_proba(c * X), reference.predict_proba(X), rtol=1e-6, atol=1e-9)
+
+
+def test_only_truly_constant_features_keep_unit_scale():
+    from sklearn_ugmm._power import weighted_mean_and_scale
+
+    rng = np.random.RandomState(0)
+    w = np.full(100, 0.01)
+    X = np.column_stack([1e-13 * rng.normal(size=100), np.full(100, 7.0), 1e6 + 1e-4 * rng.normal(size=100)])
+    mean, scale = weighted_mean_and_scale(X, w)
+    np.testing.assert_allclose(scale[[0, 2]], [np.std(X[:, 0]), np.std(X[:, 2])], rtol=1e-6)
+    assert scale[1] == 1.0 and mean[1] == pytest.approx(7.0, rel=1e-15)
+    # rows of negligible weight do not make a spread either
+    dominated = np.full(100, 1e-300)
+    dominated[0] = 1.0
+    assert weighted_mean_and_scale(X, dominated / dominated.sum())[1].tolist() == [1.0, 1.0, 1.0]
+    # values that differ only in their last bit are rounding noise, not spread
+    noise = np.full(100, 3.0)
+    noise[::2] = np.nextafter(3.0, 4.0)
+    assert weighted_mean_and_scale(noise[:, None], w)[1][0] == 1.0
