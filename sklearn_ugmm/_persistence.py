@@ -118,24 +118,25 @@ def expected_tensors(estimator, power):
 
 
 def _network_size_floor(estimator):
-    """A lower bound on the elements of the network's state, from the hyperparameters alone.
+    """Lower bounds on the network's state from the hyperparameters alone: ``(values, tensors)``.
 
     Every uGMM neuron has a mixing logit per input, and each conditional of
     the density also has its free components' linear terms and gates, so
-    the network is at least this large; it is at most a small multiple of
-    it. Comparing it with the tensors a file holds refuses hyperparameters
-    that describe a huge network before that network is built.
+    the network holds at least ``values`` numbers (and at most a small
+    multiple of that), in at least one tensor per layer. Comparing these
+    with what a file holds refuses hyperparameters that describe a huge or
+    very deep network before that network is built.
     """
     hidden = list(estimator._hidden_sizes())
     n_features = int(estimator.n_features_in_)
     if hasattr(estimator, "classes_"):
         generative = estimator.objective == "generative"
         sizes = [n_features + generative, *hidden, 1 if generative else len(estimator.classes_)]
-        return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        return sum(a * b for a, b in zip(sizes[:-1], sizes[1:])), len(sizes) - 1
     sizes = [n_features, *hidden]
     last = hidden[-1] if hidden else 0
     masked = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    return masked + n_features * int(estimator.n_free_components) * (n_features + last)
+    return masked + n_features * int(estimator.n_free_components) * (n_features + last), len(sizes)
 
 
 # ---------------------------------------------------------------------- encoding
@@ -537,12 +538,14 @@ def _classes(values, dtype):
 
 def _check_tensor_table(estimator, tensors, path):
     """Compare the declared tensors with what the hyperparameters imply, before allocating anything."""
-    declared = sum(record.storage.numel for key, record in tensors.items() if key.startswith("module."))
-    if _network_size_floor(estimator) > declared:
+    module = [record for key, record in tensors.items() if key.startswith("module.")]
+    declared = sum(record.storage.numel for record in module)
+    least_values, least_tensors = _network_size_floor(estimator)
+    if least_values > declared or least_tensors > len(module):
         raise ValueError(
             f"{path}: the saved weights do not match the saved hyperparameters "
-            f"(they describe a network of at least {_network_size_floor(estimator)} values; "
-            f"the file holds {declared})."
+            f"(they describe a network of at least {least_values} values in {least_tensors} tensors; "
+            f"the file holds {declared} in {len(module)})."
         )
     power = f"array.{_POWER_ATTRIBUTES[0]}" in tensors
     expected = expected_tensors(estimator, power)

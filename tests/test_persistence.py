@@ -292,7 +292,8 @@ def test_hostile_files_are_refused_within_bounded_memory(tiny, tmp_path):
 
     Peak RSS of a child process, measured after a warm-up load, may not grow
     by more than 32 MiB while it refuses: a 2e7-neuron network declared by
-    6 KB of hyperparameters (with a recomputed checksum), and a 64 MiB
+    6 KB of hyperparameters (with a recomputed checksum), a network of 1e5
+    one-neuron layers declared by 300 KB, and a 64 MiB
     zero tensor deflated to about 70 KB.
     """
     source, _, _ = tiny
@@ -305,6 +306,13 @@ def test_hostile_files_are_refused_within_bounded_memory(tiny, tmp_path):
     wide = _resaved(source, tmp_path / "wide.ugmm", huge_network)
     assert b"20000000" in wide.read_bytes()
 
+    def deep_network(content):
+        content["meta"] = content["meta"].replace(
+            '"hidden_layer_sizes": {"__tuple__": [2]}', f'"hidden_layer_sizes": {[1] * 100_000}'
+        )
+
+    deep = _resaved(source, tmp_path / "deep.ugmm", deep_network)
+
     stored = _resaved(
         source, tmp_path / "stored.ugmm", lambda c: c["tensors"].update({"array.scaling_mean_": torch.zeros(2**23, dtype=torch.float64)})
     )
@@ -316,14 +324,15 @@ def test_hostile_files_are_refused_within_bounded_memory(tiny, tmp_path):
     assert deflated.stat().st_size < 2**20
 
     result = subprocess.run(
-        [sys.executable, "-c", _MEMORY_CHILD, str(source), str(wide), str(deflated)],
+        [sys.executable, "-c", _MEMORY_CHILD, str(source), str(wide), str(deep), str(deflated)],
         capture_output=True, text=True, timeout=300, cwd=_ROOT, env=_child_env(),
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().split("\n")
     assert lines[0].startswith("ValueError") and "do not match" in lines[0], lines
-    assert lines[1].startswith("ValueError") and "compressed" in lines[1], lines
-    assert int(lines[2]) < 32 * 2**20, f"peak RSS grew by {int(lines[2]) / 2**20:.0f} MiB"
+    assert lines[1].startswith("ValueError") and "do not match" in lines[1], lines
+    assert lines[2].startswith("ValueError") and "compressed" in lines[2], lines
+    assert int(lines[3]) < 32 * 2**20, f"peak RSS grew by {int(lines[3]) / 2**20:.0f} MiB"
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
