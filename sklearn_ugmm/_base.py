@@ -235,9 +235,10 @@ class BaseUGMM(BaseEstimator):
     def _train(self, module, X_train, y_train, validation=None, validation_score=None, generator=None):
         """Train ``module`` through a fresh skorch net; return the fitted net.
 
-        A fit that ends with a higher training loss than it started with, or
-        with the same output for every (distinct) training row, diverged: the
-        network gets back its starting weights, with a ConvergenceWarning.
+        A fit that ends with a training loss higher than it started with (by
+        more than ``tol``), or with the same output for every (distinct)
+        training row, diverged: the network gets back its starting weights,
+        with a ConvergenceWarning.
         """
         net = self._make_net(module, len(X_train), validation, validation_score, generator, adaptive=True)
         rows = evenly_spaced_rows(len(X_train), PROGRESS_CHECK_ROWS)
@@ -245,7 +246,7 @@ class BaseUGMM(BaseEstimator):
         start_loss, _ = training_loss(module, self._per_sample_loss, X_train[rows], y_train[rows])
         net.fit(X_train, y_train)
         end_loss, outputs = training_loss(net.module_, self._per_sample_loss, X_train[rows], y_train[rows])
-        problem = divergence(start_loss, end_loss, outputs, X_train[rows])
+        problem = divergence(start_loss, end_loss, outputs, X_train[rows], tol=self.tol)
         if problem:
             net.module_.load_state_dict(start_state)
             warnings.warn(
@@ -387,14 +388,14 @@ def training_loss(module, per_sample_loss, X, packed):
     return loss, outputs.double().cpu().numpy()
 
 
-def divergence(start_loss, end_loss, outputs, X):
+def divergence(start_loss, end_loss, outputs, X, tol=0.0):
     """Why a fit diverged (a sentence), or an empty string if it did not.
 
-    It did if it ended with a higher (or non-finite) training loss than it
-    started with, or if its outputs are the same for every row although the
-    rows differ (a network collapsed to a constant).
+    It did if it ended with a training loss higher than it started with by
+    more than ``tol`` (or not finite), or if its outputs are the same for
+    every row although the rows differ (a network collapsed to a constant).
     """
-    if not end_loss <= start_loss:
+    if not end_loss <= start_loss + tol:
         return f"the training loss ended at {end_loss:.6g}, higher than it started ({start_loss:.6g})"
     outputs = outputs.reshape(len(outputs), -1)
     spread = np.ptp(outputs, axis=0)

@@ -59,6 +59,7 @@ def test_divergence_rule():
     varied = np.array([[0.1], [0.5], [0.2], [0.9]])
     assert divergence(1.0, 0.5, varied, X) == ""
     assert "higher" in divergence(0.5, 0.6, varied, X)
+    assert divergence(0.5, 0.6, varied, X, tol=0.2) == ""
     assert "higher" in divergence(0.5, np.nan, varied, X)
     assert "same for every" in divergence(1.0, 0.69, np.full((4, 2), 0.5), X)
     # identical rows may well give identical outputs
