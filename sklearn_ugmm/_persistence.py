@@ -397,8 +397,13 @@ def _open_regular(path):
         raise
 
 
-def _read_index(archive, path):
-    """The archive's prefix and its unpickled index (tensors as :class:`_TensorRecord`)."""
+def _read_index(archive, path, file_size):
+    """The archive's prefix and its unpickled index (tensors as :class:`_TensorRecord`).
+
+    Every entry must be stored uncompressed, and together they may not claim
+    more bytes than the file has: what an entry claims is then what reading
+    it can produce.
+    """
     names = archive.namelist()
     index_names = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(index_names) != 1:
@@ -407,6 +412,9 @@ def _read_index(archive, path):
     for info in archive.infolist():
         if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
             raise ValueError(f"{path} holds a compressed entry ({info.filename}); model files are never compressed.")
+    claimed = sum(info.file_size for info in archive.infolist())
+    if claimed > file_size:
+        raise ValueError(f"{path}: its entries claim {claimed} bytes, more than the file's {file_size}.")
     byteorder = f"{prefix}byteorder"
     if byteorder in names and (archive.getinfo(byteorder).file_size > 16 or archive.read(byteorder) != b"little"):
         raise ValueError(f"{path} was not written in little-endian byte order.")
@@ -422,16 +430,16 @@ def _read_index(archive, path):
 def _check_entries(archive, prefix, tensors, path):
     """Every declared tensor has its own entry holding exactly the bytes its shape implies.
 
-    Entries are stored uncompressed (checked by :func:`_read_index`), so the
-    declared tensors together are no larger than the file.
+    Entries are stored uncompressed and claim no more than the file holds
+    (checked by :func:`_read_index`), so the declared tensors together are
+    no larger than the file.
     """
     for key, record in tensors.items():
         try:
             info = archive.getinfo(f"{prefix}data/{record.storage.key}")
         except KeyError:
             raise ValueError(f"{path}: the data of {key} is missing.") from None
-        itemsize = torch.empty((), dtype=record.dtype).element_size()
-        if info.file_size != record.storage.numel * itemsize:
+        if info.file_size != record.storage.numel * record.dtype.itemsize:
             raise ValueError(f"{path}: the data of {key} has {info.file_size} bytes, not the size of its shape.")
 
 
@@ -511,7 +519,9 @@ def _set_fitted_metadata(estimator, fitted):
             _check_number(v, name)
     if "feature_names_in_" in fitted:
         names = fitted.pop("feature_names_in_")
-        if not isinstance(names, list) or len(names) != fitted["n_features_in_"] or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("feature_names_in_ must be a list of strings")
+        if len(names) != fitted["n_features_in_"]:
             raise ValueError("feature_names_in_ does not match n_features_in_")
         estimator.feature_names_in_ = np.asarray(names, dtype=object)
     if is_classifier:
@@ -586,6 +596,10 @@ def _read_tensors(archive, prefix, tensors, path):
     return loaded
 
 
+def _tampered(path, reason):
+    return f"{path} was modified or corrupted after it was saved ({reason}); refusing to load it."
+
+
 def load_model(path, *, device=None):
     """Load an estimator written by :func:`save_model`, without running code.
 
@@ -641,14 +655,14 @@ def load_model(path, *, device=None):
             raise ValueError(f"{path} is not a readable sklearn-ugmm model file: {exc!r}") from exc
         with archive:
             try:
-                prefix, content = _read_index(archive, path)
+                prefix, content = _read_index(archive, path, os.fstat(file.fileno()).st_size)
                 meta_json, records, digest = _check_content(content, path)
                 _check_entries(archive, prefix, records, path)
                 estimator = _estimator_from_meta(meta_json, path)
                 power = _check_tensor_table(estimator, records, path)
                 tensors = _read_tensors(archive, prefix, records, path)
             except zipfile.BadZipFile as exc:
-                raise ValueError(f"{path} was modified or corrupted after it was saved ({exc}); refusing to load it.") from exc
+                raise ValueError(_tampered(path, exc)) from exc
             except UnicodeError as exc:
                 raise ValueError(f"{path} is not a readable sklearn-ugmm model file: {exc}") from exc
             except ValueError:
@@ -656,7 +670,7 @@ def load_model(path, *, device=None):
             except Exception as exc:  # zipfile and pickle raise many kinds on a damaged file
                 raise ValueError(f"{path} is not a readable sklearn-ugmm model file: {exc!r}") from exc
     if _digest(meta_json, tensors) != digest:
-        raise ValueError(f"{path} was modified or corrupted after it was saved (checksum mismatch); refusing to load it.")
+        raise ValueError(_tampered(path, "checksum mismatch"))
     if device is not None:
         estimator.set_params(device=device)
     for name in preprocessing_arrays(estimator, power):

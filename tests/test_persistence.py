@@ -28,7 +28,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 def _child_env():
     """The environment of a child Python that imports this checkout's package."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(autouse=True)
@@ -293,8 +294,9 @@ def test_hostile_files_are_refused_within_bounded_memory(tiny, tmp_path):
     Peak RSS of a child process, measured after a warm-up load, may not grow
     by more than 32 MiB while it refuses: a 2e7-neuron network declared by
     6 KB of hyperparameters (with a recomputed checksum), a network of 1e5
-    one-neuron layers declared by 300 KB, and a 64 MiB
-    zero tensor deflated to about 70 KB.
+    one-neuron layers declared by 300 KB, a 64 MiB zero tensor deflated to
+    about 70 KB, and a consistent index for a 128 MB network in a small file
+    whose zip directory claims the missing bytes.
     """
     source, _, _ = tiny
 
@@ -313,9 +315,31 @@ def test_hostile_files_are_refused_within_bounded_memory(tiny, tmp_path):
 
     deep = _resaved(source, tmp_path / "deep.ugmm", deep_network)
 
-    stored = _resaved(
-        source, tmp_path / "stored.ugmm", lambda c: c["tensors"].update({"array.scaling_mean_": torch.zeros(2**23, dtype=torch.float64)})
-    )
+    # a consistent index for a 128 MB network, whose zip directory claims the bytes the file lacks
+    def big_network(content):
+        huge_network(content)
+        content["meta"] = content["meta"].replace("20000000", "2000000")
+        for key, tensor in content["tensors"].items():
+            if key.startswith("module."):
+                shape = [2_000_000 if n == 2 and key.startswith(f"module.layers.{i}.") else n
+                         for i, n in zip((0, 1), tensor.shape)]
+                content["tensors"][key] = torch.zeros(shape)
+
+    with zipfile.ZipFile(_resaved(source, tmp_path / "big.ugmm", big_network)) as big:
+        entries = [(info, big.read(info) if info.file_size < 2**20 else b"") for info in big.infolist()]
+    lying = tmp_path / "lying.ugmm"
+    with zipfile.ZipFile(lying, "w") as out:
+        for info, data in entries:
+            out.writestr(info.filename, data)
+        for claimed, (info, _) in zip(out.infolist(), entries):
+            claimed.file_size = claimed.compress_size = info.file_size
+    (tmp_path / "big.ugmm").unlink()
+    assert lying.stat().st_size < 2**20
+
+    def huge_tensor(content):
+        content["tensors"]["array.scaling_mean_"] = torch.zeros(2**23, dtype=torch.float64)
+
+    stored = _resaved(source, tmp_path / "stored.ugmm", huge_tensor)
     deflated = tmp_path / "deflated.ugmm"
     with zipfile.ZipFile(stored) as src, zipfile.ZipFile(deflated, "w") as out:
         for info in src.infolist():
@@ -324,7 +348,7 @@ def test_hostile_files_are_refused_within_bounded_memory(tiny, tmp_path):
     assert deflated.stat().st_size < 2**20
 
     result = subprocess.run(
-        [sys.executable, "-c", _MEMORY_CHILD, str(source), str(wide), str(deep), str(deflated)],
+        [sys.executable, "-c", _MEMORY_CHILD, str(source), str(wide), str(deep), str(deflated), str(lying)],
         capture_output=True, text=True, timeout=300, cwd=_ROOT, env=_child_env(),
     )
     assert result.returncode == 0, result.stderr
@@ -332,7 +356,8 @@ def test_hostile_files_are_refused_within_bounded_memory(tiny, tmp_path):
     assert lines[0].startswith("ValueError") and "do not match" in lines[0], lines
     assert lines[1].startswith("ValueError") and "do not match" in lines[1], lines
     assert lines[2].startswith("ValueError") and "compressed" in lines[2], lines
-    assert int(lines[3]) < 32 * 2**20, f"peak RSS grew by {int(lines[3]) / 2**20:.0f} MiB"
+    assert lines[3].startswith("ValueError") and "more than the file" in lines[3], lines
+    assert int(lines[4]) < 32 * 2**20, f"peak RSS grew by {int(lines[4]) / 2**20:.0f} MiB"
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
