@@ -40,7 +40,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import _POWER_ATTRIBUTES
 
-__all__ = ["save_model", "load_model", "expected_tensors"]
+__all__ = ["save_model", "load_model"]
 
 FORMAT = "sklearn-ugmm/1"
 _FITTED_SCALARS = ("n_features_in_", "n_iter_", "best_loss_", "best_validation_score_")
