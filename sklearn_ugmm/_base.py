@@ -26,14 +26,17 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
-from ._engine import build_net, pack_target
+from ._engine import _state_copy, build_net, pack_target
 from ._preprocessing import FeatureScaler
+from .nn._net import INIT_MAX_SAMPLES, evenly_spaced_rows
 
 __all__ = ["BaseUGMM", "resolve_device"]
 
 #: Rows per inference batch: predictions never hold more than this many rows
 #: of intermediate activations at once.
 INFERENCE_BATCH_ROWS = 4096
+#: Training rows (evenly spaced) on which fit compares its loss at the start and the end.
+PROGRESS_CHECK_ROWS = INIT_MAX_SAMPLES
 
 
 def resolve_device(device):
@@ -190,7 +193,10 @@ class BaseUGMM(BaseEstimator):
         module.set_generator(generator)
         # train
         net = self._make_net(objective, module, resolved, generator, device, validation, adaptive=not incremental)
-        n_before = self._train(net, X_train, y_train, continuing=continuing, incremental=incremental)
+        n_before = self._train(
+            net, X_train, y_train, continuing=continuing, incremental=incremental,
+            per_sample_loss=objective.per_sample_loss, learning_rate_init=resolved["learning_rate_init"],
+        )
         history = self._history_attributes(net, n_before, append=continuing, warn=not incremental)
         # commit
         fitted = {"scaler_": scaler, "resolved_params_": resolved, "net_": net, "device_": device, **history}
@@ -205,13 +211,23 @@ class BaseUGMM(BaseEstimator):
         self._evaluation_module = evaluation
         return self
 
-    def _train(self, net, X_train, y_train, *, continuing, incremental):
+    def _train(self, net, X_train, y_train, *, continuing, incremental, per_sample_loss, learning_rate_init):
         """Run ``fit`` (or one ``partial_fit`` epoch, continuing the committed optimiser and history).
 
         Returns the number of completed epochs the history held before. Raises
         ``KeyboardInterrupt`` when interrupted before completing an epoch.
+
+        A ``fit`` that ends with a training loss higher than it started with
+        (by more than ``tol``), or with the same output for every (distinct)
+        training row, diverged: the network gets back the weights it had when
+        the fit started, with a ConvergenceWarning. It is still a completed
+        fit, committed as such.
         """
         n_before = 0
+        if not incremental:
+            rows = evenly_spaced_rows(len(X_train), PROGRESS_CHECK_ROWS)
+            start_state = _state_copy(net.module)
+            start_loss, _ = training_loss(net.module, per_sample_loss, X_train[rows], y_train[rows])
         if incremental:
             net.initialize()
             if continuing:
@@ -225,6 +241,16 @@ class BaseUGMM(BaseEstimator):
         guard = dict(net.callbacks_)["interrupt_guard"]
         if guard.interrupted_ and guard.completed_epochs_ == 0:
             raise KeyboardInterrupt  # nothing to keep: the estimator stays as it was
+        if not incremental:
+            end_loss, outputs = training_loss(net.module_, per_sample_loss, X_train[rows], y_train[rows])
+            problem = divergence(start_loss, end_loss, outputs, X_train[rows], tol=self.tol)
+            if problem:
+                net.module_.load_state_dict(start_state)
+                warnings.warn(
+                    f"Training diverged: {problem}. The model keeps the weights it had when this fit "
+                    f"started. Lower learning_rate_init (it was {learning_rate_init}).",
+                    ConvergenceWarning,
+                )
         net.set_params(train_split=None)  # the fitted model keeps no validation rows
         return n_before
 
@@ -254,7 +280,7 @@ class BaseUGMM(BaseEstimator):
         sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         if not np.any(sample_weight > 0):
             raise ValueError("sample_weight must have at least one positive entry; all weights are zero.")
-        return sample_weight
+        return normalised_weights(sample_weight)
 
     def _resolve_params(self, objective, n_train):
         """Every "auto" parameter's value for this fit, with ``n_train`` (the rows trained on)."""
@@ -362,16 +388,10 @@ class BaseUGMM(BaseEstimator):
         except ValueError as exc:
             warnings.warn(f"{exc} Loading the model on the CPU instead.", UserWarning)
             device = torch.device("cpu")
-        objective = self._objective(self.n_features_in_, getattr(self, "classes_", None))
-        # a local generator for the throwaway initial values: the global one stays untouched
-        module = objective.new_module(torch.Generator())
-        module.load_state_dict(module_state, strict=True)
-        generator = torch.Generator()
+        net = self._fresh_net(device)
+        net.module_.load_state_dict(module_state, strict=True)
         if training_tensors is not None:
-            generator.set_state(training_tensors["generator"])
-        module.set_generator(generator)
-        net = self._make_net(objective, module, self.resolved_params_, generator, device)
-        net.initialize()
+            net.iterator_train__generator.set_state(training_tensors["generator"])
         if training_meta is not None:
             state = {}
             for key, value in training_tensors.items():
@@ -381,6 +401,22 @@ class BaseUGMM(BaseEstimator):
             net.optimizer_.load_state_dict({"state": state, "param_groups": training_meta["param_groups"]})
         self.net_, self.device_ = net, device
         self._evaluation_module = _evaluation_copy(net.module_)
+
+    def _fresh_net(self, device):
+        """An initialised net of the fitted shape and resolved parameters, with throwaway weights.
+
+        What :meth:`_restore` loads the saved state into, and what
+        ``load_model`` compares a file's tensors with
+        (:func:`training_tensor_layout`) before reading them. Expects
+        ``n_features_in_``, ``resolved_params_`` (and ``classes_``) to be set.
+        """
+        objective = self._objective(self.n_features_in_, getattr(self, "classes_", None))
+        # local generators for the throwaway initial values: the global one stays untouched
+        generator = torch.Generator()
+        module = objective.new_module(torch.Generator())
+        module.set_generator(generator)
+        net = self._make_net(objective, module, self.resolved_params_, generator, device)
+        return net.initialize()
 
     # ------------------------------------------------------------------ inference
     def __sklearn_is_fitted__(self):
@@ -448,6 +484,22 @@ class BaseUGMM(BaseEstimator):
         return np.concatenate(outputs, axis=0)
 
 
+def training_tensor_layout(net):
+    """``{name: (shape, dtype)}`` of the tensors :meth:`BaseUGMM._training_state` may return for ``net``.
+
+    The training generator's state, and Adam's ``step``, ``exp_avg`` and
+    ``exp_avg_sq`` of each parameter, numbered as the optimiser numbers them
+    (a parameter that never had a gradient has no state).
+    """
+    layout = {"generator": (tuple(net.iterator_train__generator.get_state().shape), torch.uint8)}
+    parameters = [p for group in net.optimizer_.param_groups for p in group["params"]]
+    for index, parameter in enumerate(parameters):
+        layout[f"optimizer.{index}.step"] = ((), torch.float32)
+        for name in ("exp_avg", "exp_avg_sq"):
+            layout[f"optimizer.{index}.{name}"] = (tuple(parameter.shape), parameter.dtype)
+    return layout
+
+
 def _network_features(scaler, X, dtype=np.float32):
     """X as the network sees it: scaled, and finite in float32 (the model computes in float32)."""
     Xs = scaler.transform(X)
@@ -487,6 +539,55 @@ def _copy_generator(net):
     generator = torch.Generator()
     generator.set_state(net.iterator_train__generator.get_state())
     return generator
+
+
+@torch.no_grad()
+def training_loss(module, per_sample_loss, X, packed):
+    """Weighted mean loss (without penalties) of ``module`` in eval mode on rows ``X``, and its outputs.
+
+    ``packed`` holds the targets with the sample weights as last column (see
+    ``pack_target``).
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        device = next(module.parameters()).device
+        outputs = module(torch.as_tensor(X, device=device))
+        target = torch.as_tensor(packed, device=device)
+        losses = per_sample_loss(outputs, target[:, :-1]).double()
+        weight = target[:, -1].double()
+        loss = float((weight * losses).sum() / weight.sum().clamp(min=torch.finfo(torch.float64).tiny))
+    finally:
+        module.train(was_training)
+    return loss, outputs.double().cpu().numpy()
+
+
+def divergence(start_loss, end_loss, outputs, X, tol=0.0):
+    """Why a fit diverged (a sentence), or an empty string if it did not.
+
+    It did if it ended with a training loss higher than it started with by
+    more than ``tol`` (or not finite), or if its outputs are the same for
+    every row although the rows differ (a network collapsed to a constant).
+    """
+    if not end_loss <= start_loss + tol:
+        return f"the training loss ended at {end_loss:.6g}, higher than it started ({start_loss:.6g})"
+    outputs = outputs.reshape(len(outputs), -1)
+    spread = np.ptp(outputs, axis=0)
+    constant = np.all(spread <= 1e-6 * (1.0 + np.abs(outputs).max(axis=0)))
+    if len(X) > 1 and constant and np.any(np.ptp(X, axis=0) > 0):
+        return "the network's outputs are the same for every training sample"
+    return ""
+
+
+def normalised_weights(sample_weight):
+    """Non-negative float64 weights divided by their largest value.
+
+    Done in float64 before the weights travel to the network in float32:
+    any positive common factor (1e-300 or 1e300) then gives the same
+    weights, which can neither underflow nor overflow in float32.
+    """
+    sample_weight = np.asarray(sample_weight, dtype=np.float64)
+    return sample_weight / np.max(sample_weight)
 
 
 def local_random_state(random_state):

@@ -60,6 +60,18 @@ class _ClassifierObjective:
         self.dropout = dropout
         self.tie_means = tie_means
 
+    def new_module(self, generator):
+        return self._net(*self._network_io(), generator)
+
+    def size_floor(self):
+        """Lower bounds ``(values, tensors)`` on the network's state, without building it.
+
+        Each uGMM neuron has a mixing logit per input, in at least one
+        tensor per layer (``load_model`` refuses files holding less).
+        """
+        sizes = [self._network_io()[0], *self.hidden_sizes, self._network_io()[1]]
+        return sum(a * b for a, b in zip(sizes[:-1], sizes[1:])), len(sizes) - 1
+
     def auto_values(self, n_train):
         """The value of each "auto" parameter for ``n_train`` training rows."""
         return {**self.auto, "batch_size": min(200, n_train)}
@@ -96,8 +108,8 @@ class DiscriminativeObjective(_ClassifierObjective):
     #: (see UGMMClassifier's parameters for the measurements)
     auto = {"learning_rate_init": 3e-2, "averaging_epochs": 10.0, "precision_penalty": 150.0, "standardize": "yeo-johnson"}
 
-    def new_module(self, generator):
-        return self._net(self.n_features, self.n_classes, generator)
+    def _network_io(self):
+        return self.n_features, self.n_classes
 
     def network_inputs(self, Xs, y_index):
         return Xs
@@ -124,8 +136,8 @@ class GenerativeObjective(_ClassifierObjective):
     #: sharp components, and neither averaging nor the power transform helped it
     auto = {"learning_rate_init": 1e-2, "averaging_epochs": None, "precision_penalty": 0.0, "standardize": True}
 
-    def new_module(self, generator):
-        return self._net(self.n_features + 1, 1, generator)
+    def _network_io(self):
+        return self.n_features + 1, 1
 
     def network_inputs(self, Xs, y_index):
         labels = label_values(self.n_classes)[y_index]
@@ -183,6 +195,18 @@ class DensityObjective:
 
     def penalty(self, strength, n_train):
         return None
+
+    def size_floor(self):
+        """Lower bounds ``(values, tensors)`` on the network's state, without building it.
+
+        Each masked neuron has a mixing logit per input, and each conditional
+        also has its free components' linear terms and gates, in at least one
+        tensor per layer (``load_model`` refuses files holding less).
+        """
+        sizes = [self.n_features, *self.hidden_sizes]
+        last = self.hidden_sizes[-1] if self.hidden_sizes else 0
+        masked = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        return masked + self.n_features * self.n_free_components * (self.n_features + last), len(sizes)
 
     def new_module(self, generator):
         return AutoregressiveUGMM(

@@ -27,6 +27,7 @@ __all__ = [
     "fit_yeo_johnson",
     "transform_yeo_johnson",
     "unit_columns",
+    "weighted_mean_and_scale",
     "yeo_johnson",
 ]
 
@@ -81,6 +82,25 @@ def unit_columns(X):
     magnitude = np.max(np.abs(X), axis=0)
     magnitude[magnitude == 0] = 1.0
     return X / magnitude, magnitude
+
+
+def weighted_mean_and_scale(X, w):
+    """Weighted mean and standard deviation of each column; a scale of 1 for constant columns.
+
+    ``w`` sums to one. The moments are computed on :func:`unit_columns`, so
+    they cannot overflow. A column counts as constant when its standard
+    deviation is within the rounding error of summing its values -- ``n``
+    times the float64 epsilon of its largest magnitude, with ``n = 1 /
+    sum(w ** 2)`` the effective number of samples, so that rows of
+    negligible weight make no spread -- a test relative to the column's
+    own magnitude, like StandardScaler's: the result is equivariant to
+    units, however small or large.
+    """
+    unit, magnitude = unit_columns(X)
+    mean = w @ unit
+    std = np.sqrt(w @ (unit - mean) ** 2)
+    constant = std <= np.finfo(np.float64).eps / np.sum(w**2)
+    return mean * magnitude, np.where(constant, 1.0, std * magnitude)
 
 
 def _weighted_median(X, w):
@@ -236,15 +256,8 @@ class FeatureScaler:
             self.mean_ = np.zeros(X.shape[1])
             self.scale_ = np.ones(X.shape[1])
             return self
-        w = sample_weight / sample_weight.sum()
-        unit, magnitude = unit_columns(X)
-        mean = w @ unit
-        scale = np.sqrt(w @ (unit - mean) ** 2) * magnitude
-        mean = mean * magnitude
         # constant features are only centred, as StandardScaler does
-        scale[~(scale > 1e-12 * np.maximum(1.0, np.abs(mean)))] = 1.0
-        self.mean_ = mean
-        self.scale_ = scale
+        self.mean_, self.scale_ = weighted_mean_and_scale(X, sample_weight / sample_weight.sum())
         return self
 
     def transform(self, X):
@@ -280,6 +293,23 @@ class FeatureScaler:
             arrays.update({f"power_{key}": self.power_params_[key] for key in _POWER_KEYS})
         return {name: np.asarray(value, dtype=np.float64) for name, value in arrays.items()}
 
+    @staticmethod
+    def array_names(method=True):
+        """The names :meth:`to_arrays` gives a scaler fitted with ``method``.
+
+        Parameters
+        ----------
+        method : bool or "yeo-johnson", default=True
+            The scaler's ``method``.
+
+        Returns
+        -------
+        names : list of str
+            Each array has one float64 value per feature.
+        """
+        power = [f"power_{key}" for key in _POWER_KEYS] if method == "yeo-johnson" else []
+        return ["mean", "scale", *power]
+
     @classmethod
     def from_arrays(cls, arrays, method=True):
         """A fitted scaler from the output of :meth:`to_arrays`.
@@ -301,8 +331,7 @@ class FeatureScaler:
         ValueError
             If arrays are missing, unexpected or of different lengths.
         """
-        power = [f"power_{key}" for key in _POWER_KEYS]
-        expected = {"mean", "scale", *(power if method == "yeo-johnson" else ())}
+        expected = set(cls.array_names(method))
         if set(arrays) != expected:
             raise ValueError(f"FeatureScaler arrays must be {sorted(expected)}, got {sorted(arrays)}.")
         values = {name: np.asarray(value, dtype=np.float64) for name, value in arrays.items()}

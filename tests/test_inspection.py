@@ -161,6 +161,15 @@ def test_neuron_display_tied_means(tied_clf, iris):
     np.testing.assert_allclose(np.log(_mixture(np.array([one.eval_point]), one.means, scale, weight)), out, rtol=1e-4)
 
 
+def test_neuron_display_sample_out_of_range(tied_clf, iris):
+    X, _ = iris
+    for bad in (len(X), 10**6, -len(X) - 1, 2.5, True):
+        with pytest.raises(ValueError, match="sample must be an integer"):
+            NeuronDisplay.from_estimator(tied_clf, X, neuron=2, sample=bad)
+    last = NeuronDisplay.from_estimator(tied_clf, X, neuron=2, sample=-1)
+    np.testing.assert_allclose(last.means, tied_clf.scaler_.transform(X.to_numpy()[-1:])[0], rtol=1e-5, atol=1e-5)
+
+
 def test_neuron_display_generative_label_input(generative_clf, iris):
     X, y = iris
     disp = NeuronDisplay.from_estimator(generative_clf, X, y, layer=0, neuron=0)

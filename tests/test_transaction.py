@@ -19,6 +19,7 @@ from sklearn.mixture import GaussianMixture
 from skorch.callbacks import Callback
 
 from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator, load_model, save_model
+from sklearn_ugmm._objectives import DiscriminativeObjective
 from sklearn_ugmm.nn import AutoregressiveUGMM, UGMMNet
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -67,6 +68,10 @@ def _raise(exc):
     return fail
 
 
+def _nan_loss(output, target):
+    return torch.full((len(output),), float("nan"), dtype=output.dtype)
+
+
 def _fail(action, est):
     """Run ``action(est)``, which must fail."""
     with pytest.raises((ValueError, RuntimeError, FloatingPointError, KeyboardInterrupt)):
@@ -88,12 +93,16 @@ def _classifier_failures(X, y, monkeypatch):
             monkeypatch.setattr(UGMMNet, "init_from_data", _raise(RuntimeError("boom"))), est.fit(X, labels))),
         ("initialisation-interrupt", lambda est: (
             monkeypatch.setattr(UGMMNet, "init_from_data", _raise(KeyboardInterrupt())), est.fit(X, labels))),
-        # the issue's example: new labels and scaling, then divergence in the first epoch
-        ("divergence", lambda est: est.fit(X * 1000 + 50, labels, sample_weight=np.full(n, 1e38))),
+        # the issue's example: new labels and scaling, then a training loss that is no longer finite
+        # (its weights of 1e38 no longer do that: weights are normalised before training)
+        ("divergence", lambda est: est.set_params(learning_rate_init=1e30).fit(X * 1000 + 50, labels)),
         ("interrupt-before-first-epoch", lambda est: est.set_params(callbacks=[_InterruptFirstBatch()]).fit(X, labels)),
-        ("partial_fit-divergence", lambda est: est.partial_fit(X * 1000 + 50, y, sample_weight=np.full(n, 1e38))),
-        ("warm-start-divergence", lambda est: est.set_params(warm_start=True).fit(
-            X * 1000 + 50, y, sample_weight=np.full(n, 1e38))),
+        # partial_fit keeps the resolved learning rate: its loss is made non-finite instead
+        ("partial_fit-divergence", lambda est: (
+            monkeypatch.setattr(DiscriminativeObjective, "per_sample_loss", staticmethod(_nan_loss)),
+            est.partial_fit(X * 1000 + 50, y))),
+        ("warm-start-divergence", lambda est: est.set_params(warm_start=True, learning_rate_init=1e30).fit(
+            X * 1000 + 50, y)),
     ])
 
 
@@ -110,7 +119,7 @@ def test_failed_classifier_refit_leaves_the_estimator_bit_identical(iris, stage,
     before = _fingerprint(est, X)
     _fail(_classifier_failures(X, y, monkeypatch)[stage], est)
     monkeypatch.undo()
-    est.set_params(**CLF, standardize="auto", callbacks=None, warm_start=False)
+    est.set_params(**CLF, standardize="auto", callbacks=None, warm_start=False, learning_rate_init="auto")
     _assert_unchanged(est, X, before)
     # and it can still be refitted, with another number of features too
     est.fit(X[:, :3], y)
@@ -156,6 +165,23 @@ def test_failed_density_refit_leaves_the_estimator_bit_identical(iris, stage, mo
     est.set_params(**DENSITY, standardize=True, callbacks=None, learning_rate_init="auto")
     _assert_unchanged(est, X, before)
     assert UGMMDensityEstimator(**DENSITY).fit(X).n_features_in_ == 2
+
+
+def test_a_diverged_refit_that_keeps_its_start_is_a_completed_fit(iris):
+    """Divergence without a NaN (issue 17) undoes the training, not the fit: it is committed."""
+    X, y = iris
+    labels = np.where(y == 0, "a", np.where(y == 1, "b", "c"))
+    est = UGMMClassifier(**CLF).fit(X, y)
+    old_scaler = est.scaler_
+    with pytest.warns(ConvergenceWarning, match="diverged.*learning_rate_init"):
+        est.set_params(learning_rate_init=1e6).fit(X * 1000 + 50, labels)
+    assert list(est.classes_) == ["a", "b", "c"]
+    assert est.n_iter_ == len(est.loss_curve_) > 0
+    assert est.resolved_params_["learning_rate_init"] == 1e6
+    assert est.scaler_ is not old_scaler
+    np.testing.assert_allclose(est.scaler_.transform(X * 1000 + 50).mean(axis=0), 0, atol=1e-9)
+    # the committed network is the fit's data-driven start: it still separates the classes
+    assert est.score(X * 1000 + 50, labels) > 0.6
 
 
 def test_ctrl_c_after_a_completed_epoch_still_keeps_that_epoch(iris):
