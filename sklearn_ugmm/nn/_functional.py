@@ -340,7 +340,9 @@ def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel != "reference" and _fused_applies(x, loc, scale, log_weights, kernel):
-        return _fused.FusedLogDensity.apply(x, loc, scale, log_weights)
+        out = _fused.log_density(x, loc, scale, log_weights, _z_limit(x.dtype))
+        if out is not None:  # None: distances need clipping
+            return out
     return _UGMMLogDensity.apply(x, loc, scale, log_weights, block_elements)
 
 
@@ -367,5 +369,4 @@ def _fused_applies(x, loc, scale, log_weights, kernel):
                 stacklevel=3,
             )
         return False
-    with torch.no_grad():
-        return not _needs_clip(x, loc.t(), scale.t().reciprocal(), _z_limit(x.dtype))
+    return True

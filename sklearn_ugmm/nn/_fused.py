@@ -15,7 +15,6 @@ The compiler is ``$SKLEARN_UGMM_CXX`` when set, else the first of ``c++``,
 
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -26,13 +25,11 @@ from pathlib import Path
 import torch
 
 _SOURCE = Path(__file__).with_name("_fused_kernel.cpp")
-_LOG2E = 1.0 / math.log(2.0)
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 #: Components (batch x out x in) per thread below which a call stays on one thread.
 GRAIN_COMPONENTS = 2**17
 _FLAG_SETS = (
-    ["-O3", "-std=gnu++17", "-march=native", "-fopenmp"],
-    ["-O3", "-std=gnu++17", "-fopenmp"],
+    ["-O3", "-std=gnu++17", "-march=native", "-fopenmp", "-Wno-psabi"],
+    ["-O3", "-std=gnu++17", "-fopenmp", "-Wno-psabi"],
     ["-O3", "-std=gnu++17"],
 )
 
@@ -98,11 +95,14 @@ def _build(compiler):
 
 def _bind(path):
     lib = ctypes.CDLL(str(path))
-    i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    i64, ptr, cint, dbl = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     for suffix in ("f32", "f64"):
+        getattr(lib, f"ugmm_fused_prepare_{suffix}").argtypes = [
+            i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, dbl,
+        ]
         getattr(lib, f"ugmm_fused_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, cint]
         getattr(lib, f"ugmm_fused_backward_{suffix}").argtypes = [
-            i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, cint,
+            i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
         ]
     lib.widths = {torch.float32: lib.ugmm_fused_width_f32(), torch.float64: lib.ugmm_fused_width_f64()}
     return lib
@@ -131,74 +131,84 @@ def _threads(n_components):
     return max(1, min(torch.get_num_threads(), n_components // GRAIN_COMPONENTS))
 
 
-def _padded(t, width, fill):
-    n = t.shape[-1]
-    kp = -(-n // width) * width
-    if kp == n:
-        return t.contiguous()
-    out = t.new_full((*t.shape[:-1], kp), fill)
-    out[..., :n] = t
-    return out
-
-
 def _ptr(t):
     return ctypes.c_void_p(t.data_ptr())
 
 
-class FusedLogDensity(torch.autograd.Function):
-    """Autograd function of the fused kernel (CPU, float32 or float64, contiguous-safe)."""
+def _suffix(dtype):
+    return "f32" if dtype == torch.float32 else "f64"
 
-    @staticmethod
-    def forward(ctx, x, loc, scale, log_weights):
-        lib = load()
-        suffix = "f32" if x.dtype == torch.float32 else "f64"
-        width = lib.widths[x.dtype]
-        n_batch, n_in = x.shape
-        n_out = loc.shape[0]
-        with torch.no_grad():
-            const = (log_weights - torch.log(scale) - _HALF_LOG_2PI) * _LOG2E
-            bound = const.amax(dim=1)
-            params = torch.stack(
-                [loc, scale.square().reciprocal_().mul_(-0.5 * _LOG2E), const.sub_(bound[:, None])], dim=1
-            )
-            params = _padded(params, width, 0.0)
-            params[:, 2, n_in:] = -math.inf  # padding components have weight zero
-            x_p = _padded(x, width, 0.0)
-            out = x.new_empty((n_batch, n_out))
-        kp = params.shape[-1]
-        n_threads = _threads(n_batch * n_out * n_in)
-        getattr(lib, f"ugmm_fused_forward_{suffix}")(
-            n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(bound), _ptr(out), n_threads
+
+def log_density(x, loc, scale, log_weights, z_lim):
+    """The layer log-density on the fused kernel, or None when distances need clipping.
+
+    ``x``, ``loc``, ``scale`` and ``log_weights`` are CPU tensors of one
+    dtype, float32 or float64, of shapes (batch, in) and (out, in); ``loc``
+    may be an expanded view. :func:`load` must have returned the library.
+    """
+    lib = load()
+    n_batch, n_in = x.shape
+    n_out = log_weights.shape[0]
+    width = lib.widths[x.dtype]
+    kp = -(-n_in // width) * width
+    with torch.no_grad():
+        x_p = x.detach().contiguous()
+        if kp != n_in:
+            x_p = torch.nn.functional.pad(x_p, (0, kp - n_in))
+        loc_d = loc.detach()
+        scale_d = scale.detach().contiguous()
+        log_scale = torch.log(scale_d)
+        log_w = log_weights.detach().contiguous()
+        params = x.new_empty((n_out, 3, kp))
+        bound = x.new_empty(n_out)
+        clip = getattr(lib, f"ugmm_fused_prepare_{_suffix(x.dtype)}")(
+            n_batch, n_out, n_in, kp, _ptr(x_p), _ptr(loc_d), loc_d.stride(0), loc_d.stride(1),
+            _ptr(scale_d), _ptr(log_scale), _ptr(log_w), _ptr(params), _ptr(bound), z_lim,
         )
-        ctx.save_for_backward(x_p, params, bound, scale, out)
+    if clip:
+        return None
+    return _FusedLogDensity.apply(x, loc, scale, log_weights, x_p, params, bound)
+
+
+class _FusedLogDensity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, loc, scale, log_weights, x_p, params, bound):
+        n_batch, n_in = x.shape
+        n_out, _, kp = params.shape
+        out = x.new_empty((n_batch, n_out))
+        forward_fn = getattr(load(), f"ugmm_fused_forward_{_suffix(x.dtype)}")
+        forward_fn(n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(bound), _ptr(out),
+                _threads(n_batch * n_out * n_in))
+        ctx.save_for_backward(x_p, params, bound, out)
         ctx.n_in = n_in
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x_p, params, bound, scale, out = ctx.saved_tensors
-        lib = load()
-        suffix = "f32" if x_p.dtype == torch.float32 else "f64"
+        x_p, params, bound, out = ctx.saved_tensors
         n_batch, kp = x_p.shape
         n_out, n_in = params.shape[0], ctx.n_in
-        shift_t = (out * _LOG2E - bound).t().contiguous()
-        grad_t = grad_out.t().contiguous()
         need_x = ctx.needs_input_grad[0]
         grad_x = x_p.new_empty((n_batch, kp)) if need_x else None
-        sums = params.new_empty((n_out, 3, kp))
-        n_threads = _threads(n_batch * n_out * n_in)
-        getattr(lib, f"ugmm_fused_backward_{suffix}")(
-            n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(shift_t), _ptr(grad_t),
-            _ptr(grad_x) if need_x else None, _ptr(sums), n_threads,
+        grads = params.new_empty((n_out, 3, kp))
+        work = params.new_empty(2 * n_out * n_batch)
+        grad_out = grad_out.contiguous()
+        getattr(load(), f"ugmm_fused_backward_{_suffix(x_p.dtype)}")(
+            n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(bound), _ptr(out),
+            _ptr(grad_out), _ptr(work), _ptr(grad_x) if need_x else None, _ptr(grads),
+            _threads(n_batch * n_out * n_in),
         )
-        sum_r, sum_rd, sum_rdd = sums[:, :, :n_in].unbind(dim=1)
-        inv_var = scale.square().reciprocal()
-        grad_loc = sum_rd * inv_var if ctx.needs_input_grad[1] else None
-        grad_scale = None
-        if ctx.needs_input_grad[2]:
-            # d component / d scale = (z**2 - 1) / scale
-            grad_scale = (sum_rdd * inv_var - sum_r) / scale
+        grad_logw, grad_loc, grad_scale = grads[:, :, :n_in].unbind(dim=1)
         if need_x:
             grad_x = grad_x[:, :n_in]
-        return grad_x, grad_loc, grad_scale, sum_r if ctx.needs_input_grad[3] else None
+        needs = ctx.needs_input_grad
+        return (
+            grad_x,
+            grad_loc if needs[1] else None,
+            grad_scale if needs[2] else None,
+            grad_logw if needs[3] else None,
+            None,
+            None,
+            None,
+        )

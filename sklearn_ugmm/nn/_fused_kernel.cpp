@@ -29,6 +29,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -41,6 +44,7 @@ struct Vec<float> {
     typedef int32_t itype __attribute__((vector_size(64)));
     static constexpr int width = 16;
     static constexpr float floor_bits = -125.0f;  // below: exactly 0 (no subnormals)
+    static constexpr float zero_weight = -1e30f;  // log2 of a weight 0: exp2 gives exactly 0
     static constexpr float round_magic = 12582912.0f;  // 1.5 * 2**23
     static constexpr int bias = 127;
     static constexpr int mantissa = 23;
@@ -53,6 +57,7 @@ struct Vec<double> {
     typedef int64_t itype __attribute__((vector_size(64)));
     static constexpr int width = 8;
     static constexpr double floor_bits = -1020.0;
+    static constexpr double zero_weight = -1e300;
     static constexpr double round_magic = 6755399441055744.0;  // 1.5 * 2**52
     static constexpr int64_t bias = 1023;
     static constexpr int mantissa = 52;
@@ -71,10 +76,66 @@ inline void store(void* p, V v) {
     std::memcpy(p, &v, sizeof(V));
 }
 
-// 2**t for t <= 0 (arguments below floor_bits give exactly 0, -inf included).
-// Round-to-nearest splits t = n + f with |f| <= 1/2; 2**f = exp(f ln 2) by
-// its Taylor polynomial (degree 6 in float: 1.2e-7 relative error; degree
-// 12 in double: 6e-17).
+// 2**t for finite t <= 0; arguments below floor_bits give exactly 0.
+// Round-to-nearest splits t = n + f with |f| <= 1/2, and 2**f is a
+// polynomial in f: a minimax one of degree 5 in float (relative error 8e-8,
+// 2.5e-7 once evaluated in float), the Taylor series of exp(f ln 2) to
+// degree 12 in double (6e-17).
+template <typename T>
+inline typename Vec<T>::type exp2_poly(typename Vec<T>::type f) {
+    typedef typename Vec<T>::type V;
+    V p;
+    if (sizeof(T) == 4) {
+        p = V{} + T(0.0013276471638194493);
+        p = p * f + T(0.009675541550864957);
+        p = p * f + T(0.0555071327650015);
+        p = p * f + T(0.24022119719881596);
+        p = p * f + T(0.6931469670617303);
+        p = p * f + T(1.0000000716554687);
+    } else {
+        p = V{} + T(2.5678435993488196e-11);
+        p = p * f + T(4.44553827187081e-10);
+        p = p * f + T(7.054911620801121e-09);
+        p = p * f + T(1.0178086009239696e-07);
+        p = p * f + T(1.3215486790144305e-06);
+        p = p * f + T(1.5252733804059838e-05);
+        p = p * f + T(0.00015403530393381606);
+        p = p * f + T(0.0013333558146428441);
+        p = p * f + T(0.009618129107628477);
+        p = p * f + T(0.055504108664821576);
+        p = p * f + T(0.2402265069591007);
+        p = p * f + T(0.6931471805599453);
+        p = p * f + T(1.0);
+    }
+    return p;
+}
+
+#if defined(__AVX512F__)
+// AVX-512: round and scale by 2**n in one instruction each; scaling far
+// below the smallest subnormal gives exactly 0, so no select is needed.
+inline Vec<float>::type round_nearest(Vec<float>::type t) {
+    return (Vec<float>::type)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+inline Vec<double>::type round_nearest(Vec<double>::type t) {
+    return (Vec<double>::type)_mm512_roundscale_pd((__m512d)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+inline Vec<float>::type times_exp2(Vec<float>::type p, Vec<float>::type n) {
+    return (Vec<float>::type)_mm512_scalef_ps((__m512)p, (__m512)n);
+}
+inline Vec<double>::type times_exp2(Vec<double>::type p, Vec<double>::type n) {
+    return (Vec<double>::type)_mm512_scalef_pd((__m512d)p, (__m512d)n);
+}
+
+// No clamp: scalef gives exactly 0 far below the smallest subnormal, and
+// for |t| >= 2**23 (2**52) t is an integer, so f = 0. Arguments must not be
+// -inf, hence the finite stand-in for log2 of a zero weight (zero_weight).
+template <typename T>
+inline typename Vec<T>::type exp2v(typename Vec<T>::type t) {
+    typedef typename Vec<T>::type V;
+    const V n = round_nearest(t);
+    return times_exp2(exp2_poly<T>(t - n), n);
+}
+#else
 template <typename T>
 inline typename Vec<T>::type exp2v(typename Vec<T>::type t) {
     typedef typename Vec<T>::type V;
@@ -83,37 +144,13 @@ inline typename Vec<T>::type exp2v(typename Vec<T>::type t) {
     const I under = t < lo;
     t = under ? lo : t;
     const V n = (t + Vec<T>::round_magic) - Vec<T>::round_magic;
-    const V y = (t - n) * T(0.6931471805599453094);
-    V p;
-    if (sizeof(T) == 4) {
-        p = V{} + T(1.0 / 720);
-        p = p * y + T(1.0 / 120);
-        p = p * y + T(1.0 / 24);
-        p = p * y + T(1.0 / 6);
-        p = p * y + T(0.5);
-        p = p * y + T(1.0);
-        p = p * y + T(1.0);
-    } else {
-        p = V{} + T(1.0 / 479001600);
-        p = p * y + T(1.0 / 39916800);
-        p = p * y + T(1.0 / 3628800);
-        p = p * y + T(1.0 / 362880);
-        p = p * y + T(1.0 / 40320);
-        p = p * y + T(1.0 / 5040);
-        p = p * y + T(1.0 / 720);
-        p = p * y + T(1.0 / 120);
-        p = p * y + T(1.0 / 24);
-        p = p * y + T(1.0 / 6);
-        p = p * y + T(0.5);
-        p = p * y + T(1.0);
-        p = p * y + T(1.0);
-    }
     const I e = (__builtin_convertvector(n, I) + Vec<T>::bias) << Vec<T>::mantissa;
     V two_n;
     std::memcpy(&two_n, &e, sizeof(V));
-    const V r = p * two_n;
+    const V r = exp2_poly<T>(t - n) * two_n;
     return under ? V{} : r;
 }
+#endif
 
 template <typename T>
 inline T hsum(typename Vec<T>::type v) {
@@ -214,9 +251,33 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
 // Backward for the input columns [v0 * W, v1 * W), every neuron and sample:
 // threads own disjoint columns of grad_x and of the sums, so nothing is
 // reduced across threads.
+// Per (neuron, sample) factors of the backward pass, (J, B) each. A row whose
+// mixture is within 2**60 of its bound (the common case) gets
+// factor = grad * 2**-(out2 - bound) and offset 0, so R = exp2(component) *
+// factor; a far row gets factor = grad and offset = out2 - bound, so
+// R = exp2(component - offset) * grad. factor 0 marks rows to skip.
+template <typename T>
+void backward_factors(int64_t B, int64_t J, const T* out, const T* bound, const T* grad, T* factor,
+                      T* offset) {
+    const T log2e = T(1.4426950408889634074);
+    for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < J; ++j) {
+            const T g = grad[b * J + j];
+            const T shift = out[b * J + j] * log2e - bound[j];
+            const bool far = !(shift > T(-60));
+            factor[j * B + b] = far ? g : g * std::exp2(-shift);
+            offset[j * B + b] = far ? shift : T(0);
+        }
+    }
+}
+
+// Backward for the input columns [v0 * W, v1 * W), every neuron and sample.
+// Threads own disjoint columns of grad_x and of the parameter gradients, so
+// nothing is reduced across threads. grads (J, 3, kp) receives, per neuron,
+// the gradients of log_weights, loc and scale.
 template <typename T, bool NEED_X>
-void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* shift_t,
-                      const T* grad_t, T* grad_x, T* sums, int64_t v0, int64_t v1) {
+void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* factor_t,
+                      const T* offset_t, T* grad_x, T* grads, int64_t v0, int64_t v1) {
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
     constexpr int64_t rows = 256;  // samples per tile: a column tile of x and grad_x stays in L1
@@ -234,17 +295,19 @@ void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* par
                 const V c = load<V>(pj + kp + k);
                 const V s = load<V>(pj + 2 * kp + k);
                 const V neg_inv_var = c * two_ln2;  // -1 / scale**2
-                T* sj = sums + j * 3 * kp;
-                V s0 = V{}, s1 = V{}, s2 = V{};
-                const T* shift = shift_t + j * B;
-                const T* grad = grad_t + j * B;
+                const T* factor = factor_t + j * B;
+                const T* offset = offset_t + j * B;
+                V s0 = V{}, s1 = V{}, s2 = V{};  // sum_b R, sum_b R d, sum_b R d**2
                 for (int64_t b = b0; b < b1; ++b) {
-                    const T g = grad[b];
-                    if (g == T(0)) continue;
+                    const T f = factor[b];
+                    if (f == T(0)) continue;
                     const V d = load<V>(x + b * kp + k) - l;
-                    V t = (s - shift[b]) + c * d * d;
-                    t = t < T(0) ? t : V{};  // rounding at huge magnitudes must not give R > 1
-                    const V r = exp2v<T>(t) * g;
+                    V t = s + c * d * d;
+                    if (offset[b] != T(0)) {
+                        t -= offset[b];
+                        t = t < T(0) ? t : V{};  // rounding at huge magnitudes must not give R > 1
+                    }
+                    const V r = exp2v<T>(t) * f;
                     const V rd = r * d;
                     s0 += r;
                     s1 += rd;
@@ -254,18 +317,78 @@ void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* par
                         store<V>(gx, load<V>(gx) + rd * neg_inv_var);
                     }
                 }
-                if (b0 == 0) {
-                    store<V>(sj + k, s0);
-                    store<V>(sj + kp + k, s1);
-                    store<V>(sj + 2 * kp + k, s2);
+                T* gj = grads + j * 3 * kp;
+                if (b0 > 0) {
+                    s0 += load<V>(gj + k);
+                    s1 += load<V>(gj + kp + k);
+                    s2 += load<V>(gj + 2 * kp + k);
+                }
+                if (b1 < B) {
+                    store<V>(gj + k, s0);
+                    store<V>(gj + kp + k, s1);
+                    store<V>(gj + 2 * kp + k, s2);
                 } else {
-                    store<V>(sj + k, load<V>(sj + k) + s0);
-                    store<V>(sj + kp + k, load<V>(sj + kp + k) + s1);
-                    store<V>(sj + 2 * kp + k, load<V>(sj + 2 * kp + k) + s2);
+                    // d/d log_weight = R; d/d loc = R d / scale**2;
+                    // d/d scale = R (d**2 / scale**2 - 1) / scale
+                    const V inv_var = -neg_inv_var;
+                    V inv_scale;
+                    for (int i = 0; i < W; ++i) inv_scale[i] = std::sqrt(inv_var[i]);
+                    store<V>(gj + k, s0);
+                    store<V>(gj + kp + k, s1 * inv_var);
+                    store<V>(gj + 2 * kp + k, (s2 * inv_var - s0) * inv_scale);
                 }
             }
         }
     }
+}
+
+// Fills params (J, 3, kp) and bound (J) from loc (strided: tied means are an
+// expanded view), scale, log(scale) and log_weights (contiguous (J, K)).
+// Returns 1 when some standardised distance may reach z_lim or a square may
+// overflow (the caller then uses the clipping reference kernel), else 0.
+template <typename T>
+int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc, int64_t loc_sj,
+            int64_t loc_sk, const T* scale, const T* log_scale, const T* log_weights, T* params, T* bound,
+            double z_lim) {
+    const T log2e = T(1.4426950408889634074);
+    const T half_log_2pi = T(0.91893853320467274178);
+    T x_max = 0, loc_max = 0, inv_max = 0;
+    for (int64_t i = 0; i < B * kp; ++i) {
+        const T a = std::fabs(x[i]);
+        x_max = a > x_max || a != a ? a : x_max;
+    }
+    for (int64_t j = 0; j < J; ++j) {
+        T* pl = params + j * 3 * kp;
+        T* pc = pl + kp;
+        T* ps = pc + kp;
+        T peak = -INFINITY;
+        for (int64_t k = 0; k < K; ++k) {
+            const T l = loc[j * loc_sj + k * loc_sk];
+            const T inv = T(1) / scale[j * K + k];
+            const T cst = (log_weights[j * K + k] - log_scale[j * K + k] - half_log_2pi) * log2e;
+            pl[k] = l;
+            pc[k] = T(-0.5) * log2e * inv * inv;
+            ps[k] = cst;
+            peak = cst > peak ? cst : peak;
+            const T al = std::fabs(l);
+            loc_max = al > loc_max || al != al ? al : loc_max;
+            inv_max = inv > inv_max || inv != inv ? inv : inv_max;
+        }
+        for (int64_t k = 0; k < K; ++k) {
+            const T shifted = ps[k] - peak;
+            ps[k] = shifted > Vec<T>::zero_weight ? shifted : Vec<T>::zero_weight;
+        }
+        for (int64_t k = K; k < kp; ++k) {
+            pl[k] = 0;
+            pc[k] = 0;
+            ps[k] = Vec<T>::zero_weight;  // padding components have weight zero
+        }
+        bound[j] = peak;
+    }
+    const double reach = double(x_max) + double(loc_max);
+    const double sqrt_max = z_lim * z_lim;
+    const bool safe = reach * double(inv_max) < z_lim && reach < sqrt_max && double(inv_max) < sqrt_max;
+    return safe ? 0 : 1;
 }
 
 template <typename T>
@@ -286,15 +409,19 @@ void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, cons
 #endif
 }
 
+// work (2 (J, B) arrays) is scratch memory.
 template <typename T>
-void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* shift_t,
-              const T* grad_t, T* grad_x, T* sums, int n_threads) {
+void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* bound, const T* out,
+              const T* grad_out, T* work, T* grad_x, T* grads, int n_threads) {
+    T* factor = work;
+    T* offset = work + J * B;
+    backward_factors<T>(B, J, out, bound, grad_out, factor, offset);
     const int64_t nv = kp / Vec<T>::width;
     auto run = [&](int64_t v0, int64_t v1) {
         if (grad_x)
-            backward_columns<T, true>(B, J, kp, x, params, shift_t, grad_t, grad_x, sums, v0, v1);
+            backward_columns<T, true>(B, J, kp, x, params, factor, offset, grad_x, grads, v0, v1);
         else
-            backward_columns<T, false>(B, J, kp, x, params, shift_t, grad_t, grad_x, sums, v0, v1);
+            backward_columns<T, false>(B, J, kp, x, params, factor, offset, grad_x, grads, v0, v1);
     };
     if (n_threads <= 1 || nv < 2) {
         run(0, nv);
@@ -318,26 +445,24 @@ extern "C" {
 int ugmm_fused_width_f32() { return Vec<float>::width; }
 int ugmm_fused_width_f64() { return Vec<double>::width; }
 
-void ugmm_fused_forward_f32(int64_t B, int64_t J, int64_t kp, const float* x, const float* params,
-                            const float* bound, float* out, int n_threads) {
-    forward<float>(B, J, kp, x, params, bound, out, n_threads);
-}
+#define UGMM_EXPORT(T, SUFFIX)                                                                                 \
+    int ugmm_fused_prepare_##SUFFIX(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc,     \
+                                    int64_t loc_sj, int64_t loc_sk, const T* scale, const T* log_scale,       \
+                                    const T* log_weights, T* params, T* bound, double z_lim) {                \
+        return prepare<T>(B, J, K, kp, x, loc, loc_sj, loc_sk, scale, log_scale, log_weights, params, bound,  \
+                          z_lim);                                                                             \
+    }                                                                                                          \
+    void ugmm_fused_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,           \
+                                     const T* bound, T* out, int n_threads) {                                 \
+        forward<T>(B, J, kp, x, params, bound, out, n_threads);                                               \
+    }                                                                                                          \
+    void ugmm_fused_backward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,          \
+                                      const T* bound, const T* out, const T* grad_out, T* work, T* grad_x,    \
+                                      T* grads, int n_threads) {                                              \
+        backward<T>(B, J, kp, x, params, bound, out, grad_out, work, grad_x, grads, n_threads);               \
+    }
 
-void ugmm_fused_forward_f64(int64_t B, int64_t J, int64_t kp, const double* x, const double* params,
-                            const double* bound, double* out, int n_threads) {
-    forward<double>(B, J, kp, x, params, bound, out, n_threads);
-}
-
-void ugmm_fused_backward_f32(int64_t B, int64_t J, int64_t kp, const float* x, const float* params,
-                             const float* shift_t, const float* grad_t, float* grad_x, float* sums,
-                             int n_threads) {
-    backward<float>(B, J, kp, x, params, shift_t, grad_t, grad_x, sums, n_threads);
-}
-
-void ugmm_fused_backward_f64(int64_t B, int64_t J, int64_t kp, const double* x, const double* params,
-                             const double* shift_t, const double* grad_t, double* grad_x, double* sums,
-                             int n_threads) {
-    backward<double>(B, J, kp, x, params, shift_t, grad_t, grad_x, sums, n_threads);
-}
+UGMM_EXPORT(float, f32)
+UGMM_EXPORT(double, f64)
 
 }  // extern "C"
