@@ -192,17 +192,22 @@ T exact_log2_sum(const T* xb, const T* pj, int64_t kp) {
     return std::log2(hsum<T>(acc)) + peak;
 }
 
+// Writes the natural-log output and, for the backward pass, the log2 of the
+// mixture relative to bound (from the same rounded components, so that the
+// backward responsibilities stay <= 1 and the dominant one 1 even when
+// log-densities are huge).
 template <typename T>
-inline T finish(T s, T bound, const T* xb, const T* pj, int64_t kp) {
+inline void finish(T s, T bound, const T* xb, const T* pj, int64_t kp, T* out, T* shift) {
     const T l2 = s >= Vec<T>::tiny ? std::log2(s) : exact_log2_sum<T>(xb, pj, kp);
-    return (l2 + bound) * T(0.6931471805599453094);
+    *shift = l2;
+    *out = (l2 + bound) * T(0.6931471805599453094);
 }
 
 // Forward for neurons [j0, j1), every sample; four samples share each
 // parameter load.
 template <typename T>
 void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* bound,
-                     T* out, int64_t j0, int64_t j1) {
+                     T* out, T* shift, int64_t j0, int64_t j1) {
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
     for (int64_t j = j0; j < j1; ++j) {
@@ -231,10 +236,10 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
                 d = load<V>(x3 + k) - l;
                 a3 += exp2v<T>(s + c * d * d);
             }
-            out[(b + 0) * J + j] = finish<T>(hsum<T>(a0), bound[j], x0, pj, kp);
-            out[(b + 1) * J + j] = finish<T>(hsum<T>(a1), bound[j], x1, pj, kp);
-            out[(b + 2) * J + j] = finish<T>(hsum<T>(a2), bound[j], x2, pj, kp);
-            out[(b + 3) * J + j] = finish<T>(hsum<T>(a3), bound[j], x3, pj, kp);
+            finish<T>(hsum<T>(a0), bound[j], x0, pj, kp, out + (b + 0) * J + j, shift + (b + 0) * J + j);
+            finish<T>(hsum<T>(a1), bound[j], x1, pj, kp, out + (b + 1) * J + j, shift + (b + 1) * J + j);
+            finish<T>(hsum<T>(a2), bound[j], x2, pj, kp, out + (b + 2) * J + j, shift + (b + 2) * J + j);
+            finish<T>(hsum<T>(a3), bound[j], x3, pj, kp, out + (b + 3) * J + j, shift + (b + 3) * J + j);
         }
         for (; b < B; ++b) {
             const T* xb = x + b * kp;
@@ -243,30 +248,26 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
                 const V d = load<V>(xb + k) - load<V>(loc + k);
                 a += exp2v<T>(load<V>(cst + k) + load<V>(curv + k) * d * d);
             }
-            out[b * J + j] = finish<T>(hsum<T>(a), bound[j], xb, pj, kp);
+            finish<T>(hsum<T>(a), bound[j], xb, pj, kp, out + b * J + j, shift + b * J + j);
         }
     }
 }
 
-// Backward for the input columns [v0 * W, v1 * W), every neuron and sample:
-// threads own disjoint columns of grad_x and of the sums, so nothing is
-// reduced across threads.
-// Per (neuron, sample) factors of the backward pass, (J, B) each. A row whose
-// mixture is within 2**60 of its bound (the common case) gets
-// factor = grad * 2**-(out2 - bound) and offset 0, so R = exp2(component) *
-// factor; a far row gets factor = grad and offset = out2 - bound, so
-// R = exp2(component - offset) * grad. factor 0 marks rows to skip.
+// Per (neuron, sample) factors of the backward pass, (J, B) each, from the
+// forward pass's shift (B, J). A row whose mixture is within 2**60 of its
+// bound (the common case) gets factor = grad * 2**-shift and offset 0, so
+// R = exp2(component) * factor; a far row gets factor = grad and
+// offset = shift, so R = exp2(component - offset) * grad. factor 0 marks
+// rows to skip.
 template <typename T>
-void backward_factors(int64_t B, int64_t J, const T* out, const T* bound, const T* grad, T* factor,
-                      T* offset) {
-    const T log2e = T(1.4426950408889634074);
+void backward_factors(int64_t B, int64_t J, const T* shift, const T* grad, T* factor, T* offset) {
     for (int64_t b = 0; b < B; ++b) {
         for (int64_t j = 0; j < J; ++j) {
             const T g = grad[b * J + j];
-            const T shift = out[b * J + j] * log2e - bound[j];
-            const bool far = !(shift > T(-60));
-            factor[j * B + b] = far ? g : g * std::exp2(-shift);
-            offset[j * B + b] = far ? shift : T(0);
+            const T sh = shift[b * J + j];
+            const bool far = !(sh > T(-60));
+            factor[j * B + b] = far ? g : g * std::exp2(-sh);
+            offset[j * B + b] = far ? sh : T(0);
         }
     }
 }
@@ -393,29 +394,29 @@ int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* lo
 
 template <typename T>
 void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* bound, T* out,
-             int n_threads) {
+             T* shift, int n_threads) {
     if (n_threads <= 1 || J < 2) {
-        forward_neurons<T>(B, J, kp, x, params, bound, out, 0, J);
+        forward_neurons<T>(B, J, kp, x, params, bound, out, shift, 0, J);
         return;
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n_threads)
     {
         const int64_t n = omp_get_num_threads(), i = omp_get_thread_num();
-        forward_neurons<T>(B, J, kp, x, params, bound, out, J * i / n, J * (i + 1) / n);
+        forward_neurons<T>(B, J, kp, x, params, bound, out, shift, J * i / n, J * (i + 1) / n);
     }
 #else
-    forward_neurons<T>(B, J, kp, x, params, bound, out, 0, J);
+    forward_neurons<T>(B, J, kp, x, params, bound, out, shift, 0, J);
 #endif
 }
 
 // work (2 (J, B) arrays) is scratch memory.
 template <typename T>
-void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* bound, const T* out,
+void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* shift,
               const T* grad_out, T* work, T* grad_x, T* grads, int n_threads) {
     T* factor = work;
     T* offset = work + J * B;
-    backward_factors<T>(B, J, out, bound, grad_out, factor, offset);
+    backward_factors<T>(B, J, shift, grad_out, factor, offset);
     const int64_t nv = kp / Vec<T>::width;
     auto run = [&](int64_t v0, int64_t v1) {
         if (grad_x)
@@ -453,13 +454,13 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
                           z_lim);                                                                             \
     }                                                                                                          \
     void ugmm_fused_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,           \
-                                     const T* bound, T* out, int n_threads) {                                 \
-        forward<T>(B, J, kp, x, params, bound, out, n_threads);                                               \
+                                     const T* bound, T* out, T* shift, int n_threads) {                       \
+        forward<T>(B, J, kp, x, params, bound, out, shift, n_threads);                                              \
     }                                                                                                          \
     void ugmm_fused_backward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,          \
-                                      const T* bound, const T* out, const T* grad_out, T* work, T* grad_x,    \
-                                      T* grads, int n_threads) {                                              \
-        backward<T>(B, J, kp, x, params, bound, out, grad_out, work, grad_x, grads, n_threads);               \
+                                      const T* shift, const T* grad_out, T* work, T* grad_x, T* grads,        \
+                                      int n_threads) {                                                        \
+        backward<T>(B, J, kp, x, params, shift, grad_out, work, grad_x, grads, n_threads);              \
     }
 
 UGMM_EXPORT(float, f32)
