@@ -309,3 +309,21 @@ def test_layers_pickled_before_the_option_still_run():
     layer = UGMMLayer(4, 3)
     del layer.kernel  # as unpickled from an older version
     assert layer(torch.randn(5, 4)).shape == (5, 3)
+
+
+@requires_fused
+def test_never_materialises_a_batch_out_in_tensor():
+    from test_functional import _LargestTensor
+
+    n_batch, n_in, n_out = 3000, 40, 30
+    x, loc, scale, logits = _inputs(n_batch, n_in, n_out, torch.float32, seed=12)
+    log_w = torch.log_softmax(logits, dim=1)
+    probe = _LargestTensor()
+    with probe:
+        out = ugmm_log_density(x, loc, scale, log_w, kernel="fused")
+        torch.autograd.grad(out, (x, loc, scale, log_w), torch.ones_like(out))
+    # inputs (padded to whole vectors) and outputs are (batch, in) or
+    # (batch, out); parameters (out, 3, in)
+    n_in_padded = -(-n_in // 16) * 16
+    assert probe.largest <= max(n_batch * n_in_padded, n_batch * n_out, 3 * n_in_padded * n_out)
+    assert probe.largest * 10 < n_batch * n_in * n_out

@@ -102,7 +102,7 @@ def _bind(path):
         ]
         getattr(lib, f"ugmm_fused_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint]
         getattr(lib, f"ugmm_fused_backward_{suffix}").argtypes = [
-            i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
+            i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
         ]
     lib.widths = {torch.float32: lib.ugmm_fused_width_f32(), torch.float64: lib.ugmm_fused_width_f64()}
     return lib
@@ -193,10 +193,10 @@ class _FusedLogDensity(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0]
         grad_x = x_p.new_empty((n_batch, kp)) if need_x else None
         grads = params.new_empty((n_out, 3, kp))
-        work = params.new_empty(2 * n_out * n_batch)
+        factor, offset = params.new_empty((n_out, n_batch)), params.new_empty((n_out, n_batch))
         grad_out = grad_out.contiguous()
         getattr(load(), f"ugmm_fused_backward_{_suffix(x_p.dtype)}")(
-            n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(shift), _ptr(grad_out), _ptr(work), _ptr(grad_x) if need_x else None, _ptr(grads),
+            n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(shift), _ptr(grad_out), _ptr(factor), _ptr(offset), _ptr(grad_x) if need_x else None, _ptr(grads),
             _threads(n_batch * n_out * n_in),
         )
         grad_logw, grad_loc, grad_scale = grads[:, :, :n_in].unbind(dim=1)

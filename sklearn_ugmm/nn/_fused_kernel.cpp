@@ -410,12 +410,10 @@ void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, cons
 #endif
 }
 
-// work (2 (J, B) arrays) is scratch memory.
+// factor and offset ((J, B) each) are scratch memory.
 template <typename T>
 void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* shift,
-              const T* grad_out, T* work, T* grad_x, T* grads, int n_threads) {
-    T* factor = work;
-    T* offset = work + J * B;
+              const T* grad_out, T* factor, T* offset, T* grad_x, T* grads, int n_threads) {
     backward_factors<T>(B, J, shift, grad_out, factor, offset);
     const int64_t nv = kp / Vec<T>::width;
     auto run = [&](int64_t v0, int64_t v1) {
@@ -458,9 +456,9 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
         forward<T>(B, J, kp, x, params, bound, out, shift, n_threads);                                              \
     }                                                                                                          \
     void ugmm_fused_backward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,          \
-                                      const T* shift, const T* grad_out, T* work, T* grad_x, T* grads,        \
-                                      int n_threads) {                                                        \
-        backward<T>(B, J, kp, x, params, shift, grad_out, work, grad_x, grads, n_threads);              \
+                                      const T* shift, const T* grad_out, T* factor, T* offset, T* grad_x,     \
+                                      T* grads, int n_threads) {                                              \
+        backward<T>(B, J, kp, x, params, shift, grad_out, factor, offset, grad_x, grads, n_threads);              \
     }
 
 UGMM_EXPORT(float, f32)
