@@ -29,7 +29,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX512F__)
+#if defined(__SSE__)
 #include <immintrin.h>
 #endif
 
@@ -62,6 +62,17 @@ struct Vec<double> {
     static constexpr int64_t bias = 1023;
     static constexpr int mantissa = 52;
     static constexpr double tiny = 8.673617379884035e-19;  // 2**-60
+};
+
+// Flush subnormal results to zero while a kernel runs (restored after):
+// components far below their mixture's sum would otherwise come out of exp2
+// as subnormals, which x86 cores handle in slow microcode.
+struct FlushSubnormals {
+#if defined(__SSE__)
+    unsigned int saved;
+    FlushSubnormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040); }  // FTZ | DAZ
+    ~FlushSubnormals() { _mm_setcsr(saved); }
+#endif
 };
 
 template <typename V>
@@ -208,6 +219,7 @@ inline void finish(T s, T bound, const T* xb, const T* pj, int64_t kp, T* out, T
 template <typename T>
 void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* bound,
                      T* out, T* shift, int64_t j0, int64_t j1) {
+    FlushSubnormals ftz;
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
     for (int64_t j = j0; j < j1; ++j) {
@@ -279,6 +291,7 @@ void backward_factors(int64_t B, int64_t J, const T* shift, const T* grad, T* fa
 template <typename T, bool NEED_X>
 void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* factor_t,
                       const T* offset_t, T* grad_x, T* grads, int64_t v0, int64_t v1) {
+    FlushSubnormals ftz;
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
     constexpr int64_t rows = 256;  // samples per tile: a column tile of x and grad_x stays in L1
@@ -353,28 +366,41 @@ int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* lo
             double z_lim) {
     const T log2e = T(1.4426950408889634074);
     const T half_log_2pi = T(0.91893853320467274178);
-    T x_max = 0, loc_max = 0, inv_max = 0;
+    // maxima for the clip check; the sums only detect NaN (max ignores it)
+    T x_max = 0, loc_max = 0, inv_max = 0, nan_probe = 0;
+#pragma omp simd reduction(max : x_max) reduction(+ : nan_probe)
     for (int64_t i = 0; i < B * kp; ++i) {
         const T a = std::fabs(x[i]);
-        x_max = a > x_max || a != a ? a : x_max;
+        x_max = a > x_max ? a : x_max;
+        nan_probe += a;
     }
     for (int64_t j = 0; j < J; ++j) {
         T* pl = params + j * 3 * kp;
         T* pc = pl + kp;
         T* ps = pc + kp;
+        const T* lj = loc + j * loc_sj;
+        const T* sj = scale + j * K;
+        const T* lsj = log_scale + j * K;
+        const T* lwj = log_weights + j * K;
+        if (loc_sk == 1) {
+            std::memcpy(pl, lj, K * sizeof(T));
+        } else {
+            for (int64_t k = 0; k < K; ++k) pl[k] = lj[k * loc_sk];
+        }
         T peak = -INFINITY;
+#pragma omp simd reduction(max : peak, loc_max, inv_max) reduction(+ : nan_probe)
         for (int64_t k = 0; k < K; ++k) {
-            const T l = loc[j * loc_sj + k * loc_sk];
-            const T inv = T(1) / scale[j * K + k];
-            const T cst = (log_weights[j * K + k] - log_scale[j * K + k] - half_log_2pi) * log2e;
-            pl[k] = l;
+            const T inv = T(1) / sj[k];
+            const T cst = (lwj[k] - lsj[k] - half_log_2pi) * log2e;
             pc[k] = T(-0.5) * log2e * inv * inv;
             ps[k] = cst;
             peak = cst > peak ? cst : peak;
-            const T al = std::fabs(l);
-            loc_max = al > loc_max || al != al ? al : loc_max;
-            inv_max = inv > inv_max || inv != inv ? inv : inv_max;
+            const T al = std::fabs(pl[k]);
+            loc_max = al > loc_max ? al : loc_max;
+            inv_max = inv > inv_max ? inv : inv_max;
+            nan_probe += al + inv;
         }
+#pragma omp simd
         for (int64_t k = 0; k < K; ++k) {
             const T shifted = ps[k] - peak;
             ps[k] = shifted > Vec<T>::zero_weight ? shifted : Vec<T>::zero_weight;
@@ -388,7 +414,8 @@ int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* lo
     }
     const double reach = double(x_max) + double(loc_max);
     const double sqrt_max = z_lim * z_lim;
-    const bool safe = reach * double(inv_max) < z_lim && reach < sqrt_max && double(inv_max) < sqrt_max;
+    const bool safe = reach * double(inv_max) < z_lim && reach < sqrt_max && double(inv_max) < sqrt_max &&
+                      nan_probe == nan_probe;
     return safe ? 0 : 1;
 }
 
