@@ -146,6 +146,24 @@ inline typename Vec<T>::type exp2v(typename Vec<T>::type t) {
     const V n = round_nearest(t);
     return times_exp2(exp2_poly<T>(t - n), n);
 }
+
+#if defined(__AVX512DQ__)
+// float, one instruction fewer: f = t - floor(t) in [0, 1) by vreduceps,
+// and scalef multiplies by 2**floor(t) itself. Minimax polynomial of degree
+// 5 for 2**f on [0, 1) (relative error 8e-8, 1.6e-7 evaluated in float).
+template <>
+inline Vec<float>::type exp2v<float>(Vec<float>::type t) {
+    typedef Vec<float>::type V;
+    const V f = (V)_mm512_reduce_ps((__m512)t, 0x09);  // round down, no precision exception
+    V p = V{} + 0.0018775766251151876f;
+    p = p * f + 0.008989340521747737f;
+    p = p * f + 0.05582631735842908f;
+    p = p * f + 0.24015361744641062f;
+    p = p * f + 0.6931530731150215f;
+    p = p * f + 0.9999999250681713f;
+    return times_exp2(p, t);
+}
+#endif
 #else
 template <typename T>
 inline typename Vec<T>::type exp2v(typename Vec<T>::type t) {
