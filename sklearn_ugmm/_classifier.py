@@ -114,6 +114,11 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     tie_means : bool, default=False
         The paper's parameter tying: component means are the incoming
         activations and each neuron learns where to evaluate its mixture.
+    kernel : {"auto", "fused", "reference"}, default="auto"
+        Implementation of the uGMM layers; see
+        :func:`~sklearn_ugmm.nn.ugmm_log_density`. "auto" uses the fused
+        C++ kernel (built once on first use) for large layers and batches,
+        and falls back to the reference kernel without a compiler.
     standardize : bool, "yeo-johnson" or "auto", default="auto"
         Internal feature scaling, so that raw-scale data works. True:
         standardise each feature (weighted mean and standard deviation of
@@ -198,6 +203,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         "precision_penalty": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
         "averaging_epochs": [StrOptions({"auto"}), Interval(Real, 1, None, closed="left")],
         "standardize": ["boolean", StrOptions({"yeo-johnson", "auto"})],
+        "kernel": [StrOptions({"auto", "fused", "reference"})],
     }
 
     def __init__(
@@ -218,6 +224,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         averaging_epochs="auto",
         dropout=0.0,
         tie_means=False,
+        kernel="auto",
         standardize="auto",
         device="cpu",
         callbacks=None,
@@ -240,6 +247,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         self.averaging_epochs = averaging_epochs
         self.dropout = dropout
         self.tie_means = tie_means
+        self.kernel = kernel
         self.standardize = standardize
         self.device = device
         self.callbacks = callbacks
@@ -417,6 +425,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
             1 if generative else n_classes,
             dropout=self.dropout,
             tie_means=self.tie_means,
+            kernel=self.kernel,
             generator=generator,
         )
 

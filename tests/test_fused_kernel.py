@@ -327,3 +327,20 @@ def test_never_materialises_a_batch_out_in_tensor():
     n_in_padded = -(-n_in // 16) * 16
     assert probe.largest <= max(n_batch * n_in_padded, n_batch * n_out, 3 * n_in_padded * n_out)
     assert probe.largest * 10 < n_batch * n_in * n_out
+
+
+@requires_fused
+def test_classifier_passes_the_kernel_option():
+    from sklearn.datasets import load_digits
+
+    from sklearn_ugmm import UGMMClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:300], y[:300]
+    probas = {}
+    for kernel in ("fused", "reference"):
+        clf = UGMMClassifier((32,), kernel=kernel, max_iter=3, early_stopping=False, random_state=0).fit(X, y)
+        assert all(layer.kernel == kernel for layer in clf.module_.layers)
+        probas[kernel] = clf.predict_proba(X)
+    # float32 rounding differs between the kernels; three epochs keep it small
+    assert abs(probas["fused"] - probas["reference"]).max() < 1e-3
