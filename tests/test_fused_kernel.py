@@ -344,3 +344,12 @@ def test_classifier_passes_the_kernel_option():
         probas[kernel] = clf.predict_proba(X)
     # float32 rounding differs between the kernels; three epochs keep it small
     assert abs(probas["fused"] - probas["reference"]).max() < 1e-3
+
+
+def test_small_calls_stay_on_one_thread(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    # iris- and digits-output-sized calls: thread start-up would cost more than it saves
+    assert _fused._threads(128 * 4 * 64) == 1
+    assert _fused._threads(_fused.GRAIN_COMPONENTS * 2 - 1) == 1
+    assert _fused._threads(_fused.GRAIN_COMPONENTS * 2) == 2
+    assert _fused._threads(128 * 784 * 128) == 2  # never more than torch's thread count

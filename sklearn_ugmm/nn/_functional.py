@@ -9,8 +9,10 @@ layer output is::
 :func:`ugmm_log_density` evaluates it without ever holding the whole
 (batch, out, in) tensor: the batch is cut into blocks of at most
 ``block_elements`` elements and the backward pass recomputes each block
-instead of saving it. :func:`ugmm_log_density_reference` is the plain
-formula, kept as the ground truth for tests and benchmarks.
+instead of saving it. With ``kernel="fused"`` (or ``"auto"`` on large
+calls) it runs on the fused C++ kernel of :mod:`._fused` instead, which
+tiles the same computation in registers. :func:`ugmm_log_density_reference`
+is the plain formula, kept as the ground truth for tests and benchmarks.
 """
 
 import math
@@ -302,17 +304,20 @@ def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK
         forward and backward passes each hold two such blocks (plus a boolean
         mask when distances are clipped). Reference kernel only.
     kernel : {"auto", "fused", "reference"}, default="auto"
-        Implementation. ``"reference"`` is the blocked PyTorch kernel above.
-        ``"fused"`` is a C++ kernel compiled on first use and cached (CPU,
-        float32 and float64): one pass over the inputs per (sample, neuron),
-        nothing of size (batch, out, in) in memory, many times faster. It
-        falls back to the reference kernel, with a warning, when no C++
-        compiler is available or the build fails; silently for tensors on
-        other devices (CUDA included) or of other dtypes, and for inputs so
+        Implementation. ``"reference"`` is the blocked PyTorch kernel
+        described above. ``"fused"`` is a C++ kernel, compiled with the
+        system compiler on first use (about a second) and cached under
+        ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), for
+        float32 and float64 CPU tensors: one pass over the inputs per (sample,
+        neuron), nothing of size (batch, out, in) in memory, several times
+        faster. It falls back to the reference kernel with a warning when
+        no C++ compiler is available (``$SKLEARN_UGMM_CXX`` chooses one) or
+        the build fails, and silently for tensors on other devices (CUDA
+        included: no GPU kernel yet) or of other dtypes, and for inputs so
         extreme that distances must be clipped. ``"auto"`` uses the fused
-        kernel for calls of at least :data:`AUTO_FUSED_MIN_COMPONENTS`
-        components (batch x out x in) when it is available, else the
-        reference kernel, without a warning.
+        kernel for calls of at least 2**18 components (batch x out x in)
+        when it is available, else the reference kernel, without a warning:
+        small models never wait for the build.
 
     Returns
     -------
