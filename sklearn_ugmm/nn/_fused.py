@@ -176,18 +176,18 @@ class _FusedLogDensity(torch.autograd.Function):
         n_batch, n_in = x.shape
         n_out, _, kp = params.shape
         out = x.new_empty((n_batch, n_out))
-        shift = x.new_empty((n_batch, n_out))  # log2 of each mixture relative to its bound
+        shift_t = x.new_empty((n_out, n_batch))  # log2 of each mixture relative to its bound
         forward_fn = getattr(load(), f"ugmm_fused_forward_{_suffix(x.dtype)}")
-        forward_fn(n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(bound), _ptr(out), _ptr(shift),
+        forward_fn(n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(bound), _ptr(out), _ptr(shift_t),
                    _threads(n_batch * n_out * n_in))
-        ctx.save_for_backward(x_p, params, shift)
+        ctx.save_for_backward(x_p, params, shift_t)
         ctx.n_in = n_in
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x_p, params, shift = ctx.saved_tensors
+        x_p, params, shift_t = ctx.saved_tensors
         n_batch, kp = x_p.shape
         n_out, n_in = params.shape[0], ctx.n_in
         need_x = ctx.needs_input_grad[0]
@@ -196,8 +196,8 @@ class _FusedLogDensity(torch.autograd.Function):
         factor, offset = params.new_empty((n_out, n_batch)), params.new_empty((n_out, n_batch))
         grad_out = grad_out.contiguous()
         getattr(load(), f"ugmm_fused_backward_{_suffix(x_p.dtype)}")(
-            n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(shift), _ptr(grad_out), _ptr(factor), _ptr(offset), _ptr(grad_x) if need_x else None, _ptr(grads),
-            _threads(n_batch * n_out * n_in),
+            n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(shift_t), _ptr(grad_out), _ptr(factor),
+            _ptr(offset), _ptr(grad_x) if need_x else None, _ptr(grads), _threads(n_batch * n_out * n_in),
         )
         grad_logw, grad_loc, grad_scale = grads[:, :, :n_in].unbind(dim=1)
         if need_x:

@@ -188,6 +188,50 @@ inline T hsum(typename Vec<T>::type v) {
     return s;
 }
 
+#if defined(__AVX512F__)
+template <>
+inline float hsum<float>(Vec<float>::type v) {
+    return _mm512_reduce_add_ps((__m512)v);
+}
+template <>
+inline double hsum<double>(Vec<double>::type v) {
+    return _mm512_reduce_add_pd((__m512d)v);
+}
+#endif
+
+// log2 of n positive normal numbers; vectorised for float on AVX-512:
+// s = m 2**e with m in [1, 2), log2 m = 2 atanh(u) / ln 2 with
+// u = (m - 1) / (m + 1) in [0, 1/3), by its series to u**13 (relative
+// error 5e-9).
+template <typename T>
+inline void log2_array(const T* s, T* l2, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) l2[i] = std::log2(s[i]);
+}
+
+#if defined(__AVX512F__)
+template <>
+inline void log2_array<float>(const float* s, float* l2, int64_t n) {
+    typedef Vec<float>::type V;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(s + i);
+        const V m = (V)_mm512_getmant_ps(v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+        const V e = (V)_mm512_getexp_ps(v);
+        const V u = (m - 1.0f) / (m + 1.0f);
+        const V u2 = u * u;
+        V p = V{} + 1.0f / 13;
+        p = p * u2 + 1.0f / 11;
+        p = p * u2 + 1.0f / 9;
+        p = p * u2 + 1.0f / 7;
+        p = p * u2 + 1.0f / 5;
+        p = p * u2 + 1.0f / 3;
+        p = p * u2 + 1.0f;
+        _mm512_storeu_ps(l2 + i, (__m512)(e + (2.0f * 1.4426950408889634f) * u * p));
+    }
+    for (; i < n; ++i) l2[i] = std::log2(s[i]);
+}
+#endif
+
 template <typename T>
 inline T hmax(typename Vec<T>::type v) {
     T m = v[0];
@@ -221,83 +265,102 @@ T exact_log2_sum(const T* xb, const T* pj, int64_t kp) {
     return std::log2(hsum<T>(acc)) + peak;
 }
 
-// Writes the natural-log output and, for the backward pass, the log2 of the
-// mixture relative to bound (from the same rounded components, so that the
-// backward responsibilities stay <= 1 and the dominant one 1 even when
-// log-densities are huge).
-template <typename T>
-inline void finish(T s, T bound, const T* xb, const T* pj, int64_t kp, T* out, T* shift) {
-    const T l2 = s >= Vec<T>::tiny ? std::log2(s) : exact_log2_sum<T>(xb, pj, kp);
-    *shift = l2;
-    *out = (l2 + bound) * T(0.6931471805599453094);
-}
-
 // Forward for neurons [j0, j1), every sample; four samples share each
-// parameter load.
+// parameter load. Writes the natural-log output (B, J) and, for the backward
+// pass, shift_t (J, B): the log2 of each mixture relative to its bound, from
+// the same rounded components, so that the backward responsibilities stay
+// <= 1 (and the dominant one 1) even when log-densities are huge.
 template <typename T>
 void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* bound,
-                     T* out, T* shift, int64_t j0, int64_t j1) {
+                     T* out, T* shift_t, int64_t j0, int64_t j1) {
     FlushSubnormals ftz;
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
+    constexpr int64_t chunk = 256;
+    T sums[chunk];
     for (int64_t j = j0; j < j1; ++j) {
         const T* pj = params + j * 3 * kp;
         const T* loc = pj;
         const T* curv = pj + kp;
         const T* cst = pj + 2 * kp;
-        int64_t b = 0;
-        for (; b + 4 <= B; b += 4) {
-            const T* x0 = x + b * kp;
-            const T* x1 = x0 + kp;
-            const T* x2 = x1 + kp;
-            const T* x3 = x2 + kp;
-            V a0 = V{}, a1 = V{}, a2 = V{}, a3 = V{};
-            for (int64_t k = 0; k < kp; k += W) {
-                const V l = load<V>(loc + k);
-                const V c = load<V>(curv + k);
-                const V s = load<V>(cst + k);
-                V d;
-                d = load<V>(x0 + k) - l;
-                a0 += exp2v<T>(s + c * d * d);
-                d = load<V>(x1 + k) - l;
-                a1 += exp2v<T>(s + c * d * d);
-                d = load<V>(x2 + k) - l;
-                a2 += exp2v<T>(s + c * d * d);
-                d = load<V>(x3 + k) - l;
-                a3 += exp2v<T>(s + c * d * d);
+        for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+            const int64_t b1 = b0 + chunk < B ? b0 + chunk : B;
+            int64_t b = b0;
+            for (; b + 4 <= b1; b += 4) {
+                const T* x0 = x + b * kp;
+                const T* x1 = x0 + kp;
+                const T* x2 = x1 + kp;
+                const T* x3 = x2 + kp;
+                V a0 = V{}, a1 = V{}, a2 = V{}, a3 = V{};
+                for (int64_t k = 0; k < kp; k += W) {
+                    const V l = load<V>(loc + k);
+                    const V c = load<V>(curv + k);
+                    const V s = load<V>(cst + k);
+                    V d;
+                    d = load<V>(x0 + k) - l;
+                    a0 += exp2v<T>(s + c * d * d);
+                    d = load<V>(x1 + k) - l;
+                    a1 += exp2v<T>(s + c * d * d);
+                    d = load<V>(x2 + k) - l;
+                    a2 += exp2v<T>(s + c * d * d);
+                    d = load<V>(x3 + k) - l;
+                    a3 += exp2v<T>(s + c * d * d);
+                }
+                sums[b - b0] = hsum<T>(a0);
+                sums[b - b0 + 1] = hsum<T>(a1);
+                sums[b - b0 + 2] = hsum<T>(a2);
+                sums[b - b0 + 3] = hsum<T>(a3);
             }
-            finish<T>(hsum<T>(a0), bound[j], x0, pj, kp, out + (b + 0) * J + j, shift + (b + 0) * J + j);
-            finish<T>(hsum<T>(a1), bound[j], x1, pj, kp, out + (b + 1) * J + j, shift + (b + 1) * J + j);
-            finish<T>(hsum<T>(a2), bound[j], x2, pj, kp, out + (b + 2) * J + j, shift + (b + 2) * J + j);
-            finish<T>(hsum<T>(a3), bound[j], x3, pj, kp, out + (b + 3) * J + j, shift + (b + 3) * J + j);
-        }
-        for (; b < B; ++b) {
-            const T* xb = x + b * kp;
-            V a = V{};
-            for (int64_t k = 0; k < kp; k += W) {
-                const V d = load<V>(xb + k) - load<V>(loc + k);
-                a += exp2v<T>(load<V>(cst + k) + load<V>(curv + k) * d * d);
+            for (; b < b1; ++b) {
+                const T* xb = x + b * kp;
+                V a = V{};
+                for (int64_t k = 0; k < kp; k += W) {
+                    const V d = load<V>(xb + k) - load<V>(loc + k);
+                    a += exp2v<T>(load<V>(cst + k) + load<V>(curv + k) * d * d);
+                }
+                sums[b - b0] = hsum<T>(a);
             }
-            finish<T>(hsum<T>(a), bound[j], xb, pj, kp, out + b * J + j, shift + b * J + j);
+            T* l2 = shift_t + j * B + b0;
+            log2_array<T>(sums, l2, b1 - b0);
+            for (b = b0; b < b1; ++b) {
+                // a sum below 2**-60 of the bound: too far from every
+                // component for the bound, redo with the exact peak
+                if (!(sums[b - b0] >= Vec<T>::tiny)) l2[b - b0] = exact_log2_sum<T>(x + b * kp, pj, kp);
+                out[b * J + j] = (l2[b - b0] + bound[j]) * T(0.6931471805599453094);
+            }
         }
     }
 }
 
 // Per (neuron, sample) factors of the backward pass, (J, B) each, from the
-// forward pass's shift (B, J). A row whose mixture is within 2**60 of its
+// forward pass's shift_t (J, B). A row whose mixture is within 2**60 of its
 // bound (the common case) gets factor = grad * 2**-shift and offset 0, so
 // R = exp2(component) * factor; a far row gets factor = grad and
 // offset = shift, so R = exp2(component - offset) * grad. factor 0 marks
 // rows to skip.
 template <typename T>
-void backward_factors(int64_t B, int64_t J, const T* shift, const T* grad, T* factor, T* offset) {
-    for (int64_t b = 0; b < B; ++b) {
-        for (int64_t j = 0; j < J; ++j) {
+void backward_factors(int64_t B, int64_t J, const T* shift_t, const T* grad, T* factor, T* offset) {
+    typedef typename Vec<T>::type V;
+    constexpr int W = Vec<T>::width;
+    for (int64_t j = 0; j < J; ++j) {
+        const T* sh = shift_t + j * B;
+        T* fj = factor + j * B;
+        T* oj = offset + j * B;
+        int64_t b = 0;
+        for (; b + W <= B; b += W) {
+            const V s = load<V>(sh + b);
+            V g;
+            for (int i = 0; i < W; ++i) g[i] = grad[(b + i) * J + j];
+            const auto far = !(s > T(-60));
+            const V near = s > T(-60) ? s : V{};  // far lanes are not exponentiated
+            store<V>(fj + b, far ? g : g * exp2v<T>(-near));
+            store<V>(oj + b, far ? s : V{});
+        }
+        for (; b < B; ++b) {
             const T g = grad[b * J + j];
-            const T sh = shift[b * J + j];
-            const bool far = !(sh > T(-60));
-            factor[j * B + b] = far ? g : g * std::exp2(-sh);
-            offset[j * B + b] = far ? sh : T(0);
+            const bool far = !(sh[b] > T(-60));
+            fj[b] = far ? g : g * std::exp2(-sh[b]);
+            oj[b] = far ? sh[b] : T(0);
         }
     }
 }
