@@ -30,8 +30,6 @@ minutes on a 2-core CPU (``--no-memory`` skips the subprocesses).
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,11 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import DEFAULT_DATA_DIR, load_dataset  # noqa: E402
-from bench_layer import _proc_status_kib, _return_freed_memory_to_os  # noqa: E402
+from bench_layer import _return_freed_memory_to_os, child_peak_bytes, peak_rss_rise, training_step  # noqa: E402
 
 from sklearn_ugmm.nn import UGMMNet  # noqa: E402
 from sklearn_ugmm.nn import _fused  # noqa: E402
@@ -119,18 +116,7 @@ def count_cost(name, variant):
 
 
 def make_step(model, X, y, batch):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = [(X[i : i + batch], y[i : i + batch]) for i in range(0, len(X) - batch + 1, batch)]
-    state = {"i": 0}
-
-    def step():
-        xb, yb = batches[state["i"] % len(batches)]
-        state["i"] += 1
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(xb), yb).backward()
-        opt.step()
-
-    return step
+    return training_step(model, model.parameters(), X, y, batch)
 
 
 def make_predict(model, X):
@@ -179,27 +165,13 @@ def memory_child(name, variant, batch):
     X, y, _ = load_data(name, max(4 * batch, 2048))
     step = make_step(make_model(name, variant, X), X, y, batch)
     step()  # warm-up
-    base = _proc_status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak resident size (VmHWM) to the current one
-    step()
-    return (_proc_status_kib("VmHWM") - base) * 1024
+    return peak_rss_rise(step)
 
 
 def measure_memory(name, variants, batch):
-    peaks = {}
-    for v in variants:
-        cmd = [sys.executable, __file__, "--memory-child", name, v, "--batch", str(batch),
-               "--threads", str(torch.get_num_threads())]
-        # the child imports what this process imports (an uninstalled checkout too)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-        if result.returncode != 0:
-            print(f"memory measurement of {name}/{v} failed:\n{result.stderr}", file=sys.stderr)
-            peaks[v] = float("nan")
-        else:
-            peaks[v] = json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
-    return peaks
+    """Run :func:`memory_child` for each variant in a fresh subprocess."""
+    args = ["--batch", str(batch), "--threads", str(torch.get_num_threads())]
+    return {v: child_peak_bytes([__file__, "--memory-child", name, v, *args], f"{name}/{v}") for v in variants}
 
 
 def print_table(name, origin, args, costs, times, peaks):
