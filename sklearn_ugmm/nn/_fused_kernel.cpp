@@ -508,10 +508,12 @@ void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, cons
         return;
     }
 #ifdef _OPENMP
-#pragma omp parallel num_threads(n_threads)
-    {
-        const int64_t n = omp_get_num_threads(), i = omp_get_thread_num();
-        forward_neurons<T>(B, J, kp, x, params, bound, out, shift, J * i / n, J * (i + 1) / n);
+    // small chunks handed out on demand: a thread preempted by another
+    // process (a busy machine) holds up the others for one chunk at most
+    constexpr int64_t neurons = 4;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+    for (int64_t j = 0; j < J; j += neurons) {
+        forward_neurons<T>(B, J, kp, x, params, bound, out, shift, j, j + neurons < J ? j + neurons : J);
     }
 #else
     forward_neurons<T>(B, J, kp, x, params, bound, out, shift, 0, J);
@@ -535,11 +537,8 @@ void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, con
         return;
     }
 #ifdef _OPENMP
-#pragma omp parallel num_threads(n_threads)
-    {
-        const int64_t n = omp_get_num_threads(), i = omp_get_thread_num();
-        run(nv * i / n, nv * (i + 1) / n);
-    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+    for (int64_t v = 0; v < nv; ++v) run(v, v + 1);
 #else
     run(0, nv);
 #endif
