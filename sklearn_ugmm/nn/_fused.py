@@ -98,7 +98,7 @@ def _bind(path):
     i64, ptr, cint, dbl = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     for suffix in ("f32", "f64"):
         getattr(lib, f"ugmm_fused_prepare_{suffix}").argtypes = [
-            i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, dbl,
+            i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, dbl,
         ]
         getattr(lib, f"ugmm_fused_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint]
         getattr(lib, f"ugmm_fused_backward_{suffix}").argtypes = [
@@ -157,13 +157,12 @@ def log_density(x, loc, scale, log_weights, z_lim):
             x_p = torch.nn.functional.pad(x_p, (0, kp - n_in))
         loc_d = loc.detach()
         scale_d = scale.detach().contiguous()
-        log_scale = torch.log(scale_d)
         log_w = log_weights.detach().contiguous()
         params = x.new_empty((n_out, 3, kp))
         bound = x.new_empty(n_out)
         clip = getattr(lib, f"ugmm_fused_prepare_{_suffix(x.dtype)}")(
             n_batch, n_out, n_in, kp, _ptr(x_p), _ptr(loc_d), loc_d.stride(0), loc_d.stride(1),
-            _ptr(scale_d), _ptr(log_scale), _ptr(log_w), _ptr(params), _ptr(bound), z_lim,
+            _ptr(scale_d), _ptr(log_w), _ptr(params), _ptr(bound), z_lim,
         )
     if clip:
         return None
@@ -192,14 +191,14 @@ class _FusedLogDensity(torch.autograd.Function):
         n_out, n_in = params.shape[0], ctx.n_in
         need_x = ctx.needs_input_grad[0]
         grad_x = x_p.new_empty((n_batch, kp)) if need_x else None
-        grads = params.new_empty((n_out, 3, kp))
+        grads = params.new_empty((3, n_out, kp))
         factor, offset = params.new_empty((n_out, n_batch)), params.new_empty((n_out, n_batch))
         grad_out = grad_out.contiguous()
         getattr(load(), f"ugmm_fused_backward_{_suffix(x_p.dtype)}")(
             n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(shift_t), _ptr(grad_out), _ptr(factor),
             _ptr(offset), _ptr(grad_x) if need_x else None, _ptr(grads), _threads(n_batch * n_out * n_in),
         )
-        grad_logw, grad_loc, grad_scale = grads[:, :, :n_in].unbind(dim=1)
+        grad_logw, grad_loc, grad_scale = grads[:, :, :n_in].unbind(dim=0)
         if need_x:
             grad_x = grad_x[:, :n_in]
         needs = ctx.needs_input_grad

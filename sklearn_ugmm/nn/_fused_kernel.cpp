@@ -2,26 +2,25 @@
 //
 // Built on first use by sklearn_ugmm/nn/_fused.py and called through ctypes;
 // it needs no PyTorch headers. Never materialises a (batch, out, in) block:
-// the forward pass keeps one running sum per (sample, neuron) in registers,
-// the backward pass recomputes each responsibility and accumulates the
-// gradients in registers.
+// the forward pass keeps the running mixture sums of four samples of one
+// neuron in vector registers, one pass over the inputs; the backward pass
+// recomputes each responsibility and accumulates the gradients of x, loc,
+// scale and the log-weights, tiled over samples and input columns.
 //
-// Layout (all row-major, the input axis padded to a multiple of the vector
-// width W with components of log-weight -inf):
-//   x       (B, Kp)     inputs
-//   params  (J, 3, Kp)  per neuron: loc, curv, shifted const, where the log2
-//                       density of component k of neuron j at sample b is
-//                       const[j, k] + curv[j, k] * (x[b, k] - loc[j, k])**2,
-//                       curv = -log2(e) / (2 scale**2), and const is shifted
-//                       by bound[j] = max_k const[j, k] so that every
-//                       component is <= 0.
-//   out     (B, J)      natural-log densities
-// Backward inputs, transposed for contiguous reads per neuron:
-//   shift_t (J, B)      out * log2(e) - bound, per (neuron, sample)
-//   grad_t  (J, B)      incoming gradient
-// Outputs: grad_x (B, Kp) (optional) and sums (J, 3, Kp):
-//   sum_b R, sum_b R d, sum_b R d**2 with R the responsibility times the
-//   incoming gradient and d = x - loc.
+// Layout (row-major; the input axis is padded to kp, a multiple of the
+// vector width W, with components of weight zero):
+//   x        (B, kp)     inputs
+//   params   (J, 3, kp)  per neuron: loc, curv and const, where the log2
+//                        density of component k of neuron j at sample b is
+//                        const[j, k] + curv[j, k] * (x[b, k] - loc[j, k])**2,
+//                        curv = -log2(e) / (2 scale**2), and const is shifted
+//                        by bound[j] = max_k const[j, k] so that every
+//                        component is <= 0 (prepare())
+//   out      (B, J)      natural-log densities (forward)
+//   shift_t  (J, B)      log2 of each mixture relative to its bound (forward,
+//                        kept for the backward pass)
+//   grad_x   (B, kp)     (backward, optional)
+//   grads    (3, J, kp)  gradients of log_weights, loc and scale (backward)
 
 #include <cmath>
 #include <cstdint>
@@ -367,8 +366,7 @@ void backward_factors(int64_t B, int64_t J, const T* shift_t, const T* grad, T* 
 
 // Backward for the input columns [v0 * W, v1 * W), every neuron and sample.
 // Threads own disjoint columns of grad_x and of the parameter gradients, so
-// nothing is reduced across threads. grads (J, 3, kp) receives, per neuron,
-// the gradients of log_weights, loc and scale.
+// nothing is reduced across threads.
 template <typename T, bool NEED_X>
 void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* factor_t,
                       const T* offset_t, T* grad_x, T* grads, int64_t v0, int64_t v1) {
@@ -412,25 +410,27 @@ void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* par
                         store<V>(gx, load<V>(gx) + rd * neg_inv_var);
                     }
                 }
-                T* gj = grads + j * 3 * kp;
+                T* g0 = grads + j * kp + k;
+                T* g1 = g0 + J * kp;
+                T* g2 = g1 + J * kp;
                 if (b0 > 0) {
-                    s0 += load<V>(gj + k);
-                    s1 += load<V>(gj + kp + k);
-                    s2 += load<V>(gj + 2 * kp + k);
+                    s0 += load<V>(g0);
+                    s1 += load<V>(g1);
+                    s2 += load<V>(g2);
                 }
                 if (b1 < B) {
-                    store<V>(gj + k, s0);
-                    store<V>(gj + kp + k, s1);
-                    store<V>(gj + 2 * kp + k, s2);
+                    store<V>(g0, s0);
+                    store<V>(g1, s1);
+                    store<V>(g2, s2);
                 } else {
                     // d/d log_weight = R; d/d loc = R d / scale**2;
                     // d/d scale = R (d**2 / scale**2 - 1) / scale
                     const V inv_var = -neg_inv_var;
                     V inv_scale;
                     for (int i = 0; i < W; ++i) inv_scale[i] = std::sqrt(inv_var[i]);
-                    store<V>(gj + k, s0);
-                    store<V>(gj + kp + k, s1 * inv_var);
-                    store<V>(gj + 2 * kp + k, (s2 * inv_var - s0) * inv_scale);
+                    store<V>(g0, s0);
+                    store<V>(g1, s1 * inv_var);
+                    store<V>(g2, (s2 * inv_var - s0) * inv_scale);
                 }
             }
         }
@@ -443,8 +443,7 @@ void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* par
 // overflow (the caller then uses the clipping reference kernel), else 0.
 template <typename T>
 int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc, int64_t loc_sj,
-            int64_t loc_sk, const T* scale, const T* log_scale, const T* log_weights, T* params, T* bound,
-            double z_lim) {
+            int64_t loc_sk, const T* scale, const T* log_weights, T* params, T* bound, double z_lim) {
     const T log2e = T(1.4426950408889634074);
     const T half_log_2pi = T(0.91893853320467274178);
     // maxima for the clip check; the sums only detect NaN (max ignores it)
@@ -461,7 +460,8 @@ int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* lo
         T* ps = pc + kp;
         const T* lj = loc + j * loc_sj;
         const T* sj = scale + j * K;
-        const T* lsj = log_scale + j * K;
+        T* log2_scale = pc;  // borrowed: curv is written after its last read
+        log2_array<T>(sj, log2_scale, K);
         const T* lwj = log_weights + j * K;
         if (loc_sk == 1) {
             std::memcpy(pl, lj, K * sizeof(T));
@@ -472,7 +472,7 @@ int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* lo
 #pragma omp simd reduction(max : peak, loc_max, inv_max) reduction(+ : nan_probe)
         for (int64_t k = 0; k < K; ++k) {
             const T inv = T(1) / sj[k];
-            const T cst = (lwj[k] - lsj[k] - half_log_2pi) * log2e;
+            const T cst = (lwj[k] - half_log_2pi) * log2e - log2_scale[k];
             pc[k] = T(-0.5) * log2e * inv * inv;
             ps[k] = cst;
             peak = cst > peak ? cst : peak;
@@ -553,10 +553,9 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
 
 #define UGMM_EXPORT(T, SUFFIX)                                                                                 \
     int ugmm_fused_prepare_##SUFFIX(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc,     \
-                                    int64_t loc_sj, int64_t loc_sk, const T* scale, const T* log_scale,       \
-                                    const T* log_weights, T* params, T* bound, double z_lim) {                \
-        return prepare<T>(B, J, K, kp, x, loc, loc_sj, loc_sk, scale, log_scale, log_weights, params, bound,  \
-                          z_lim);                                                                             \
+                                    int64_t loc_sj, int64_t loc_sk, const T* scale, const T* log_weights,     \
+                                    T* params, T* bound, double z_lim) {                                      \
+        return prepare<T>(B, J, K, kp, x, loc, loc_sj, loc_sk, scale, log_weights, params, bound, z_lim);     \
     }                                                                                                          \
     void ugmm_fused_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,           \
                                      const T* bound, T* out, T* shift, int n_threads) {                       \
