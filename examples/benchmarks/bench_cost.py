@@ -13,7 +13,8 @@ Columns: trainable parameters; analytic forward cost per sample, as
 multiply/add FLOPs and exponentials (a uGMM component costs ``x - mu``,
 two multiplications, an addition, one exp and the accumulation: 5 FLOPs and
 one exp; a neuron adds one log; an MLP weight costs a multiply-add, 2
-FLOPs); one training step (cross-entropy, Adam, the stated batch), as the
+FLOPs); one training step (cross-entropy, Adam with its fused kernel as in
+the estimators, the stated batch), as the
 median over interleaved rounds of wall-clock time and of process CPU time
 (the CPU time is what to compare on a machine shared with other jobs);
 prediction time per 1000 rows (``torch.no_grad``, eval mode); and peak memory
@@ -116,7 +117,9 @@ def count_cost(name, variant):
 
 
 def make_step(model, X, y, batch):
-    return training_step(model, model.parameters(), X, y, batch)
+    # Adam's fused kernel where torch has one, as the estimators train
+    fused = torch.__version__ >= "2.4" or None
+    return training_step(model, model.parameters(), X, y, batch, fused=fused)
 
 
 def make_predict(model, X):

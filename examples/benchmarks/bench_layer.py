@@ -89,9 +89,9 @@ def make_trainer(variant, X, y, batch, device, seed=0):
     return training_step(model, net.parameters(), X, y, batch)
 
 
-def training_step(model, parameters, X, y, batch):
+def training_step(model, parameters, X, y, batch, **adam_options):
     """A closure doing one Adam step of cross-entropy on the next batch of ``X`` (cycling)."""
-    opt = torch.optim.Adam(parameters, lr=1e-3)
+    opt = torch.optim.Adam(parameters, lr=1e-3, **adam_options)
     batches = [(X[i : i + batch], y[i : i + batch]) for i in range(0, len(X) - batch + 1, batch)]
     state = {"i": 0}
 
