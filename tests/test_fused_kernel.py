@@ -236,6 +236,21 @@ def test_auto_keeps_small_problems_on_the_reference_kernel(monkeypatch):
     UGMMNet(4, (32,), 3)(torch.randn(128, 4))  # iris-sized
 
 
+@pytest.mark.parametrize("objective", ["discriminative", "generative"])
+def test_an_iris_fit_never_builds_the_fused_kernel(monkeypatch, objective):
+    from sklearn.datasets import load_iris
+    from sklearn.exceptions import ConvergenceWarning
+
+    from sklearn_ugmm import UGMMClassifier
+
+    monkeypatch.setattr(_fused, "load", lambda: pytest.fail("an iris fit must not load the fused kernel"))
+    X, y = load_iris(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = UGMMClassifier(objective=objective, max_iter=3, random_state=0).fit(X, y)
+    clf.predict_proba(X)
+
+
 @requires_fused
 def test_auto_uses_the_fused_kernel_for_large_problems(monkeypatch):
     calls = []

@@ -36,7 +36,7 @@ DEFAULT_BLOCK_ELEMENTS = 2**20
 KERNELS = ("auto", "fused", "reference")
 #: With ``kernel="auto"``, calls of fewer components (batch x out x in) use
 #: the reference kernel, so that small models never wait for the first build.
-AUTO_FUSED_MIN_COMPONENTS = 2**18
+AUTO_FUSED_MIN_COMPONENTS = 2**16
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -315,7 +315,7 @@ def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK
         the build fails, and silently for tensors on other devices (CUDA
         included: no GPU kernel yet) or of other dtypes, and for inputs so
         extreme that distances must be clipped. ``"auto"`` uses the fused
-        kernel for calls of at least 2**18 components (batch x out x in)
+        kernel for calls of at least 2**16 components (batch x out x in)
         when it is available, else the reference kernel, without a warning:
         small models never wait for the build.
 
