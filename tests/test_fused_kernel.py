@@ -1,7 +1,9 @@
 """The fused C++ kernel: exactness against the plain formula, routing and fallback."""
 
 import math
+import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -372,3 +374,12 @@ def test_small_calls_stay_on_one_thread(monkeypatch):
     assert _fused._threads(_fused.GRAIN_COMPONENTS * 2 - 1) == 1
     assert _fused._threads(_fused.GRAIN_COMPONENTS * 2) == 2
     assert _fused._threads(128 * 784 * 128) == 2  # never more than torch's thread count
+
+
+def test_an_unwritable_cache_falls_back_to_a_temporary_directory(monkeypatch, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocked))
+    path = _fused._cache_dir()
+    assert not str(path).startswith(str(blocked))
+    assert path.parent == Path(tempfile.gettempdir())

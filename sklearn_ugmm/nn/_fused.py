@@ -2,7 +2,9 @@
 
 ``_fused_kernel.cpp`` is plain C++ (no PyTorch headers), compiled once with
 the system C++ compiler into a shared library cached under
-``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) and called
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``; a per-user
+temporary directory when that is not writable), keyed by the source, the
+compiler, its flags and the CPU (``-march=native``), and called
 through :mod:`ctypes`. Its threads come from the OpenMP runtime PyTorch has
 already loaded, and each call uses at most ``torch.get_num_threads()`` of
 them, fewer for small problems.
@@ -60,20 +62,30 @@ def _cpu_signature():
 
 
 def _cache_dir():
+    """Torch's extension directory, or a per-user temporary one when that is not writable."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "torch_extensions"
     )
-    return Path(root) / "sklearn_ugmm_fused"
+    path = Path(root) / "sklearn_ugmm_fused"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"sklearn_ugmm_fused_{user}"
 
 
 def _build(compiler):
     source = _SOURCE.read_text()
+    cache = _cache_dir()
     errors = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(
             "\0".join([source, compiler, *flags, _cpu_signature()]).encode()
         ).hexdigest()[:20]
-        target = _cache_dir() / f"ugmm_fused_{key}.so"
+        target = cache / f"ugmm_fused_{key}.so"
         if target.exists():
             return target
         try:
@@ -82,12 +94,15 @@ def _build(compiler):
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
             cmd = [compiler, *flags, "-shared", "-fPIC", str(_SOURCE), "-o", tmp]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            if done.returncode == 0:
-                os.replace(tmp, target)
-                return target
-            os.unlink(tmp)
-            errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}")
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                if done.returncode == 0:
+                    os.replace(tmp, target)
+                    return target
+                errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}")
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         except (OSError, subprocess.SubprocessError) as exc:
             errors.append(f"{compiler} {' '.join(flags)}: {exc}")
     raise RuntimeError("; ".join(errors))
