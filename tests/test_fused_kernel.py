@@ -1,6 +1,7 @@
 """The fused C++ kernel: exactness against the plain formula, routing and fallback."""
 
 import math
+import platform
 import tempfile
 import warnings
 from pathlib import Path
@@ -383,3 +384,21 @@ def test_an_unwritable_cache_falls_back_to_a_temporary_directory(monkeypatch, tm
     path = _fused._cache_dir()
     assert not str(path).startswith(str(blocked))
     assert path.parent == Path(tempfile.gettempdir())
+
+
+@requires_fused
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction-set flags")
+@pytest.mark.parametrize("isa", [["-mavx2", "-mfma"], []], ids=["avx2", "x86-64"])
+def test_portable_builds_match_the_formula(unbuilt_kernel, isa):
+    # the generic exp2 (no AVX-512), as compiled for older or other CPUs
+    unbuilt_kernel.setattr(_fused, "_FLAG_SETS", (["-O3", "-std=gnu++17", *isa, "-fopenmp", "-Wno-psabi"],))
+    assert _fused.load() is not None, _fused.failure_reason()
+    for dtype in (torch.float32, torch.float64):
+        _assert_matches_formula(_inputs(37, 21, 7, dtype, seed=13))
+        x, loc, scale, logits = _inputs(12, 21, 3, dtype, seed=5)
+        with torch.no_grad():
+            x[::2] += 60.0  # the far path too
+            scale.fill_(1.0)
+        mask = torch.zeros(3, 21, dtype=torch.bool)
+        mask[:, 1::2] = True  # -inf weights
+        _assert_matches_formula([x, loc, scale, logits], mask=mask, rtol=1e-10 if dtype == torch.float64 else 1e-3)
