@@ -98,6 +98,11 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     tie_means : bool, default=False
         The paper's parameter tying: component means are the incoming
         activations and each neuron learns where to evaluate its mixture.
+    kernel : {"auto", "fused", "reference"}, default="auto"
+        Implementation of the uGMM layers; see
+        :func:`~sklearn_ugmm.nn.ugmm_log_density`. "auto" uses the fused
+        C++ kernel (built once on first use) for large layers and batches,
+        and falls back to the reference kernel without a compiler.
     standardize : bool, "yeo-johnson" or "auto", default="auto"
         Internal feature scaling, so that raw-scale data works. True:
         standardise each feature (weighted mean and standard deviation of
@@ -188,6 +193,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         "objective": [StrOptions({"discriminative", "generative"})],
         "learning_rate_init": [StrOptions({"auto"}), *BaseUGMM._parameter_constraints["learning_rate_init"]],
         "tie_means": ["boolean"],
+        "kernel": [StrOptions({"auto", "fused", "reference"})],
         "precision_penalty": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
         "averaging_epochs": [StrOptions({"auto"}), Interval(Real, 1, None, closed="left")],
         "standardize": ["boolean", StrOptions({"yeo-johnson", "auto"})],
@@ -211,6 +217,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         averaging_epochs="auto",
         dropout=0.0,
         tie_means=False,
+        kernel="auto",
         standardize="auto",
         device="cpu",
         callbacks=None,
@@ -275,7 +282,13 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
 
     def _objective(self, n_features, classes):
         return make_classifier_objective(
-            self.objective, n_features, self._hidden_sizes(), len(classes), dropout=self.dropout, tie_means=self.tie_means
+            self.objective,
+            n_features,
+            self._hidden_sizes(),
+            len(classes),
+            dropout=self.dropout,
+            tie_means=self.tie_means,
+            kernel=self.kernel,
         )
 
     def _targets(self, y, classes, *, continuing, incremental):

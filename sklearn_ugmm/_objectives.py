@@ -53,12 +53,13 @@ class _ClassifierObjective:
     #: history entry that early stopping watches (lower is better)
     validation_monitor = "valid_loss"
 
-    def __init__(self, n_features, hidden_sizes, n_classes, *, dropout, tie_means):
+    def __init__(self, n_features, hidden_sizes, n_classes, *, dropout, tie_means, kernel="auto"):
         self.n_features = n_features
         self.hidden_sizes = hidden_sizes
         self.n_classes = n_classes
         self.dropout = dropout
         self.tie_means = tie_means
+        self.kernel = kernel
 
     def new_module(self, generator):
         return self._net(*self._network_io(), generator)
@@ -84,7 +85,13 @@ class _ClassifierObjective:
 
     def _net(self, n_inputs, n_outputs, generator):
         return UGMMNet(
-            n_inputs, self.hidden_sizes, n_outputs, dropout=self.dropout, tie_means=self.tie_means, generator=generator
+            n_inputs,
+            self.hidden_sizes,
+            n_outputs,
+            dropout=self.dropout,
+            tie_means=self.tie_means,
+            kernel=self.kernel,
+            generator=generator,
         )
 
     def validation_score(self, module, X, packed):
@@ -162,10 +169,10 @@ class GenerativeObjective(_ClassifierObjective):
         return module.score_states(padded, index=X.shape[1], states=states)
 
 
-def make_classifier_objective(objective, n_features, hidden_sizes, n_classes, *, dropout, tie_means):
+def make_classifier_objective(objective, n_features, hidden_sizes, n_classes, *, dropout, tie_means, kernel="auto"):
     """The objective object named by ``UGMMClassifier(objective=...)``."""
     cls = {"discriminative": DiscriminativeObjective, "generative": GenerativeObjective}[objective]
-    return cls(n_features, hidden_sizes, n_classes, dropout=dropout, tie_means=tie_means)
+    return cls(n_features, hidden_sizes, n_classes, dropout=dropout, tie_means=tie_means, kernel=kernel)
 
 
 class DensityObjective:

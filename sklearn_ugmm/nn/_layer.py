@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._functional import DEFAULT_BLOCK_ELEMENTS, ugmm_log_density
+from ._functional import DEFAULT_BLOCK_ELEMENTS, KERNELS, ugmm_log_density
 
 __all__ = ["UGMMLayer"]
 
@@ -85,6 +85,9 @@ class UGMMLayer(nn.Module):
     block_elements : int, default=2**20
         Bound on the size of the (in, batch block, out) work tensors; see
         :func:`~sklearn_ugmm.nn.ugmm_log_density`.
+    kernel : {"auto", "fused", "reference"}, default="auto"
+        Implementation of the layer's log-density; see
+        :func:`~sklearn_ugmm.nn.ugmm_log_density`.
     generator : torch.Generator, optional
         Source of randomness for the initial parameters and the dropout
         masks; the global generator when None.
@@ -126,6 +129,7 @@ class UGMMLayer(nn.Module):
         tie_means=False,
         min_scale=1e-3,
         block_elements=DEFAULT_BLOCK_ELEMENTS,
+        kernel="auto",
         generator=None,
         device=None,
         dtype=None,
@@ -137,6 +141,8 @@ class UGMMLayer(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not min_scale > 0:
             raise ValueError(f"min_scale must be positive, got {min_scale}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         factory = {"device": device, "dtype": dtype}
         self.in_features = int(in_features)
         self.out_features = int(out_features)
@@ -144,6 +150,7 @@ class UGMMLayer(nn.Module):
         self.tie_means = bool(tie_means)
         self.min_scale = float(min_scale)
         self.block_elements = int(block_elements)
+        self.kernel = kernel
         self.generator = generator
         loc_shape = (out_features,) if tie_means else (out_features, in_features)
         self.loc = nn.Parameter(torch.empty(loc_shape, **factory))
@@ -275,6 +282,7 @@ class UGMMLayer(nn.Module):
             self.scale,
             self.log_weights(),
             block_elements=self.block_elements,
+            kernel=getattr(self, "kernel", "auto"),  # layers pickled before the option
         )
 
     def extra_repr(self):

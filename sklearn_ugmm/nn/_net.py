@@ -36,8 +36,8 @@ class UGMMNet(GeneratorMixin, nn.Module):
         Neurons in the output layer.
     **layer_options
         Passed to every :class:`UGMMLayer` (``dropout``, ``tie_means``,
-        ``min_scale``, ``block_elements``, ``generator``, ``device``,
-        ``dtype``).
+        ``min_scale``, ``block_elements``, ``kernel``, ``generator``,
+        ``device``, ``dtype``).
 
     Attributes
     ----------
@@ -141,7 +141,9 @@ class UGMMNet(GeneratorMixin, nn.Module):
         if n_inputs > 1 and bool(torch.isfinite(log_w).sum(dim=1).gt(1).all()):
             rest_w = log_w.clone()
             rest_w[:, index] = -math.inf
-            rest = ugmm_log_density(X, loc, scale, rest_w, block_elements=first.block_elements)
+            rest = ugmm_log_density(
+                X, loc, scale, rest_w, block_elements=first.block_elements, kernel=getattr(first, "kernel", "auto")
+            )
             h = torch.logaddexp(rest[:, None, :], varying[None, :, :])
         else:
             # no other live component: recompute the layer row by row
