@@ -321,14 +321,58 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
             # a class too small to stratify: fall back to a plain random split
             return train_test_split(indices, test_size=self.validation_fraction, random_state=seed)
 
-    def _log_proba(self, X):
+    def _reduced_class_scores(self, X, reduce):
+        """``reduce(class scores)`` of the rows of X, in float64 batches."""
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         objective = self._fitted_objective()
         return self._batched(
-            lambda module, rows: torch.log_softmax(objective.class_scores(module, rows), dim=1),
+            lambda module, rows: reduce(objective.class_scores(module, rows)),
             X,
             prepare=lambda rows: _network_features(self.scaler_, rows, dtype=np.float64),
         )
+
+    def _log_proba(self, X):
+        return self._reduced_class_scores(X, lambda scores: torch.log_softmax(scores, dim=1))
+
+    def score_samples(self, X):
+        """Log of the model's total score of each sample, summed over the classes.
+
+        Generative objective: ``log sum_y exp root(x, y)``, the root neuron's
+        joint score of (x, label) summed over the label values.
+        Discriminative objective: ``log sum_c exp out_c(x)``, the log-sum-exp
+        of the output neurons' log-densities. Both are computed on the
+        internally scaled inputs (``scaler_.transform(X)``).
+
+        This is **not** a normalised density: its integral over the inputs is
+        not one (for more than one feature it diverges), and no Jacobian of
+        the internal scaling is added. It is a score for ranking inputs by
+        how typical they are for the fitted model -- novelty and
+        out-of-distribution detection (a low score flags an unusual input);
+        compare scores of one fitted model only. For a normalised density
+        use :class:`~sklearn_ugmm.UGMMDensityEstimator`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The input samples.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+            The log of the total score of each sample (float64).
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_iris
+        >>> from sklearn_ugmm import UGMMClassifier
+        >>> X, y = load_iris(return_X_y=True)
+        >>> clf = UGMMClassifier(max_iter=30, random_state=0).fit(X, y)
+        >>> far = X[:1] + 100.0
+        >>> bool(clf.score_samples(far)[0] < clf.score_samples(X).min())
+        True
+        """
+        check_is_fitted(self)
+        return self._reduced_class_scores(X, lambda scores: torch.logsumexp(scores, dim=1))
 
     def predict_log_proba(self, X):
         """Log of class probabilities.
