@@ -4,6 +4,7 @@ import math
 from numbers import Integral
 
 import numpy as np
+import torch
 from sklearn.base import DensityMixin, _fit_context
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -11,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import BaseUGMM, _torch_generator, local_random_state
 from ._objectives import DensityObjective
+from .nn._autoregressive import unsupported_missing
 
 __all__ = ["UGMMDensityEstimator"]
 
@@ -257,21 +259,71 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
     def score_samples(self, X):
         """Log-density of each sample, in the original feature space.
 
+        Missing entries (NaN) are integrated out exactly where the
+        autoregressive factorisation allows it: when a sample's missing
+        features all come after its observed ones in the variable order
+        (``order``; the feature order by default), its score is the exact
+        marginal log-density of its observed features,
+        ``log p(x_order[:m]) = sum_{i < m} log p(x_order[i] | x_order[:i])``.
+        Any other pattern of missing entries raises a ValueError; there is
+        no silent approximation. (``fit`` needs complete data.)
+
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            The input samples.
+            The input samples; NaN marks a missing entry.
 
         Returns
         -------
         log_density : ndarray of shape (n_samples,)
-            ``log p(x)``, including the log-Jacobian of the internal
-            standardisation.
+            ``log p(x)`` (of the observed features of a sample with missing
+            entries; 0 for a sample with none observed), including the
+            log-Jacobian of the internal standardisation of those features.
+
+        Raises
+        ------
+        ValueError
+            If a sample misses a feature that comes before one of its
+            observed features in the variable order.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_ugmm import UGMMDensityEstimator
+        >>> X = np.random.RandomState(0).normal(size=(200, 2))
+        >>> est = UGMMDensityEstimator(hidden_layer_sizes=(8,), max_iter=20, random_state=0).fit(X)
+        >>> est.score_samples([[0.5, np.nan]]).shape  # log p(x_0), x_1 integrated out
+        (1,)
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        log_density = self._batched(lambda module, rows: module.log_prob(rows), X, prepare=self._clipped_scaled)
-        return log_density - np.sum(np.log(self.scaler_.scale_))
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32), ensure_all_finite="allow-nan")
+        missing = np.isnan(X)
+        log_jacobian = np.log(self.scaler_.scale_)
+        if not missing.any():
+            log_density = self._batched(lambda module, rows: module.log_prob(rows), X, prepare=self._clipped_scaled)
+            return log_density - np.sum(log_jacobian)
+        self._check_missing_pattern(missing)
+        log_density = self._batched(
+            lambda module, rows: module.marginal_log_prob(rows), X, prepare=self._clipped_scaled
+        )
+        incomplete = missing.any(axis=1)
+        return log_density - np.where(incomplete, (~missing).astype(np.float64) @ log_jacobian, np.sum(log_jacobian))
+
+    def _check_missing_pattern(self, missing):
+        """Raise a ValueError unless every row's missing features come after its observed ones in the order."""
+        order = self.module_.order.cpu().numpy()
+        observed_in_order = torch.as_tensor(~missing[:, order])
+        bad = np.flatnonzero(unsupported_missing(observed_in_order).numpy())
+        if len(bad):
+            row = bad[0]
+            raise ValueError(
+                "UGMMDensityEstimator.score_samples supports missing values (NaN) only when each "
+                "sample's missing features all come after its observed ones in the variable order "
+                f"(order={order.tolist()}): the observed features must be order[:m] for some m, where "
+                f"the marginal density is exact. Sample {row} has the pattern "
+                f"{['observed' if not m else 'NaN' for m in missing[row]]}; {len(bad)} sample(s) have "
+                "unsupported patterns. Reorder the features with the order parameter, or impute."
+            )
 
     def score(self, X, y=None):
         """Mean log-likelihood per sample (GaussianMixture's convention).

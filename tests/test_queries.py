@@ -79,3 +79,137 @@ def test_classifier_score_samples_checks_fitted_and_input(iris):
     clf = UGMMClassifier(**FAST).fit(X, y)
     with pytest.raises(ValueError, match="features"):
         clf.score_samples(X[:, :3])
+
+
+# ---------------------------------------------------------------- density: marginals with NaN
+DENSITY_FAST = dict(hidden_layer_sizes=(8,), max_iter=30, random_state=0)
+
+
+def _skewed_3d(n=300, seed=0):
+    rng = np.random.RandomState(seed)
+    a = rng.normal(size=n)
+    b = 0.8 * a + 0.6 * np.abs(rng.normal(size=n))
+    c = np.where(rng.rand(n) < 0.4, -1.5, 1.0) + 0.5 * b + 0.3 * rng.normal(size=n)
+    return np.column_stack([10.0 + 3.0 * a, -5.0 + 0.1 * b, c])
+
+
+def _grid(column, n_points):
+    return np.linspace(column.mean() - 10 * column.std(), column.mean() + 10 * column.std(), n_points)
+
+
+def _integrated_log_density(est, point, axes, grids):
+    """log of the full density at ``point`` integrated numerically over the features ``axes``."""
+    mesh = np.meshgrid(*grids, indexing="ij")
+    rows = np.repeat(np.asarray(point, dtype=np.float64)[None, :], mesh[0].size, axis=0)
+    for axis, values in zip(axes, mesh):
+        rows[:, axis] = values.ravel()
+    density = np.exp(est.score_samples(rows)).reshape(mesh[0].shape)
+    for grid in reversed(grids):
+        density = np.trapezoid(density, grid, axis=-1)
+    return np.log(density)
+
+
+@pytest.mark.parametrize("order", [None, [1, 0]])
+def test_density_marginal_matches_numerical_integration_in_2d(order):
+    from sklearn_ugmm import UGMMDensityEstimator
+
+    X = _skewed_3d()[:, :2]
+    est = UGMMDensityEstimator(order=order, **DENSITY_FAST).fit(X)
+    last = 1 if order is None else 0  # the variable that comes last in the order
+    points = X[:5].copy()
+    queries = points.copy()
+    queries[:, last] = np.nan
+    expected = [_integrated_log_density(est, p, [last], [_grid(X[:, last], 4001)]) for p in points]
+    np.testing.assert_allclose(est.score_samples(queries), expected, atol=1e-6)
+
+
+def test_density_marginal_matches_numerical_integration_in_3d():
+    from sklearn_ugmm import UGMMDensityEstimator
+
+    X = _skewed_3d()
+    est = UGMMDensityEstimator(**DENSITY_FAST).fit(X)
+    points = X[:3]
+    one_missing, two_missing = points.copy(), points.copy()
+    one_missing[:, 2] = np.nan
+    two_missing[:, 1:] = np.nan
+    expected_one = [_integrated_log_density(est, p, [2], [_grid(X[:, 2], 4001)]) for p in points]
+    grids = [_grid(X[:, 1], 301), _grid(X[:, 2], 301)]
+    expected_two = [_integrated_log_density(est, p, [1, 2], grids) for p in points]
+    np.testing.assert_allclose(est.score_samples(one_missing), expected_one, atol=1e-6)
+    np.testing.assert_allclose(est.score_samples(two_missing), expected_two, atol=1e-6)
+
+
+def test_density_rows_without_nan_are_unchanged_and_all_missing_scores_zero():
+    from sklearn_ugmm import UGMMDensityEstimator
+
+    X = _skewed_3d()
+    est = UGMMDensityEstimator(**DENSITY_FAST).fit(X)
+    full = est.score_samples(X)
+    mixed = X.copy()
+    mixed[::3, 2] = np.nan
+    mixed[1::3, 1:] = np.nan
+    scores = est.score_samples(mixed)
+    # rows 2, 5, 8, ... are complete: bit for bit what they score without NaN in the batch
+    np.testing.assert_array_equal(scores[2::3], full[2::3])
+    # the incomplete rows score their marginals, not the full density
+    assert np.all(scores[::3] != full[::3]) and np.all(scores[1::3] != full[1::3])
+    assert est.score_samples(np.full((2, 3), np.nan)).tolist() == [0.0, 0.0]
+
+
+def test_density_marginal_is_the_sum_of_leading_conditionals():
+    from sklearn_ugmm import UGMMDensityEstimator
+
+    X = _skewed_3d()
+    est = UGMMDensityEstimator(order=[2, 0, 1], **DENSITY_FAST).fit(X)
+    module = copy.deepcopy(est.module_).double().eval()
+    Xs = torch.as_tensor(est.scaler_.transform(X[:20]), dtype=torch.float64)
+    with torch.no_grad():
+        conditionals = module.log_prob_conditionals(Xs).numpy()  # in the order 2, 0, 1
+    log_scale = np.log(est.scaler_.scale_)
+    queries = X[:20].copy()
+    queries[:, 1] = np.nan  # the last variable of the order
+    expected = conditionals[:, :2].sum(axis=1) - log_scale[2] - log_scale[0]
+    np.testing.assert_allclose(est.score_samples(queries), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("order, missing_column", [(None, 0), (None, 1), ([2, 0, 1], 2), ([2, 0, 1], 0)])
+def test_density_unsupported_missing_patterns_raise(order, missing_column):
+    from sklearn_ugmm import UGMMDensityEstimator
+
+    X = _skewed_3d()
+    est = UGMMDensityEstimator(order=order, **DENSITY_FAST).fit(X)
+    queries = X[:4].copy()
+    queries[2, missing_column] = np.nan
+    with pytest.raises(ValueError, match=r"come after its observed ones in the variable order.*Sample 2"):
+        est.score_samples(queries)
+
+
+def test_density_fit_still_rejects_nan_and_inf_is_rejected_at_score_time():
+    from sklearn_ugmm import UGMMDensityEstimator
+
+    X = _skewed_3d()
+    X_nan = X.copy()
+    X_nan[0, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        UGMMDensityEstimator(**DENSITY_FAST).fit(X_nan)
+    est = UGMMDensityEstimator(**DENSITY_FAST).fit(X)
+    assert not est.__sklearn_tags__().input_tags.allow_nan
+    X_inf = X[:3].copy()
+    X_inf[0, 2] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        est.score_samples(X_inf)
+
+
+def test_module_marginal_log_prob_refuses_unsupported_patterns():
+    from sklearn_ugmm.nn import AutoregressiveUGMM
+
+    model = AutoregressiveUGMM(3, (8,), order=[1, 2, 0]).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    suffix_missing = x.clone()
+    suffix_missing[:, 0] = float("nan")  # last in the order
+    conditionals = model.log_prob_conditionals(x)
+    torch.testing.assert_close(model.marginal_log_prob(suffix_missing), conditionals[:, :2].sum(dim=1))
+    torch.testing.assert_close(model.marginal_log_prob(x), model.log_prob(x), rtol=0, atol=0)
+    x[1, 2] = float("nan")  # second in the order, before the observed x_0
+    with pytest.raises(ValueError, match="come after all its observed ones"):
+        model.marginal_log_prob(x)

@@ -434,6 +434,44 @@ class AutoregressiveUGMM(GeneratorMixin, nn.Module):
         """
         return self.log_prob_conditionals(x).sum(dim=1)
 
+    def marginal_log_prob(self, x):
+        """Log-density of the observed entries of each sample; NaN marks a missing entry.
+
+        When a sample's missing variables all come after its observed ones in
+        ``order`` (the observed ones are ``order[:m]``), the marginal density
+        of the observed ones is exactly the product of their conditionals,
+        ``p(x_order[:m]) = prod_{i < m} p(x_order[i] | x_order[:i])``: the
+        missing variables integrate out of the later conditionals, each of
+        which integrates to one. Other patterns have no such closed form and
+        raise a ValueError.
+
+        Parameters
+        ----------
+        x : Tensor of shape (batch, n_features)
+            Samples, in the original feature order; NaN where missing.
+
+        Returns
+        -------
+        log_prob : Tensor of shape (batch,)
+            ``log p(observed entries)``; 0 for a sample with no observed
+            entry. Samples without NaN get :meth:`log_prob`.
+
+        Raises
+        ------
+        ValueError
+            If a sample misses a variable that comes before one of its
+            observed variables in ``order``.
+        """
+        observed = ~torch.isnan(x)
+        observed_o = observed[:, self.order]
+        if bool(unsupported_missing(observed_o).any()):
+            raise ValueError(
+                "marginal_log_prob needs each sample's missing variables (NaN) to come after all "
+                "its observed ones in the variable order."
+            )
+        conditionals = self.log_prob_conditionals(torch.where(observed, x, torch.zeros_like(x)))
+        return torch.where(observed_o, conditionals, torch.zeros_like(conditionals)).sum(dim=1)
+
     def forward(self, x):
         """Log-density of each sample (same as :meth:`log_prob`).
 
@@ -649,6 +687,22 @@ class AutoregressiveUGMM(GeneratorMixin, nn.Module):
             f"n_features={self.n_features}, hidden_layer_sizes={self.hidden_layer_sizes}, "
             f"n_free_components={self.n_free_components}, min_scale={self.min_scale}"
         )
+
+
+def unsupported_missing(observed_in_order):
+    """Rows whose observed entries are not a prefix of the variable order.
+
+    Parameters
+    ----------
+    observed_in_order : bool Tensor of shape (batch, n_features)
+        Which variables each row observes, in the variable order.
+
+    Returns
+    -------
+    unsupported : bool Tensor of shape (batch,)
+        True where a missing variable comes before an observed one.
+    """
+    return (observed_in_order[:, 1:] & ~observed_in_order[:, :-1]).any(dim=1)
 
 
 def _safe_cholesky(C):
