@@ -213,3 +213,104 @@ def test_module_marginal_log_prob_refuses_unsupported_patterns():
     x[1, 2] = float("nan")  # second in the order, before the observed x_0
     with pytest.raises(ValueError, match="come after all its observed ones"):
         model.marginal_log_prob(x)
+
+
+# ---------------------------------------------------------------- missing inputs in the uGMM layers
+def _dropped_component_reference(layer, x, observed):
+    """Each neuron's mixture with the missing inputs' components removed and the rest renormalised, row by row."""
+    loc, scale, logits = layer.component_loc.detach(), layer.scale.detach(), layer.logits.detach()
+    rows = []
+    for b in range(x.shape[0]):
+        k = torch.nonzero(observed[b]).reshape(-1)
+        log_w = torch.log_softmax(logits[:, k], dim=1)  # the weights renormalised over the observed inputs
+        normal = torch.distributions.Normal(loc[:, k], scale[:, k])
+        rows.append(torch.logsumexp(log_w + normal.log_prob(x[b, k]), dim=1))
+    return torch.stack(rows)
+
+
+def _with_missing(shape, fraction, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    missing = torch.rand(shape, generator=generator) < fraction
+    missing[:, 0] &= missing[:, 1:].all(dim=1).logical_not()  # every row keeps an input
+    missing[0] = False  # one complete row
+    return x.masked_fill(missing, float("nan")), ~missing
+
+
+@pytest.mark.parametrize("tie_means", [False, True])
+def test_layer_forward_observed_matches_the_dropped_component_formula(tie_means):
+    from sklearn_ugmm.nn import UGMMLayer
+
+    layer = UGMMLayer(6, 4, tie_means=tie_means, generator=torch.Generator().manual_seed(0)).double().eval()
+    with torch.no_grad():
+        layer.logits.copy_(torch.randn(4, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    x, observed = _with_missing((40, 6), 0.4, seed=2)
+    out = layer.forward_observed(x, observed)
+    torch.testing.assert_close(out, _dropped_component_reference(layer, x, observed), rtol=1e-12, atol=1e-12)
+    # the complete rows are exactly the layer's ordinary output on them
+    complete = observed.all(dim=1)
+    assert torch.equal(out[complete], layer(x[complete]))
+
+
+def test_net_forward_with_nan_is_the_dropped_component_first_layer_then_the_rest():
+    from sklearn_ugmm.nn import UGMMNet
+
+    net = UGMMNet(5, (7,), 3, generator=torch.Generator().manual_seed(0)).double().eval()
+    x, observed = _with_missing((30, 5), 0.3, seed=3)
+    first = _dropped_component_reference(net.layers[0], x, observed)
+    expected = net.layers[1](first)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), expected, rtol=1e-12, atol=1e-12)
+        complete = observed.all(dim=1)
+        torch.testing.assert_close(net(x)[complete], net(x[complete]), rtol=1e-13, atol=1e-13)
+
+
+def test_forward_observed_gradients_and_training_dropout():
+    from sklearn_ugmm.nn import UGMMNet
+
+    net = UGMMNet(4, (5,), 2, dropout=0.5, generator=torch.Generator().manual_seed(0)).double()
+    x, observed = _with_missing((12, 4), 0.5, seed=4)
+    net.eval()
+    first = net.layers[0]
+    torch.autograd.gradcheck(
+        lambda loc, logits: _layer_with(first, loc, logits, x, observed),
+        (first.loc.detach().clone().requires_grad_(), first.logits.detach().clone().requires_grad_()),
+    )
+    net.train()  # dropout may remove every observed component of a neuron: it then keeps them all
+    for _ in range(20):
+        out = net(x)
+        assert torch.isfinite(out).all()
+        out.sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def _layer_with(layer, loc, logits, x, observed):
+    from sklearn_ugmm.nn import ugmm_observed_parts
+
+    keep = observed[:, None, :]
+    numerator, log_mass = ugmm_observed_parts(x, keep, loc, layer.scale, torch.log_softmax(logits, dim=1))
+    return numerator - log_mass
+
+
+def test_score_states_with_nan_matches_forward_with_the_state_filled_in():
+    from sklearn_ugmm.nn import UGMMNet
+
+    net = UGMMNet(4, (6,), 1, generator=torch.Generator().manual_seed(0)).double().eval()
+    x, _ = _with_missing((25, 4), 0.3, seed=5)
+    x[:, 3] = 0.0  # the state column is never missing
+    states = torch.tensor([-1.0, 0.0, 1.5], dtype=torch.float64)
+    with torch.no_grad():
+        scores = net.score_states(x, index=3, states=states)
+        for s, value in enumerate(states):
+            filled = x.clone()
+            filled[:, 3] = value
+            torch.testing.assert_close(scores[:, s], net(filled)[:, 0], rtol=1e-10, atol=1e-10)
+
+
+def test_forward_observed_needs_an_observed_input_per_row():
+    from sklearn_ugmm.nn import UGMMLayer
+
+    layer = UGMMLayer(3, 2)
+    x = torch.tensor([[1.0, float("nan"), 2.0], [float("nan")] * 3])
+    with pytest.raises(ValueError, match="at least one observed input"):
+        layer.forward_observed(x, ~torch.isnan(x))

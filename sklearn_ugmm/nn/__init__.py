@@ -1,6 +1,6 @@
 """The uGMM-NN in plain PyTorch: usable without the scikit-learn estimators."""
 
-from ._functional import DEFAULT_BLOCK_ELEMENTS, ugmm_log_density, ugmm_log_density_reference
+from ._functional import DEFAULT_BLOCK_ELEMENTS, ugmm_log_density, ugmm_log_density_reference, ugmm_observed_parts
 from ._autoregressive import AutoregressiveUGMM, MaskedUGMMLayer
 from ._layer import UGMMLayer
 from ._net import UGMMNet
@@ -13,4 +13,5 @@ __all__ = [
     "UGMMNet",
     "ugmm_log_density",
     "ugmm_log_density_reference",
+    "ugmm_observed_parts",
 ]

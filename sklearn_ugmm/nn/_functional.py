@@ -24,6 +24,7 @@ from . import _fused
 
 __all__ = [
     "ugmm_log_density",
+    "ugmm_observed_parts",
     "ugmm_log_density_reference",
     "DEFAULT_BLOCK_ELEMENTS",
     "KERNELS",
@@ -375,3 +376,67 @@ def _fused_applies(x, loc, scale, log_weights, kernel):
             )
         return False
     return True
+
+
+def ugmm_observed_parts(x, keep, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK_ELEMENTS):
+    """The two sums of a uGMM layer restricted, per sample, to some components.
+
+    For ``K[b, j] = {k : keep[b, j, k]}``::
+
+        numerator[b, j] = logsumexp_{k in K[b, j]}( log_weights[j, k]
+                                                    + log N(x[b, k] | loc[j, k], scale[j, k]^2) )
+        log_mass[b, j]  = logsumexp_{k in K[b, j]} log_weights[j, k]
+
+    so that ``numerator - log_mass`` is neuron ``j``'s mixture renormalised
+    over the kept components (for missing inputs: keep the observed ones).
+    Entries of ``x`` outside the kept components are never read into the
+    result (NaN there is fine). This is the plain formula, materialised one
+    block of rows (at most ``block_elements`` elements of (rows, out, in))
+    at a time, with ordinary autograd; standardised distances are clipped
+    at ``finfo(dtype).max ** 0.25`` as in :func:`ugmm_log_density`. Both
+    sums are ``-inf`` where nothing is kept.
+
+    Parameters
+    ----------
+    x : Tensor of shape (batch, in)
+        Inputs.
+    keep : bool Tensor broadcastable to (batch, out, in)
+        Which components count for each sample (and neuron).
+    loc, scale, log_weights : Tensor of shape (out, in)
+        Component means, standard deviations and log mixing weights.
+    block_elements : int, default=2**20
+        Upper bound on the elements of one (rows, out, in) block.
+
+    Returns
+    -------
+    numerator, log_mass : Tensor of shape (batch, out)
+        The two sums above.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_ugmm.nn import ugmm_observed_parts
+    >>> x = torch.tensor([[0.5, float("nan")]])
+    >>> keep = ~torch.isnan(x)[:, None, :]
+    >>> log_w = torch.log(torch.tensor([[0.25, 0.75]]))
+    >>> num, mass = ugmm_observed_parts(x, keep, torch.zeros(1, 2), torch.ones(1, 2), log_w)
+    >>> round(float(num - mass), 4)  # log N(0.5 | 0, 1): the only observed component
+    -1.0439
+    """
+    n_batch, n_in = x.shape
+    n_out = log_weights.shape[0]
+    keep = keep.expand(n_batch, n_out, n_in)
+    filled = torch.where(keep.any(dim=1), x, torch.zeros_like(x))
+    limit = _z_limit(x.dtype)
+    peak = log_weights - torch.log(scale) - _HALF_LOG_2PI
+    rows = _block_rows(n_in, n_out, block_elements)
+    numerators, masses = [], []
+    for start in range(0, n_batch, rows):
+        dropped = ~keep[start : start + rows]
+        z = ((filled[start : start + rows, None, :] - loc) / scale).clamp(-limit, limit)
+        numerators.append(torch.logsumexp((peak - 0.5 * z * z).masked_fill(dropped, -math.inf), dim=-1))
+        masses.append(torch.logsumexp(log_weights.masked_fill(dropped, -math.inf), dim=-1))
+    if not numerators:
+        empty = x.new_empty((0, n_out))
+        return empty, empty
+    return torch.cat(numerators), torch.cat(masses)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._functional import DEFAULT_BLOCK_ELEMENTS, KERNELS, ugmm_log_density
+from ._functional import DEFAULT_BLOCK_ELEMENTS, KERNELS, ugmm_log_density, ugmm_observed_parts
 
 __all__ = ["UGMMLayer"]
 
@@ -285,8 +285,75 @@ class UGMMLayer(nn.Module):
             kernel=getattr(self, "kernel", "auto"),  # layers pickled before the option
         )
 
+    def forward_observed(self, x, observed):
+        """Layer output when only some inputs of each sample are observed.
+
+        Each neuron drops the components of a sample's missing inputs and
+        renormalises its mixture over the observed ones (the paper's
+        component dropout, applied per sample)::
+
+            out[b, j] = logsumexp_{k observed}( log w[j, k] + log N(x[b, k] | loc[j, k], scale[j, k]**2) )
+                        - logsumexp_{k observed} log w[j, k]
+
+        Samples with every input observed go through :meth:`forward`'s
+        kernel (the fused one where it applies); the others through the
+        plain, row-blocked formula (:func:`~sklearn_ugmm.nn.ugmm_observed_parts`).
+        In training mode the components removed by dropout are dropped
+        too, with one dropout mask for the whole batch; a neuron that would
+        be left with no component for a sample keeps all its observed ones.
+
+        Parameters
+        ----------
+        x : Tensor of shape (batch, in_features)
+            Input activations; entries that are not observed are ignored
+            (NaN is fine).
+        observed : bool Tensor of shape (batch, in_features)
+            Which inputs each sample has; every sample needs at least one.
+
+        Returns
+        -------
+        out : Tensor of shape (batch, out_features)
+            Output log-density of each neuron.
+        """
+        if x.dim() != 2 or x.shape[1] != self.in_features or observed.shape != x.shape:
+            raise ValueError(
+                f"expected input and observed mask of shape (batch, {self.in_features}), "
+                f"got {tuple(x.shape)} and {tuple(observed.shape)}"
+            )
+        observed = observed.to(device=x.device, dtype=torch.bool)
+        if not bool(observed.any(dim=1).all()):
+            raise ValueError("every sample needs at least one observed input")
+        log_weights = self.log_weights()
+        complete = observed.all(dim=1)
+        out = x.new_empty((x.shape[0], self.out_features))
+        if bool(complete.any()):
+            out[complete] = ugmm_log_density(
+                x[complete], self.component_loc, self.scale, log_weights,
+                block_elements=self.block_elements, kernel=getattr(self, "kernel", "auto"),
+            )
+        incomplete = ~complete
+        if bool(incomplete.any()):
+            keep = _kept_components(observed[incomplete], log_weights)
+            numerator, log_mass = ugmm_observed_parts(
+                x[incomplete], keep, self.component_loc, self.scale, torch.log_softmax(self.logits, dim=1),
+                block_elements=self.block_elements,
+            )
+            out[incomplete] = numerator - log_mass
+        return out
+
     def extra_repr(self):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"dropout={self.dropout}, tie_means={self.tie_means}, min_scale={self.min_scale}"
         )
+
+
+def _kept_components(observed, log_weights):
+    """(batch, out, in) mask of the components each neuron keeps for each sample.
+
+    The observed inputs' components that ``log_weights`` has not removed
+    (dropout); a neuron left with none for a sample keeps all its observed ones.
+    """
+    keep = observed[:, None, :] & torch.isfinite(log_weights)[None]
+    lost = ~keep.any(dim=2, keepdim=True)
+    return keep | (lost & observed[:, None, :])

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._functional import _HALF_LOG_2PI, ugmm_log_density
+from ._functional import _HALF_LOG_2PI, ugmm_log_density, ugmm_observed_parts
 from ._layer import GeneratorMixin, UGMMLayer
 
 __all__ = ["INIT_MAX_SAMPLES", "UGMMNet", "evenly_spaced_rows"]
@@ -74,17 +74,27 @@ class UGMMNet(GeneratorMixin, nn.Module):
     def forward(self, x):
         """Pass ``x`` through the layers in turn.
 
+        NaN in ``x`` marks a missing input: the first layer drops its
+        components and renormalises each neuron over the observed inputs
+        (:meth:`UGMMLayer.forward_observed`); every sample needs at least
+        one observed input.
+
         Parameters
         ----------
         x : Tensor of shape (batch, n_inputs)
-            Input variables.
+            Input variables; NaN where missing.
 
         Returns
         -------
         out : Tensor of shape (batch, n_outputs)
             Log-density of each output neuron.
         """
-        for layer in self.layers:
+        missing = torch.isnan(x)
+        if bool(missing.any()):
+            x = self.layers[0].forward_observed(x, ~missing)
+        else:
+            x = self.layers[0](x)
+        for layer in self.layers[1:]:
             x = layer(x)
         return x
 
@@ -107,10 +117,14 @@ class UGMMNet(GeneratorMixin, nn.Module):
         on input ``index`` (computed once per sample) and the single component
         that does (computed once per state).
 
+        NaN in the other columns marks missing inputs, as in :meth:`forward`:
+        the first layer's mixtures are renormalised over each sample's
+        observed inputs and the state's component.
+
         Parameters
         ----------
         X : Tensor of shape (batch, n_inputs)
-            Inputs; column ``index`` is ignored.
+            Inputs; column ``index`` is ignored, NaN elsewhere is missing.
         index : int
             The input variable to set.
         states : Tensor of shape (n_states,)
@@ -141,15 +155,16 @@ class UGMMNet(GeneratorMixin, nn.Module):
         if n_inputs > 1 and bool(torch.isfinite(log_w).sum(dim=1).gt(1).all()):
             rest_w = log_w.clone()
             rest_w[:, index] = -math.inf
-            rest = ugmm_log_density(
-                X, loc, scale, rest_w, block_elements=first.block_elements, kernel=getattr(first, "kernel", "auto")
-            )
+            rest = _rest_of_mixture(X, index, loc, scale, rest_w, first)
             h = torch.logaddexp(rest[:, None, :], varying[None, :, :])
+            h = _renormalise_over_observed(h, X, index, log_w)
         else:
             # no other live component: recompute the layer row by row
             X_rep = X.repeat_interleave(n_states, dim=0).clone()
             X_rep[:, index] = states.repeat(n_batch)
-            h = first(X_rep).reshape(n_batch, n_states, -1)
+            missing = torch.isnan(X_rep)
+            h = first.forward_observed(X_rep, ~missing) if bool(missing.any()) else first(X_rep)
+            h = h.reshape(n_batch, n_states, -1)
         h = h.reshape(n_batch * n_states, -1)
         for layer in self.layers[1:]:
             h = layer(h)
@@ -287,6 +302,40 @@ class UGMMNet(GeneratorMixin, nn.Module):
         last = self.layers[-1]
         high = torch.quantile(h, torch.tensor(quantile, dtype=h.dtype), dim=0)
         last.loc.copy_(high.expand_as(last.loc).to(last.loc.dtype))
+
+
+def _rest_of_mixture(X, index, loc, scale, rest_w, layer):
+    """First-layer mixture sums without component ``index``, over each row's observed inputs (NaN: missing)."""
+    kernel = getattr(layer, "kernel", "auto")
+    observed = ~torch.isnan(X)
+    observed[:, index] = True
+    incomplete = ~observed.all(dim=1)
+    if not bool(incomplete.any()):
+        return ugmm_log_density(X, loc, scale, rest_w, block_elements=layer.block_elements, kernel=kernel)
+    rest = X.new_empty((X.shape[0], loc.shape[0]))
+    complete = ~incomplete
+    if bool(complete.any()):
+        rest[complete] = ugmm_log_density(
+            X[complete], loc, scale, rest_w, block_elements=layer.block_elements, kernel=kernel
+        )
+    numerator, _ = ugmm_observed_parts(
+        X[incomplete], observed[incomplete][:, None, :], loc, scale, rest_w, block_elements=layer.block_elements
+    )
+    rest[incomplete] = numerator
+    return rest
+
+
+def _renormalise_over_observed(h, X, index, log_w):
+    """Divide the first-layer mixtures ``h`` (batch, states, out) of rows with NaN by their observed weight."""
+    observed = ~torch.isnan(X)
+    observed[:, index] = True
+    incomplete = ~observed.all(dim=1)
+    if not bool(incomplete.any()):
+        return h
+    log_mass = torch.logsumexp(log_w.masked_fill(~observed[incomplete][:, None, :], -math.inf), dim=-1)
+    h = h.clone()
+    h[incomplete] = h[incomplete] - log_mass[:, None, :]
+    return h
 
 
 def _robust_stats(h):
