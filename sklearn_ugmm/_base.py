@@ -130,6 +130,8 @@ class BaseUGMM(BaseEstimator):
     _auto_parameters = ("learning_rate_init", "batch_size", "standardize")
     #: whether ``fit`` needs a target
     _requires_y = False
+    #: whether ``fit`` accepts NaN in X (missing values)
+    _fit_allows_nan = False
 
     def _store_params(self, params):
         """``__init__``'s whole job: store each parameter under its own name (``locals()`` of ``__init__``)."""
@@ -189,7 +191,7 @@ class BaseUGMM(BaseEstimator):
             module = objective.new_module(generator)
             seen = sample_weight[train_idx] > 0
             y_seen = None if y_index is None else y_index[train_idx][seen]
-            objective.initialise(module, torch.as_tensor(X_train[seen]), y_seen, generator, rng)
+            objective.initialise(module, torch.as_tensor(_missing_as_zero(X_train[seen])), y_seen, generator, rng)
         module.set_generator(generator)
         # train
         net = self._make_net(objective, module, resolved, generator, device, validation, adaptive=not incremental)
@@ -258,10 +260,11 @@ class BaseUGMM(BaseEstimator):
         """``validate_data`` that leaves the estimator untouched: (X, y, feature attributes to commit)."""
         saved = {name: self.__dict__[name] for name in _FEATURE_ATTRIBUTES if name in self.__dict__}
         try:
+            finite = "allow-nan" if self._fit_allows_nan else True
             if self._requires_y:
-                X, y = validate_data(self, X, y, reset=reset, dtype=np.float64)
+                X, y = validate_data(self, X, y, reset=reset, dtype=np.float64, ensure_all_finite=finite)
             else:
-                X = validate_data(self, X, reset=reset, dtype=np.float64)
+                X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=finite)
             features = {name: self.__dict__[name] for name in _FEATURE_ATTRIBUTES if name in self.__dict__}
         finally:
             for name in _FEATURE_ATTRIBUTES:
@@ -501,14 +504,19 @@ def training_tensor_layout(net):
 
 
 def _network_features(scaler, X, dtype=np.float32):
-    """X as the network sees it: scaled, and finite in float32 (the model computes in float32)."""
+    """X as the network sees it: scaled, and finite in float32 (the model computes in float32); NaN stays."""
     Xs = scaler.transform(X)
-    if not np.all(np.isfinite(Xs.astype(np.float32))):
+    if not np.all(np.isfinite(Xs.astype(np.float32)) | np.isnan(Xs)):
         raise ValueError(
             "Input contains values too large for float32 after scaling; "
             "the model computes in float32."
         )
     return Xs.astype(dtype)
+
+
+def _missing_as_zero(X):
+    """Scaled inputs with missing values (NaN) at 0, the scaled mean: what the data-dependent start sees."""
+    return np.where(np.isnan(X), np.zeros((), dtype=X.dtype), X)
 
 
 def _completed_epochs(net):

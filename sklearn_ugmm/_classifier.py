@@ -279,6 +279,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
 
     _auto_parameters = ("learning_rate_init", "batch_size", "precision_penalty", "averaging_epochs", "standardize")
     _requires_y = True
+    _fit_allows_nan = True
 
     def _objective(self, n_features, classes):
         return make_classifier_objective(
@@ -321,9 +322,15 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
             # a class too small to stratify: fall back to a plain random split
             return train_test_split(indices, test_size=self.validation_fraction, random_state=seed)
 
+    def _validated(self, X, y, reset):
+        X, y, features = super()._validated(X, y, reset)
+        _check_every_row_observed(X)
+        return X, y, features
+
     def _reduced_class_scores(self, X, reduce):
         """``reduce(class scores)`` of the rows of X, in float64 batches."""
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32), ensure_all_finite="allow-nan")
+        _check_every_row_observed(X)
         objective = self._fitted_objective()
         return self._batched(
             lambda module, rows: reduce(objective.class_scores(module, rows)),
@@ -428,6 +435,16 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
+        tags.input_tags.allow_nan = True
         tags.input_tags.sparse = False
         return tags
+
+
+def _check_every_row_observed(X):
+    """Raise a ValueError if a sample has no observed (non-NaN) feature."""
+    empty = np.flatnonzero(np.isnan(X).all(axis=1)) if X.shape[1] else np.array([], dtype=int)
+    if len(empty):
+        raise ValueError(
+            f"Sample(s) {empty[:10].tolist()} have only missing values (NaN); "
+            "every sample needs at least one observed feature."
+        )

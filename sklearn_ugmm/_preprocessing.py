@@ -236,7 +236,8 @@ class FeatureScaler:
         Parameters
         ----------
         X : ndarray of shape (n_samples, n_features)
-            Finite training data.
+            Training data: finite, or NaN for a missing value (each
+            feature is then fitted on its observed values).
         sample_weight : ndarray of shape (n_samples,), default=None
             Non-negative weights with a positive sum; equal weights when None.
 
@@ -248,6 +249,8 @@ class FeatureScaler:
         X = np.asarray(X, dtype=np.float64)
         if sample_weight is None:
             sample_weight = np.ones(len(X))
+        if np.isnan(X).any():
+            return self._fit_ignoring_nan(X, sample_weight)
         self.power_params_ = None
         if self.method == "yeo-johnson":
             self.power_params_ = fit_yeo_johnson(X, sample_weight)
@@ -260,8 +263,30 @@ class FeatureScaler:
         self.mean_, self.scale_ = weighted_mean_and_scale(X, sample_weight / sample_weight.sum())
         return self
 
+    def _fit_ignoring_nan(self, X, sample_weight):
+        """Fit each feature on its observed (non-NaN) rows of positive weight; NaN means missing."""
+        observed = ~np.isnan(X) & (sample_weight > 0)[:, None]
+        empty = np.flatnonzero(~observed.any(axis=0))
+        if len(empty):
+            raise ValueError(
+                f"Feature(s) {empty.tolist()} have no observed (non-NaN) value of positive weight; "
+                "the scaling cannot be fitted."
+            )
+        columns = [FeatureScaler(self.method).fit(X[rows, j : j + 1], sample_weight[rows])
+                   for j, rows in enumerate(observed.T)]
+        self.mean_ = np.concatenate([column.mean_ for column in columns])
+        self.scale_ = np.concatenate([column.scale_ for column in columns])
+        self.power_params_ = None
+        if self.method == "yeo-johnson":
+            self.power_params_ = {
+                key: np.concatenate([column.power_params_[key] for column in columns]) for key in _POWER_KEYS
+            }
+        return self
+
     def transform(self, X):
         """Scale ``X`` as the network sees it (power transform first, when fitted so).
+
+        NaN (a missing value) stays NaN.
 
         Parameters
         ----------

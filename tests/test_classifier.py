@@ -271,7 +271,7 @@ def test_convergence_warning_when_max_iter_reached(iris):
 @pytest.mark.parametrize(
     "X, error, match",
     [
-        (np.array([[np.nan, 1.0], [1.0, 2.0], [0.0, 1.0]]), ValueError, "NaN"),
+        (np.array([[np.nan, np.nan], [1.0, 2.0], [0.0, 1.0]]), ValueError, "only missing values"),
         (np.array([[np.inf, 1.0], [1.0, 2.0], [0.0, 1.0]]), ValueError, "infinity"),
         (np.empty((0, 2)), ValueError, "0 sample"),
         (np.array([1.0, 2.0, 3.0]), ValueError, "Expected 2D array"),

@@ -314,3 +314,74 @@ def test_forward_observed_needs_an_observed_input_per_row():
     x = torch.tensor([[1.0, float("nan"), 2.0], [float("nan")] * 3])
     with pytest.raises(ValueError, match="at least one observed input"):
         layer.forward_observed(x, ~torch.isnan(x))
+
+
+# ---------------------------------------------------------------- missing values in UGMMClassifier
+def _reference_scores_with_missing(clf, X):
+    """Per-class scores: the dropped-component first layer (row by row), then the other layers, in float64."""
+    module = copy.deepcopy(clf.module_).double().eval()
+    Xs = torch.as_tensor(clf.scaler_.transform(X), dtype=torch.float64)
+
+    def network(inputs):
+        h = _dropped_component_reference(module.layers[0], inputs, ~torch.isnan(inputs))
+        for layer in module.layers[1:]:
+            h = layer(h)
+        return h
+
+    with torch.no_grad():
+        if clf.objective == "discriminative":
+            return network(Xs).numpy()
+        labels = label_values(len(clf.classes_))
+        columns = [network(torch.cat([Xs, torch.full((len(Xs), 1), float(v), dtype=Xs.dtype)], dim=1))[:, 0]
+                   for v in labels]
+        return torch.stack(columns, dim=1).numpy()
+
+
+def _holes(X, fraction, seed):
+    rng = np.random.RandomState(seed)
+    X = X.astype(np.float64).copy()
+    X[rng.rand(*X.shape) < fraction] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 1.0  # every row keeps a feature
+    return X
+
+
+@pytest.mark.parametrize("objective", ["discriminative", "generative"])
+def test_classifier_fits_and_predicts_with_missing_values(iris, objective):
+    X, y = iris
+    X_train = _holes(X, 0.3, seed=0)
+    clf = UGMMClassifier(objective=objective, **FAST).fit(X_train, y)
+    assert clf.__sklearn_tags__().input_tags.allow_nan
+    X_test = _holes(X, 0.3, seed=1)
+    scores = _reference_scores_with_missing(clf, X_test)
+    log_proba = clf.predict_log_proba(X_test)
+    np.testing.assert_allclose(log_proba, scores - np.logaddexp.reduce(scores, axis=1)[:, None], atol=1e-9)
+    np.testing.assert_allclose(clf.score_samples(X_test), np.logaddexp.reduce(scores, axis=1), atol=1e-9)
+    np.testing.assert_allclose(clf.predict_proba(X_test).sum(axis=1), 1.0)
+    if objective == "discriminative":  # (the generative one is no classifier after 15 epochs of 8 neurons)
+        assert clf.score(X_test, y) > 0.8
+    # complete rows score as they do without NaN rows in the batch
+    complete = ~np.isnan(X_test).any(axis=1)
+    np.testing.assert_allclose(log_proba[complete], clf.predict_log_proba(X_test[complete]), atol=1e-12)
+
+
+def test_classifier_scaler_ignores_missing_values(iris):
+    X, y = iris
+    X_train = _holes(X, 0.3, seed=0)
+    clf = UGMMClassifier(standardize=True, **FAST).fit(X_train, y)
+    np.testing.assert_allclose(clf.scaler_.mean_, np.nanmean(X_train, axis=0))
+    np.testing.assert_allclose(clf.scaler_.scale_, np.nanstd(X_train, axis=0))
+    assert np.all(np.isnan(clf.scaler_.transform(X_train)) == np.isnan(X_train))
+
+
+def test_classifier_rejects_rows_without_any_observed_feature(iris):
+    X, y = iris
+    clf = UGMMClassifier(**FAST).fit(X, y)
+    X_test = X[:3].copy()
+    X_test[1] = np.nan
+    with pytest.raises(ValueError, match=r"Sample\(s\) \[1\] have only missing values"):
+        clf.predict(X_test)
+    with pytest.raises(ValueError, match="no observed"):
+        X_bad = X.copy()
+        X_bad[:, 2] = np.nan
+        X_bad[:, 0] = 1.0
+        UGMMClassifier(**FAST).fit(X_bad, y)
