@@ -582,7 +582,7 @@ def divergence(start_loss, end_loss, outputs, X, tol=0.0):
     outputs = outputs.reshape(len(outputs), -1)
     spread = np.ptp(outputs, axis=0)
     constant = np.all(spread <= 1e-6 * (1.0 + np.abs(outputs).max(axis=0)))
-    if len(X) > 1 and constant and np.any(np.ptp(X, axis=0) > 0):
+    if len(X) > 1 and constant and np.any(np.ptp(_missing_as_zero(X), axis=0) > 0):
         return "the network's outputs are the same for every training sample"
     return ""
 

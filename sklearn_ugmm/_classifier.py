@@ -23,6 +23,12 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     input and outputs a log-density (arXiv 2509.07569). The network is built
     in PyTorch and trained with Adam through skorch.
 
+    Missing values (NaN) are handled natively, at fit and at prediction: the
+    internal scaling is fitted on each feature's observed values, and every
+    first-layer neuron drops a missing input's component and renormalises
+    its mixture over the sample's observed inputs. Every sample needs at
+    least one observed feature.
+
     Parameters
     ----------
     hidden_layer_sizes : array-like of int or int, default=(64,)
@@ -234,7 +240,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            The input samples.
+            The input samples; NaN marks a missing value.
         y : array-like of shape (n_samples,)
             The target values (class labels).
         sample_weight : array-like of shape (n_samples,), default=None
@@ -260,7 +266,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            The input samples.
+            The input samples; NaN marks a missing value.
         y : array-like of shape (n_samples,)
             The target values (class labels); every label must be in
             ``classes``.
@@ -361,7 +367,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            The input samples.
+            The input samples; NaN marks a missing value.
 
         Returns
         -------
@@ -387,7 +393,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            The input samples.
+            The input samples; NaN marks a missing value.
 
         Returns
         -------
@@ -404,7 +410,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            The input samples.
+            The input samples; NaN marks a missing value.
 
         Returns
         -------
@@ -422,7 +428,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            The input samples.
+            The input samples; NaN marks a missing value.
 
         Returns
         -------
