@@ -385,3 +385,17 @@ def test_classifier_rejects_rows_without_any_observed_feature(iris):
         X_bad[:, 2] = np.nan
         X_bad[:, 0] = 1.0
         UGMMClassifier(**FAST).fit(X_bad, y)
+
+
+def test_classifier_fitted_with_missing_values_round_trips_through_save_and_load(iris, tmp_path):
+    from sklearn_ugmm import load_model, save_model
+
+    X, y = iris
+    X_train = _holes(X, 0.3, seed=0)
+    clf = UGMMClassifier(**FAST).fit(X_train, y)
+    path = tmp_path / "model.ugmm"
+    save_model(clf, path)
+    restored = load_model(path)
+    X_test = _holes(X, 0.3, seed=1)
+    np.testing.assert_array_equal(restored.predict_proba(X_test), clf.predict_proba(X_test))
+    np.testing.assert_array_equal(restored.score_samples(X_test), clf.score_samples(X_test))
