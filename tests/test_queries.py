@@ -399,3 +399,14 @@ def test_classifier_fitted_with_missing_values_round_trips_through_save_and_load
     X_test = _holes(X, 0.3, seed=1)
     np.testing.assert_array_equal(restored.predict_proba(X_test), clf.predict_proba(X_test))
     np.testing.assert_array_equal(restored.score_samples(X_test), clf.score_samples(X_test))
+
+
+@pytest.mark.parametrize("objective", ["discriminative", "generative"])
+def test_classifier_partial_fit_and_dropout_train_on_missing_values(iris, objective):
+    X, y = iris
+    X_train = _holes(X, 0.4, seed=3)
+    clf = UGMMClassifier(objective=objective, dropout=0.3, **FAST)
+    clf.partial_fit(X_train, y, classes=np.unique(y))
+    clf.partial_fit(X_train, y)
+    assert clf.n_iter_ == 2 and np.all(np.isfinite(clf.loss_curve_))
+    assert np.all(np.isfinite(clf.predict_log_proba(X_train)))
