@@ -157,7 +157,7 @@ class BaseUGMM(BaseEstimator):
         # validate
         X, y, features = self._validated(X, y, reset=not continuing)
         y_index, classes = self._targets(y, classes, continuing=continuing, incremental=incremental)
-        sample_weight = self._check_weights(sample_weight, X)
+        sample_weight = self._check_weights(sample_weight, X, y, classes, incremental=incremental)
         objective = self._objective(X.shape[1], classes)
         if continuing and incremental:
             rng, generator, device = None, _copy_generator(self.net_), self.device_
@@ -276,8 +276,13 @@ class BaseUGMM(BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes}.")
         return tuple(int(s) for s in sizes)
 
-    def _check_weights(self, sample_weight, X):
+    def _label_weights(self, y, classes, *, incremental):
+        """Per-row weights that come from the labels (``class_weight``), multiplied with ``sample_weight``."""
+        return 1.0
+
+    def _check_weights(self, sample_weight, X, y=None, classes=None, *, incremental=False):
         sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+        sample_weight = sample_weight * self._label_weights(y, classes, incremental=incremental)
         if not np.any(sample_weight > 0):
             raise ValueError("sample_weight must have at least one positive entry; all weights are zero.")
         return normalised_weights(sample_weight)

@@ -7,6 +7,7 @@ import torch
 from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -14,6 +15,60 @@ from ._base import BaseUGMM, _network_features
 from ._objectives import make_classifier_objective
 
 __all__ = ["UGMMClassifier"]
+
+
+def class_weights(class_weight, classes, y, *, incremental=False):
+    """The weight of each row's class under ``class_weight`` (see :class:`UGMMClassifier`).
+
+    Parameters
+    ----------
+    class_weight : dict, "balanced" or None
+        The classifier's ``class_weight``.
+    classes : ndarray of shape (n_classes,)
+        The sorted class labels; every label of ``y`` is one of them.
+    y : ndarray of shape (n_samples,)
+        The labels.
+    incremental : bool, default=False
+        For ``partial_fit``, which refuses "balanced".
+
+    Returns
+    -------
+    weights : ndarray of shape (n_samples,)
+
+    Raises
+    ------
+    ValueError
+        For "balanced" in ``partial_fit``, a weight that is not a
+        non-negative finite number, or a dict whose labels do not match
+        ``classes``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ugmm._classifier import class_weights
+    >>> class_weights("balanced", np.array([0, 1]), np.array([0, 0, 0, 1]))
+    array([0.66666667, 0.66666667, 0.66666667, 2.        ])
+    """
+    if class_weight is None:
+        return np.ones(len(y))
+    if isinstance(class_weight, str) and incremental:
+        raise ValueError(
+            f"class_weight={class_weight!r} is not supported for partial_fit: one batch does not show "
+            "the class frequencies. Compute the weights with "
+            "sklearn.utils.class_weight.compute_class_weight('balanced', classes=classes, y=y) on a large "
+            "enough sample of the labels and pass them as a dict to class_weight."
+        )
+    if isinstance(class_weight, dict):
+        for label, weight in class_weight.items():
+            if isinstance(weight, bool) or not isinstance(weight, Real) or not (0 <= weight < np.inf):
+                raise ValueError(
+                    f"class_weight must map class labels to non-negative finite numbers; got {weight!r} "
+                    f"for class {label!r}."
+                )
+    # "balanced" weighs the labels present (a warm-start fit may lack some classes)
+    labels = np.unique(y) if isinstance(class_weight, str) else classes
+    per_class = compute_class_weight(class_weight, classes=labels, y=y)
+    return np.asarray(per_class, dtype=np.float64)[np.searchsorted(labels, y)]
 
 
 class UGMMClassifier(ClassifierMixin, BaseUGMM):
@@ -117,6 +172,16 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         discriminative objective and True for the generative one (on Iris the
         transform lowered its 5-fold CV accuracy, averaged over 10 seeds, from
         0.956 to 0.932).
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes, as in LogisticRegression: a dict
+        ``{class_label: weight}`` (classes not in it weigh 1), "balanced"
+        (``n_samples / (n_classes * np.bincount(y))`` on the labels of each
+        fit) or None (all classes weigh 1). Multiplied with
+        ``sample_weight``. ``partial_fit`` accepts a dict but not "balanced",
+        since one batch does not show the class frequencies (as
+        SGDClassifier): compute the weights with
+        :func:`~sklearn.utils.class_weight.compute_class_weight` on a large
+        enough sample of the labels and pass them as a dict.
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N", "mps" or "auto".
     callbacks : list of skorch callbacks, default=None
@@ -197,6 +262,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         "precision_penalty": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
         "averaging_epochs": [StrOptions({"auto"}), Interval(Real, 1, None, closed="left")],
         "standardize": ["boolean", StrOptions({"yeo-johnson", "auto"})],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
     }
 
     def __init__(
@@ -219,6 +285,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         tie_means=False,
         kernel="auto",
         standardize="auto",
+        class_weight=None,
         device="cpu",
         callbacks=None,
         random_state=None,
@@ -311,6 +378,9 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
                 raise ValueError("warm_start fit got labels that were not seen in the first fit.")
             raise ValueError(f"y contains labels not in classes: {unseen!r}.")
         return np.searchsorted(classes, y), classes
+
+    def _label_weights(self, y, classes, *, incremental):
+        return class_weights(self.class_weight, classes, y, incremental=incremental)
 
     def _split(self, n_samples, y_index, rng):
         indices = np.arange(n_samples)

@@ -138,6 +138,11 @@ def _json_value(value, name):
         value = value.tolist()
     if isinstance(value, list):
         return [_json_value(v, name) for v in value]
+    if isinstance(value, dict):
+        # JSON object keys are strings only: a dict (class_weight) is stored as its (key, value) pairs
+        pairs = [[_json_value(k, name), _json_value(v, name)] for k, v in value.items()]
+        if all(k is None or isinstance(k, (bool, int, float, str)) for k, _ in pairs):
+            return {"__dict__": pairs}
     raise ValueError(
         f"{name}={value!r} cannot be stored safely as JSON; "
         "use plain numbers, strings or lists (callbacks and RandomState objects cannot be saved)."
@@ -149,6 +154,15 @@ def _decode_tuples(obj):
         if not isinstance(obj["__tuple__"], list):
             raise ValueError("a stored tuple must be a list")
         return tuple(obj["__tuple__"])
+    if set(obj) == {"__dict__"}:
+        pairs = obj["__dict__"]
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise ValueError("a stored dict must be a list of (key, value) pairs")
+        if not all(k is None or isinstance(k, (bool, int, float, str)) for k, _ in pairs):
+            raise ValueError("the keys of a stored dict must be plain values")
+        if len({(type(k), k) for k, _ in pairs}) != len(pairs):
+            raise ValueError("a stored dict has repeated keys")
+        return dict((k, v) for k, v in pairs)
     return obj
 
 
