@@ -1,16 +1,19 @@
-"""Tabular data as it comes: class weights (issue 20)."""
+"""Tabular data as it comes: class weights and categorical columns (issue 20)."""
 
+import json
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from sklearn.datasets import load_iris, make_classification
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_sample_weight
 
-from sklearn_ugmm import UGMMClassifier, load_model, save_model
+from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator, load_model, save_model
 
 FAST = dict(hidden_layer_sizes=(8,), max_iter=15, random_state=0)
 
@@ -123,3 +126,152 @@ def test_class_weight_round_trips_through_save_model(iris, tmp_path, class_weigh
     assert loaded.get_params() == clf.get_params()
     assert type(loaded.class_weight) is type(class_weight)
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+
+# ---------------------------------------------------------------------- categorical columns
+def _table(n=240, seed=0):
+    """A raw DataFrame with numeric, category, object and integer-category columns, and its labels."""
+    rng = np.random.RandomState(seed)
+    frame = pd.DataFrame(
+        {
+            "size": rng.lognormal(size=n),
+            "colour": pd.Categorical(rng.choice(["red", "green", "blue"], n)),
+            "shape": rng.choice(["round", "square"], n).astype(object),
+            "grade": pd.Categorical(rng.choice([1, 2, 3, 5], n)),
+        }
+    )
+    y = np.where((frame["colour"] == "red") ^ (frame["size"] > 1.0), "yes", "no")
+    return frame, y
+
+
+def _one_hot(frame):
+    """The in-place one-hot encoding the classifier should build (categories sorted)."""
+    blocks = []
+    for name in frame.columns:
+        column = frame[name]
+        if name == "size":
+            blocks.append(column.to_numpy(dtype=float)[:, None])
+        else:
+            values = np.asarray(column, dtype=object)
+            categories = sorted(set(values))
+            blocks.append((values[:, None] == np.asarray(categories, dtype=object)[None, :]).astype(float))
+    return np.hstack(blocks)
+
+
+def test_raw_dataframe_equals_the_one_hot_encoding():
+    frame, y = _table()
+    clf = UGMMClassifier(**FAST).fit(frame, y)
+    encoder = clf.scaler_.encoder
+    assert encoder.is_categorical.tolist() == [False, True, True, True]
+    assert [c.tolist() for c in encoder.categories_] == [["blue", "green", "red"], ["round", "square"], [1, 2, 3, 5]]
+    assert clf.n_features_in_ == 4 and list(clf.feature_names_in_) == list(frame.columns)
+    assert clf.module_.layers[0].in_features == 1 + 3 + 2 + 4
+    reference = UGMMClassifier(**FAST).fit(_one_hot(frame), y)
+    assert clf.loss_curve_ == reference.loss_curve_
+    np.testing.assert_array_equal(clf.predict_proba(frame), reference.predict_proba(_one_hot(frame)))
+    # it learns the interaction of a category with a numeric column
+    assert UGMMClassifier(hidden_layer_sizes=(8,), max_iter=60, random_state=0).fit(frame, y).score(frame, y) > 0.9
+
+
+@pytest.mark.parametrize(
+    "categorical_features",
+    [["colour", "shape", "grade"], [1, 2, 3], [False, True, True, True]],
+    ids=["names", "indices", "mask"],
+)
+def test_categorical_features_by_name_index_or_mask(categorical_features):
+    frame, y = _table()
+    by_dtype = UGMMClassifier(**FAST).fit(frame, y)
+    chosen = UGMMClassifier(categorical_features=categorical_features, **FAST).fit(frame, y)
+    np.testing.assert_array_equal(chosen.predict_proba(frame), by_dtype.predict_proba(frame))
+
+
+def test_integer_columns_of_an_array_as_categories():
+    frame, y = _table()
+    X = np.column_stack([frame["size"], frame["grade"].astype(int)])
+    clf = UGMMClassifier(categorical_features=[1], **FAST).fit(X, y)
+    assert clf.scaler_.encoder.categories_[0].tolist() == [1, 2, 3, 5]
+    assert clf.module_.layers[0].in_features == 5
+    assert UGMMClassifier(categorical_features=None, **FAST).fit(X, y).module_.layers[0].in_features == 2
+
+
+def test_categorical_errors():
+    frame, y = _table()
+    clf = UGMMClassifier(**FAST).fit(frame, y)
+    unseen = frame.copy()
+    unseen["shape"] = unseen["shape"].where(unseen.index != 3, "triangle")
+    with pytest.raises(ValueError, match=r"column 'shape' has categories not seen during fit: \['triangle'\]"):
+        clf.predict(unseen)
+    missing = frame.copy()
+    missing["shape"] = missing["shape"].where(missing.index != 3, None)
+    with pytest.raises(ValueError, match="column 'shape' has 1 missing value.*not supported yet"):
+        clf.predict(missing)
+    with pytest.raises(ValueError, match="column 'shape' has 1 missing value"):
+        UGMMClassifier(**FAST).fit(missing, y)
+    many = frame.assign(shape=[f"id{i}" for i in range(len(frame))])
+    with pytest.raises(ValueError, match="'shape' has 480 categories; at most 255.*TargetEncoder"):
+        UGMMClassifier(**FAST).fit(pd.concat([many, many.assign(shape=many["shape"] + "x")]), np.r_[y, y])
+    mixed = frame.assign(shape=frame["shape"].where(frame.index != 3, 7))
+    with pytest.raises(ValueError, match="mixes values of different types"):
+        UGMMClassifier(**FAST).fit(mixed, y)
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        clf.predict(frame.assign(size=np.where(frame.index == 3, np.nan, frame["size"])))
+    with pytest.raises(ValueError, match="not a valid feature name"):
+        UGMMClassifier(categorical_features=["color"], **FAST).fit(frame, y)
+    with pytest.raises(ValueError, match="'size' is not categorical but holds values that are not numbers"):
+        UGMMClassifier(categorical_features=["colour"], **FAST).fit(frame.assign(size=frame["shape"]), y)
+
+
+def test_exactly_255_categories_are_accepted():
+    rng = np.random.RandomState(0)
+    frame = pd.DataFrame({"x": rng.normal(size=510), "code": [f"c{i % 255}" for i in range(510)]})
+    y = rng.randint(0, 2, size=510)
+    clf = UGMMClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(frame, y)
+    assert len(clf.scaler_.encoder.categories_[0]) == 255
+
+
+def test_density_estimator_refuses_categorical_columns():
+    frame, _ = _table()
+    with pytest.raises(ValueError, match=r"UGMMDensityEstimator does not support categorical columns; got \['colour', 'shape', 'grade'\].*OneHotEncoder"):
+        UGMMDensityEstimator(hidden_layer_sizes=(4,), max_iter=2).fit(frame)
+
+
+def test_categorical_model_round_trips_through_save_model(tmp_path):
+    frame, y = _table()
+    clf = UGMMClassifier(**FAST).fit(frame, y)
+    save_model(clf, tmp_path / "clf.ugmm")
+    loaded = load_model(tmp_path / "clf.ugmm")
+    assert [c.tolist() for c in loaded.scaler_.encoder.categories_] == [c.tolist() for c in clf.scaler_.encoder.categories_]
+    np.testing.assert_array_equal(loaded.predict_proba(frame), clf.predict_proba(frame))
+    loaded.partial_fit(frame, y)  # continues training on the raw table
+
+    from sklearn_ugmm._persistence import _digest
+
+    def resaved(edit, name):
+        content = torch.load(tmp_path / "clf.ugmm", weights_only=True)
+        meta = json.loads(content["meta"])
+        edit(meta["fitted"]["categorical"])
+        content["meta"] = json.dumps(meta, sort_keys=True)
+        content["sha256"] = _digest(content["meta"], content["tensors"])
+        torch.save(content, tmp_path / name)
+        return tmp_path / name
+
+    def extra_category(categorical):
+        categorical["categories"][0].append("purple")
+
+    def repeated_category(categorical):
+        categorical["categories"][1] = ["round", "round"]
+
+    def object_category(categorical):
+        categorical["categories"][1] = [{"a": 1}, "round"]
+
+    def wrong_mask(categorical):
+        categorical["is_categorical"] = [True, True, True, True]
+
+    with pytest.raises(ValueError, match="do not match"):
+        load_model(resaved(extra_category, "extra.ugmm"))  # one more input than the weights have
+    with pytest.raises(ValueError, match="categories must be distinct"):
+        load_model(resaved(repeated_category, "repeated.ugmm"))
+    with pytest.raises(ValueError, match="strings or numbers"):
+        load_model(resaved(object_category, "object.ugmm"))
+    with pytest.raises(ValueError, match="category lists do not match"):
+        load_model(resaved(wrong_mask, "mask.ugmm"))
