@@ -275,3 +275,25 @@ def test_categorical_model_round_trips_through_save_model(tmp_path):
         load_model(resaved(object_category, "object.ugmm"))
     with pytest.raises(ValueError, match="category lists do not match"):
         load_model(resaved(wrong_mask, "mask.ugmm"))
+
+
+def test_inspection_of_a_categorical_model():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sklearn_ugmm.inspection import LayerDisplay, NeuronDisplay
+
+    frame, y = _table()
+    clf = UGMMClassifier(**FAST).fit(frame, y)
+    layer = LayerDisplay.from_estimator(clf, layer=0)
+    assert layer.input_names == [
+        "size", "colour=blue", "colour=green", "colour=red", "shape=round", "shape=square",
+        "grade=1", "grade=2", "grade=3", "grade=5",
+    ]
+    neuron = NeuronDisplay.from_estimator(clf, frame, layer=0, neuron=0)
+    # the activations reaching the first layer are the encoded, scaled inputs
+    from sklearn_ugmm.inspection._utils import layer_inputs
+
+    np.testing.assert_allclose(layer_inputs(clf, frame, 0), clf.scaler_.transform(frame), rtol=1e-6, atol=1e-6)
+    assert set(neuron.input_names) <= set(layer.input_names)
