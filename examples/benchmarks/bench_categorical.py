@@ -125,9 +125,12 @@ def evaluate(model_name, X, y, n_splits=3):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tables", nargs="*", choices=[*TABLES, []], help="default: all")
+    parser.add_argument("tables", nargs="*", metavar="table", help=f"any of {', '.join(TABLES)} (default: all)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.tables) - set(TABLES))
+    if unknown:
+        parser.error(f"unknown tables {unknown}; choose from {list(TABLES)}")
     results = {}
     for table in args.tables or list(TABLES):
         try:
