@@ -27,7 +27,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from ._engine import _state_copy, build_net, pack_target
-from ._preprocessing import FeatureScaler
+from ._preprocessing import CategoricalEncoder, FeatureScaler, categorical_columns_from_dtype
 from .nn._net import INIT_MAX_SAMPLES, evenly_spaced_rows
 
 __all__ = ["BaseUGMM", "resolve_device"]
@@ -157,10 +157,10 @@ class BaseUGMM(BaseEstimator):
         """Fit (``incremental``: one ``partial_fit`` epoch) as a transaction; return self."""
         continuing = self.__sklearn_is_fitted__() and (incremental or self.warm_start)
         # validate
-        X, y, features = self._validated(X, y, reset=not continuing)
+        X, y, features, encoder = self._validated(X, y, reset=not continuing)
         y_index, classes = self._targets(y, classes, continuing=continuing, incremental=incremental)
-        sample_weight = self._check_weights(sample_weight, X)
-        objective = self._objective(X.shape[1], classes)
+        sample_weight = self._check_weights(sample_weight, X, y, classes, incremental=incremental)
+        objective = self._objective(X.shape[1] if encoder is None else encoder.n_outputs_, classes)
         if continuing and incremental:
             rng, generator, device = None, _copy_generator(self.net_), self.device_
         else:
@@ -179,7 +179,7 @@ class BaseUGMM(BaseEstimator):
         if self.verbose and not incremental:
             print(f"{type(self).__name__}: " + ", ".join(f"{k}={v!r}" for k, v in resolved.items()), flush=True)
         # preprocess
-        scaler = self.scaler_ if continuing else FeatureScaler(resolved["standardize"]).fit(X, sample_weight)
+        scaler = self.scaler_ if continuing else FeatureScaler(resolved["standardize"], encoder).fit(X, sample_weight)
         inputs = objective.network_inputs(_network_features(scaler, X), y_index)
         targets = pack_target(y_index, sample_weight)
         X_train, y_train = inputs[train_idx], targets[train_idx]
@@ -257,20 +257,64 @@ class BaseUGMM(BaseEstimator):
         return n_before
 
     def _validated(self, X, y, reset):
-        """``validate_data`` that leaves the estimator untouched: (X, y, feature attributes to commit)."""
+        """``validate_data`` that leaves the estimator untouched.
+
+        Returns ``(X, y, feature attributes to commit, encoder)``: the
+        :class:`CategoricalEncoder` of the categorical columns (fitted on this
+        ``X`` when ``reset``, the fitted one otherwise), or None without
+        categorical columns, in which case ``X`` is float64; with them, ``X``
+        keeps its raw values (objects) for the encoder.
+        """
         saved = {name: self.__dict__[name] for name in _FEATURE_ATTRIBUTES if name in self.__dict__}
+        if reset:
+            mask = self._categorical_mask(X)
+        else:
+            encoder = _encoder_of(self)
+            mask = None if encoder is None else encoder.is_categorical
+        # with categorical columns the encoder converts and checks the values
+        finite = "allow-nan" if self._fit_allows_nan else True
+        kwargs = {"dtype": np.float64, "ensure_all_finite": finite}
+        if mask is not None:
+            kwargs = {"dtype": None, "ensure_all_finite": False}
         try:
-            finite = "allow-nan" if self._fit_allows_nan else True
             if self._requires_y:
-                X, y = validate_data(self, X, y, reset=reset, dtype=np.float64, ensure_all_finite=finite)
+                X, y = validate_data(self, X, y, reset=reset, **kwargs)
             else:
-                X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=finite)
+                X = validate_data(self, X, reset=reset, **kwargs)
             features = {name: self.__dict__[name] for name in _FEATURE_ATTRIBUTES if name in self.__dict__}
         finally:
             for name in _FEATURE_ATTRIBUTES:
                 self.__dict__.pop(name, None)
             self.__dict__.update(saved)
-        return X, y, features
+        if mask is None:
+            encoder = None
+        elif reset:
+            encoder = CategoricalEncoder(mask, features.get("feature_names_in_")).fit(X)
+        return X, y, features, encoder
+
+    def _categorical_mask(self, X):
+        """The categorical columns of the training ``X`` (a mask, or None); the base supports none."""
+        columns = categorical_columns_from_dtype(X)
+        if columns:
+            names = [str(X.columns[j]) for j in columns]
+            raise ValueError(
+                f"{type(self).__name__} does not support categorical columns; got {names} (pandas category, "
+                "object or string dtype). Encode them first (e.g. with sklearn.preprocessing.OneHotEncoder "
+                "in a ColumnTransformer) or drop them."
+            )
+        return None
+
+    def _validated_input(self, X):
+        """``validate_data(reset=False)`` for inference: float, or raw values for the categorical encoder."""
+        if _encoder_of(self) is None:
+            finite = "allow-nan" if self._fit_allows_nan else True
+            return validate_data(self, X, reset=False, dtype=(np.float64, np.float32), ensure_all_finite=finite)
+        return validate_data(self, X, reset=False, dtype=None, ensure_all_finite=False)
+
+    def _n_network_inputs(self):
+        """Inputs of the network: the features, with one per category for the categorical ones."""
+        encoder = _encoder_of(self)
+        return int(self.n_features_in_) if encoder is None else encoder.n_outputs_
 
     def _hidden_sizes(self):
         sizes = self.hidden_layer_sizes
@@ -279,8 +323,13 @@ class BaseUGMM(BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes}.")
         return tuple(int(s) for s in sizes)
 
-    def _check_weights(self, sample_weight, X):
+    def _label_weights(self, y, classes, *, incremental):
+        """Per-row weights that come from the labels (``class_weight``), multiplied with ``sample_weight``."""
+        return 1.0
+
+    def _check_weights(self, sample_weight, X, y=None, classes=None, *, incremental=False):
         sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+        sample_weight = sample_weight * self._label_weights(y, classes, incremental=incremental)
         if not np.any(sample_weight > 0):
             raise ValueError("sample_weight must have at least one positive entry; all weights are zero.")
         return normalised_weights(sample_weight)
@@ -413,7 +462,7 @@ class BaseUGMM(BaseEstimator):
         (:func:`training_tensor_layout`) before reading them. Expects
         ``n_features_in_``, ``resolved_params_`` (and ``classes_``) to be set.
         """
-        objective = self._objective(self.n_features_in_, getattr(self, "classes_", None))
+        objective = self._objective(self._n_network_inputs(), getattr(self, "classes_", None))
         # local generators for the throwaway initial values: the global one stays untouched
         generator = torch.Generator()
         module = objective.new_module(torch.Generator())
@@ -441,7 +490,7 @@ class BaseUGMM(BaseEstimator):
         return self.scaler_.scale_
 
     def _fitted_objective(self):
-        return self._objective(self.n_features_in_, getattr(self, "classes_", None))
+        return self._objective(self._n_network_inputs(), getattr(self, "classes_", None))
 
     def __getstate__(self):
         # a copy: the state may be this estimator's own __dict__
@@ -503,9 +552,15 @@ def training_tensor_layout(net):
     return layout
 
 
+def _encoder_of(estimator):
+    """The fitted categorical encoder of ``estimator``'s preprocessing, or None."""
+    return getattr(getattr(estimator, "scaler_", None), "encoder", None)
+
+
 def _network_features(scaler, X, dtype=np.float32):
     """X as the network sees it: scaled, and finite in float32 (the model computes in float32); NaN stays."""
     Xs = scaler.transform(X)
+    _check_every_row_observed(Xs)
     if not np.all(np.isfinite(Xs.astype(np.float32)) | np.isnan(Xs)):
         raise ValueError(
             "Input contains values too large for float32 after scaling; "
@@ -603,3 +658,13 @@ def local_random_state(random_state):
     if random_state is None:
         return np.random.RandomState()
     return check_random_state(random_state)
+
+
+def _check_every_row_observed(X):
+    """Raise a ValueError if a sample has no observed (non-NaN) feature."""
+    empty = np.flatnonzero(np.isnan(X).all(axis=1)) if X.shape[1] else np.array([], dtype=int)
+    if len(empty):
+        raise ValueError(
+            f"Sample(s) {empty[:10].tolist()} have only missing values (NaN); "
+            "every sample needs at least one observed feature."
+        )

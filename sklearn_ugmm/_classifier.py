@@ -7,13 +7,69 @@ import torch
 from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from ._base import BaseUGMM, _network_features
 from ._objectives import make_classifier_objective
+from ._preprocessing import categorical_mask
 
 __all__ = ["UGMMClassifier"]
+
+
+def class_weights(class_weight, classes, y, *, incremental=False):
+    """The weight of each row's class under ``class_weight`` (see :class:`UGMMClassifier`).
+
+    Parameters
+    ----------
+    class_weight : dict, "balanced" or None
+        The classifier's ``class_weight``.
+    classes : ndarray of shape (n_classes,)
+        The sorted class labels; every label of ``y`` is one of them.
+    y : ndarray of shape (n_samples,)
+        The labels.
+    incremental : bool, default=False
+        For ``partial_fit``, which refuses "balanced".
+
+    Returns
+    -------
+    weights : ndarray of shape (n_samples,)
+
+    Raises
+    ------
+    ValueError
+        For "balanced" in ``partial_fit``, a weight that is not a
+        non-negative finite number, or a dict whose labels do not match
+        ``classes``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ugmm._classifier import class_weights
+    >>> class_weights("balanced", np.array([0, 1]), np.array([0, 0, 0, 1]))
+    array([0.66666667, 0.66666667, 0.66666667, 2.        ])
+    """
+    if class_weight is None:
+        return np.ones(len(y))
+    if isinstance(class_weight, str) and incremental:
+        raise ValueError(
+            f"class_weight={class_weight!r} is not supported for partial_fit: one batch does not show "
+            "the class frequencies. Compute the weights with "
+            "sklearn.utils.class_weight.compute_class_weight('balanced', classes=classes, y=y) on a large "
+            "enough sample of the labels and pass them as a dict to class_weight."
+        )
+    if isinstance(class_weight, dict):
+        for label, weight in class_weight.items():
+            if isinstance(weight, bool) or not isinstance(weight, Real) or not (0 <= weight < np.inf):
+                raise ValueError(
+                    f"class_weight must map class labels to non-negative finite numbers; got {weight!r} "
+                    f"for class {label!r}."
+                )
+    # "balanced" weighs the labels present (a warm-start fit may lack some classes)
+    labels = np.unique(y) if isinstance(class_weight, str) else classes
+    per_class = compute_class_weight(class_weight, classes=labels, y=y)
+    return np.asarray(per_class, dtype=np.float64)[np.searchsorted(labels, y)]
 
 
 class UGMMClassifier(ClassifierMixin, BaseUGMM):
@@ -123,6 +179,28 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         discriminative objective and True for the generative one (on Iris the
         transform lowered its 5-fold CV accuracy, averaged over 10 seeds, from
         0.956 to 0.932).
+    categorical_features : "from_dtype", array-like of int, str or bool, or None, \
+            default="from_dtype"
+        The categorical columns, as in HistGradientBoostingClassifier:
+        "from_dtype" takes the pandas ``category``, ``object`` and ``string``
+        columns of a DataFrame (none for an array); otherwise column indices,
+        column names or a boolean mask over the columns; None for none. Each
+        categorical column becomes one 0/1 network input per category seen in
+        ``fit`` (sorted), inside the fitted preprocessing (``scaler_.encoder``),
+        so a raw DataFrame needs no ColumnTransformer. A missing category, or
+        one not seen in ``fit``, makes the column's inputs missing values
+        (handled natively); a column of more than 255 categories raises a
+        ValueError (encode it first, e.g. with TargetEncoder).
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes, as in LogisticRegression: a dict
+        ``{class_label: weight}`` (classes not in it weigh 1), "balanced"
+        (``n_samples / (n_classes * np.bincount(y))`` on the labels of each
+        fit) or None (all classes weigh 1). Multiplied with
+        ``sample_weight``. ``partial_fit`` accepts a dict but not "balanced",
+        since one batch does not show the class frequencies (as
+        SGDClassifier): compute the weights with
+        :func:`~sklearn.utils.class_weight.compute_class_weight` on a large
+        enough sample of the labels and pass them as a dict.
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N", "mps" or "auto".
     callbacks : list of skorch callbacks, default=None
@@ -172,7 +250,11 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         spread applied before it; ``low`` and ``high``: the range of the
         centred training data beyond which it is linear), ``scaler_.mean_``
         and ``scaler_.scale_`` the standardisation after it.
-    scaling_mean_, scaling_scale_ : ndarray of shape (n_features,)
+        ``scaler_.encoder`` is the encoding of the categorical columns (its
+        ``is_categorical`` mask and ``categories_``, one array per categorical
+        column), applied first, or None without categorical columns; the
+        scaling then has one value per numeric feature and per category.
+    scaling_mean_, scaling_scale_ : ndarray of shape (n_network_inputs,)
         ``scaler_.mean_`` and ``scaler_.scale_``.
     resolved_params_ : dict
         The values this fit used for the parameters that can be "auto"
@@ -203,6 +285,8 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         "precision_penalty": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
         "averaging_epochs": [StrOptions({"auto"}), Interval(Real, 1, None, closed="left")],
         "standardize": ["boolean", StrOptions({"yeo-johnson", "auto"})],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "categorical_features": ["array-like", StrOptions({"from_dtype"}), None],
     }
 
     def __init__(
@@ -225,6 +309,8 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         tie_means=False,
         kernel="auto",
         standardize="auto",
+        categorical_features="from_dtype",
+        class_weight=None,
         device="cpu",
         callbacks=None,
         random_state=None,
@@ -319,6 +405,12 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
             raise ValueError(f"y contains labels not in classes: {unseen!r}.")
         return np.searchsorted(classes, y), classes
 
+    def _categorical_mask(self, X):
+        return categorical_mask(X, self.categorical_features)
+
+    def _label_weights(self, y, classes, *, incremental):
+        return class_weights(self.class_weight, classes, y, incremental=incremental)
+
     def _split(self, n_samples, y_index, rng):
         indices = np.arange(n_samples)
         seed = rng.randint(np.iinfo(np.int32).max)
@@ -328,15 +420,9 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
             # a class too small to stratify: fall back to a plain random split
             return train_test_split(indices, test_size=self.validation_fraction, random_state=seed)
 
-    def _validated(self, X, y, reset):
-        X, y, features = super()._validated(X, y, reset)
-        _check_every_row_observed(X)
-        return X, y, features
-
     def _reduced_class_scores(self, X, reduce):
         """``reduce(class scores)`` of the rows of X, in float64 batches."""
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32), ensure_all_finite="allow-nan")
-        _check_every_row_observed(X)
+        X = self._validated_input(X)
         objective = self._fitted_objective()
         return self._batched(
             lambda module, rows: reduce(objective.class_scores(module, rows)),
@@ -443,14 +529,6 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
         tags.input_tags.sparse = False
+        tags.input_tags.categorical = True
         return tags
 
-
-def _check_every_row_observed(X):
-    """Raise a ValueError if a sample has no observed (non-NaN) feature."""
-    empty = np.flatnonzero(np.isnan(X).all(axis=1)) if X.shape[1] else np.array([], dtype=int)
-    if len(empty):
-        raise ValueError(
-            f"Sample(s) {empty[:10].tolist()} have only missing values (NaN); "
-            "every sample needs at least one observed feature."
-        )

@@ -39,7 +39,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import training_tensor_layout
-from ._preprocessing import FeatureScaler
+from ._preprocessing import CategoricalEncoder, FeatureScaler
 
 __all__ = ["save_model", "load_model"]
 
@@ -80,10 +80,11 @@ def preprocessing_arrays(estimator):
     Returns
     -------
     arrays : dict of str to tuple
-        Tensor name (``scaler.<name>`` of :meth:`FeatureScaler.to_arrays`) to shape.
+        Tensor name (``scaler.<name>`` of :meth:`FeatureScaler.to_arrays`) to shape: one
+        value per network input (per numeric feature and per category).
     """
     names = FeatureScaler.array_names(estimator.resolved_params_["standardize"])
-    return {f"scaler.{name}": (estimator.n_features_in_,) for name in names}
+    return {f"scaler.{name}": (estimator._n_network_inputs(),) for name in names}
 
 
 def expected_tensors(estimator, net):
@@ -123,7 +124,7 @@ def _network_size_floor(estimator):
     hyperparameters that describe a huge or very deep network before that
     network is built.
     """
-    return estimator._objective(int(estimator.n_features_in_), getattr(estimator, "classes_", None)).size_floor()
+    return estimator._objective(estimator._n_network_inputs(), getattr(estimator, "classes_", None)).size_floor()
 
 
 # ---------------------------------------------------------------------- encoding
@@ -138,6 +139,11 @@ def _json_value(value, name):
         value = value.tolist()
     if isinstance(value, list):
         return [_json_value(v, name) for v in value]
+    if isinstance(value, dict):
+        # JSON object keys are strings only: a dict (class_weight) is stored as its (key, value) pairs
+        pairs = [[_json_value(k, name), _json_value(v, name)] for k, v in value.items()]
+        if all(k is None or isinstance(k, (bool, int, float, str)) for k, _ in pairs):
+            return {"__dict__": pairs}
     raise ValueError(
         f"{name}={value!r} cannot be stored safely as JSON; "
         "use plain numbers, strings or lists (callbacks and RandomState objects cannot be saved)."
@@ -149,6 +155,15 @@ def _decode_tuples(obj):
         if not isinstance(obj["__tuple__"], list):
             raise ValueError("a stored tuple must be a list")
         return tuple(obj["__tuple__"])
+    if set(obj) == {"__dict__"}:
+        pairs = obj["__dict__"]
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise ValueError("a stored dict must be a list of (key, value) pairs")
+        if not all(k is None or isinstance(k, (bool, int, float, str)) for k, _ in pairs):
+            raise ValueError("the keys of a stored dict must be plain values")
+        if len({(type(k), k) for k, _ in pairs}) != len(pairs):
+            raise ValueError("a stored dict has repeated keys")
+        return dict((k, v) for k, v in pairs)
     return obj
 
 
@@ -214,6 +229,8 @@ def save_model(estimator, path):
     fitted["training_state"] = [{k: _json_value(v, k) for k, v in group.items()} for group in training_meta["param_groups"]]
     if hasattr(estimator, "feature_names_in_"):
         fitted["feature_names_in_"] = [str(v) for v in estimator.feature_names_in_]
+    if estimator.scaler_.encoder is not None:
+        fitted["categorical"] = estimator.scaler_.encoder.to_metadata()
     if hasattr(estimator, "classes_"):
         fitted["classes_"] = _json_value(estimator.classes_, "classes_")
         fitted["classes_dtype"] = estimator.classes_.dtype.str
@@ -491,7 +508,7 @@ def _set_fitted_metadata(estimator, fitted):
     is_classifier = "classes_" in fitted
     required = {*_FITTED_SCALARS, *_FITTED_LISTS, "resolved_params_", "training_state"}
     required |= {"classes_", "classes_dtype"} if is_classifier else set()
-    if not required <= set(fitted) <= required | {"feature_names_in_"}:
+    if not required <= set(fitted) <= required | {"feature_names_in_", "categorical"}:
         missing = sorted(required - set(fitted))
         raise ValueError(f"unexpected fitted attributes {sorted(fitted)}" + (f" (missing {missing})" if missing else ""))
     if is_classifier != hasattr(type(estimator), "predict_proba"):
@@ -518,6 +535,15 @@ def _set_fitted_metadata(estimator, fitted):
     if is_classifier:
         estimator.classes_ = _classes(fitted.pop("classes_"), fitted.pop("classes_dtype"))
     estimator.resolved_params_ = _resolved_params(fitted.pop("resolved_params_"), estimator)
+    # the preprocessing's encoder now; its scaling arrays come with the tensors
+    encoder = None
+    if "categorical" in fitted:
+        if not hasattr(type(estimator), "predict_proba"):
+            raise ValueError("categorical columns do not belong to this estimator")
+        encoder = CategoricalEncoder.from_metadata(
+            fitted.pop("categorical"), fitted["n_features_in_"], getattr(estimator, "feature_names_in_", None)
+        )
+    estimator.scaler_ = FeatureScaler(estimator.resolved_params_["standardize"], encoder)
     param_groups = fitted.pop("training_state")
     if not isinstance(param_groups, list) or not all(isinstance(g, dict) for g in param_groups):
         raise ValueError("malformed training state")
@@ -726,7 +752,9 @@ def load_model(path, *, device=None):
         {"module": state, "scaler": scaler_arrays, "training": training}[group][name] = value
     try:
         estimator.scaler_ = FeatureScaler.from_arrays(
-            {k: v.numpy() for k, v in scaler_arrays.items()}, method=estimator.resolved_params_["standardize"]
+            {k: v.numpy() for k, v in scaler_arrays.items()},
+            method=estimator.resolved_params_["standardize"],
+            encoder=estimator.scaler_.encoder,
         )
         estimator._restore(state, {"param_groups": param_groups}, training)
     except Exception as exc:  # checked above: only a file crafted with a matching checksum gets here

@@ -23,7 +23,9 @@ from scipy.optimize import minimize_scalar
 from .nn._net import evenly_spaced_rows
 
 __all__ = [
+    "CategoricalEncoder",
     "FeatureScaler",
+    "categorical_mask",
     "fit_yeo_johnson",
     "transform_yeo_johnson",
     "unit_columns",
@@ -205,6 +207,10 @@ class FeatureScaler:
         deviation (constant features are only centred). "yeo-johnson": first
         the weighted power transform of :func:`fit_yeo_johnson`, then
         standardise. False: the identity.
+    encoder : CategoricalEncoder, default=None
+        A fitted encoder of the categorical columns, applied first: the
+        scaling is then fitted on (and applies to) its output, one column per
+        numeric feature and per category.
 
     Attributes
     ----------
@@ -227,8 +233,9 @@ class FeatureScaler:
     ['mean', 'scale']
     """
 
-    def __init__(self, method=True):
+    def __init__(self, method=True, encoder=None):
         self.method = method
+        self.encoder = encoder
 
     def fit(self, X, sample_weight=None):
         """Fit the scaling to the rows of ``X`` of positive weight.
@@ -246,7 +253,7 @@ class FeatureScaler:
         self : FeatureScaler
             The fitted scaler.
         """
-        X = np.asarray(X, dtype=np.float64)
+        X = self._encoded(X)
         if sample_weight is None:
             sample_weight = np.ones(len(X))
         if np.isnan(X).any():
@@ -298,10 +305,14 @@ class FeatureScaler:
         X_scaled : ndarray of shape (n_samples, n_features)
             The scaled data, float64.
         """
-        X = np.asarray(X, dtype=np.float64)
+        X = self._encoded(X)
         if self.power_params_ is not None:
             X = transform_yeo_johnson(X, self.power_params_)
         return (X - self.mean_) / self.scale_
+
+    def _encoded(self, X):
+        """``X`` as float64, its categorical columns encoded when there is an encoder."""
+        return np.asarray(X, dtype=np.float64) if self.encoder is None else self.encoder.transform(X)
 
     def to_arrays(self):
         """The fitted state as named float64 arrays (for persistence).
@@ -336,7 +347,7 @@ class FeatureScaler:
         return ["mean", "scale", *power]
 
     @classmethod
-    def from_arrays(cls, arrays, method=True):
+    def from_arrays(cls, arrays, method=True, encoder=None):
         """A fitted scaler from the output of :meth:`to_arrays`.
 
         Parameters
@@ -345,6 +356,8 @@ class FeatureScaler:
             As returned by :meth:`to_arrays`.
         method : bool or "yeo-johnson", default=True
             The ``method`` the scaler was fitted with.
+        encoder : CategoricalEncoder, default=None
+            The fitted encoder the scaler was fitted with.
 
         Returns
         -------
@@ -363,7 +376,7 @@ class FeatureScaler:
         shapes = {value.shape for value in values.values()}
         if len(shapes) != 1 or len(next(iter(shapes))) != 1:
             raise ValueError(f"FeatureScaler arrays must be 1-d and of one length, got shapes {sorted(shapes)}.")
-        scaler = cls(method)
+        scaler = cls(method, encoder)
         scaler.mean_, scaler.scale_ = values["mean"], values["scale"]
         scaler.power_params_ = None
         if method == "yeo-johnson":
@@ -371,4 +384,241 @@ class FeatureScaler:
         return scaler
 
     def __repr__(self):
-        return f"FeatureScaler(method={self.method!r})"
+        encoder = "" if self.encoder is None else f", encoder={self.encoder!r}"
+        return f"FeatureScaler(method={self.method!r}{encoder})"
+
+
+# ---------------------------------------------------------------------- categorical columns
+#: Most categories a column may have to be encoded natively (one network input each).
+MAX_CATEGORIES = 255
+
+
+def categorical_columns_from_dtype(X):
+    """Indices of the columns of a pandas DataFrame with category, object or string dtype.
+
+    Parameters
+    ----------
+    X : object
+        The input data; anything but a pandas DataFrame has none.
+
+    Returns
+    -------
+    columns : list of int
+    """
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency of the tests only
+        return []
+    if not isinstance(X, pd.DataFrame):
+        return []
+    return [
+        j
+        for j, dtype in enumerate(X.dtypes)
+        if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_object_dtype(dtype)
+        or pd.api.types.is_string_dtype(dtype)
+    ]
+
+
+def categorical_mask(X, categorical_features):
+    """The boolean mask of the categorical columns of the training ``X``, or None if there are none.
+
+    Parameters
+    ----------
+    X : array-like or pandas DataFrame of shape (n_samples, n_features)
+        The training data, before validation.
+    categorical_features : "from_dtype", array-like of bool, int or str, or None
+        As ``HistGradientBoostingClassifier``'s parameter, except that
+        "from_dtype" takes pandas ``category``, ``object`` and ``string``
+        columns.
+
+    Returns
+    -------
+    mask : ndarray of bool of shape (n_features,) or None
+    """
+    from sklearn.utils.validation import _check_categorical_features
+
+    if isinstance(categorical_features, str) and categorical_features == "from_dtype":
+        columns = categorical_columns_from_dtype(X)
+        if not columns:
+            return _check_categorical_features(X, categorical_features)  # polars and other frames
+        mask = np.zeros(X.shape[1], dtype=bool)
+        mask[columns] = True
+        return mask
+    if categorical_features is not None and not hasattr(X, "shape"):
+        X = np.asarray(X, dtype=object)
+    return _check_categorical_features(X, categorical_features)
+
+
+def _column_name(feature_names, j):
+    return f"{feature_names[j]!r}" if feature_names is not None else f"{j}"
+
+
+class CategoricalEncoder:
+    """One input per category for the categorical columns; numeric columns pass through as float64.
+
+    Each categorical column is replaced, in place, by one 0/1 column per
+    category seen in training (sorted). A missing category (None, NaN,
+    ``pd.NA``) or one not seen in training makes all of its column's 0/1
+    inputs missing (NaN), which the classifier treats natively as missing
+    inputs; a missing numeric value stays NaN. Columns of more than
+    :data:`MAX_CATEGORIES` categories are refused with a ``ValueError``.
+
+    Parameters
+    ----------
+    is_categorical : array-like of bool of shape (n_features,)
+        Which columns are categorical.
+    feature_names : array-like of str, default=None
+        Column names for the error messages.
+
+    Attributes
+    ----------
+    categories_ : list of ndarray
+        The sorted categories of each categorical column, in column order.
+    n_outputs_ : int
+        Number of columns of the encoded data.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ugmm._preprocessing import CategoricalEncoder
+    >>> X = np.array([[1.5, "b"], [2.0, "a"]], dtype=object)
+    >>> encoder = CategoricalEncoder([False, True]).fit(X)
+    >>> encoder.transform(X)
+    array([[1.5, 0. , 1. ],
+           [2. , 1. , 0. ]])
+    """
+
+    def __init__(self, is_categorical, feature_names=None):
+        self.is_categorical = np.asarray(is_categorical, dtype=bool)
+        self.feature_names = None if feature_names is None else list(feature_names)
+
+    def fit(self, X):
+        """Find the categories of each categorical column of ``X`` (n_samples, n_features).
+
+        Returns
+        -------
+        self : CategoricalEncoder
+        """
+        import pandas as pd
+
+        X = np.asarray(X, dtype=object) if np.asarray(X).dtype.kind not in "fiub" else np.asarray(X)
+        self.categories_ = []
+        for j in np.flatnonzero(self.is_categorical):
+            values, missing = self._values_and_missing(X[:, j])
+            values = values[~missing]
+            if not len(values):
+                raise ValueError(
+                    f"Categorical column {_column_name(self.feature_names, j)} has no observed category."
+                )
+            try:
+                categories = pd.Index(pd.unique(values)).sort_values()
+            except TypeError as exc:
+                raise ValueError(
+                    f"Categorical column {_column_name(self.feature_names, j)} mixes values of different "
+                    "types (strings and numbers, say); use one type per column."
+                ) from exc
+            if len(categories) > MAX_CATEGORIES:
+                raise ValueError(
+                    f"Categorical column {_column_name(self.feature_names, j)} has {len(categories)} "
+                    f"categories; at most {MAX_CATEGORIES} are encoded natively (one network input each). "
+                    "Encode it before fitting (e.g. sklearn.preprocessing.TargetEncoder) and leave it "
+                    "out of categorical_features."
+                )
+            self.categories_.append(np.asarray(categories, dtype=object))
+        return self
+
+    @staticmethod
+    def _values_and_missing(values):
+        """The column's values as objects, and where they are missing (None, NaN, ``pd.NA``)."""
+        import pandas as pd
+
+        return np.asarray(values, dtype=object), np.asarray(pd.isna(values), dtype=bool)
+
+    @property
+    def n_outputs_(self):
+        return int(np.sum(~self.is_categorical) + sum(len(c) for c in self.categories_))
+
+    def transform(self, X):
+        """Encode ``X`` (n_samples, n_features): numeric columns as float64, categories as 0/1 columns.
+
+        Returns
+        -------
+        X_encoded : ndarray of shape (n_samples, n_outputs_)
+
+        Missing and unseen categories make their column's 0/1 inputs NaN.
+
+        Raises
+        ------
+        ValueError
+            For numeric columns that hold infinities or values that are not
+            numbers.
+        """
+        import pandas as pd
+
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != len(self.is_categorical):
+            raise ValueError(f"X has {X.shape[-1]} features, but the encoder expects {len(self.is_categorical)}.")
+        blocks, categories = [], iter(self.categories_)
+        for j, categorical in enumerate(self.is_categorical):
+            if not categorical:
+                blocks.append(self._numeric(X[:, j], j)[:, None])
+                continue
+            known = next(categories)
+            values, missing = self._values_and_missing(X[:, j])
+            codes = np.full(len(X), -1)
+            codes[~missing] = pd.Index(known).get_indexer(values[~missing])
+            one_hot = np.zeros((len(X), len(known)))
+            observed = codes >= 0
+            one_hot[np.flatnonzero(observed), codes[observed]] = 1.0
+            one_hot[~observed] = np.nan
+            blocks.append(one_hot)
+        return np.hstack(blocks) if blocks else np.zeros((len(X), 0))
+
+    def _numeric(self, values, j):
+        try:
+            values = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"Column {_column_name(self.feature_names, j)} is not categorical but holds values that "
+                f"are not numbers ({exc}); add it to categorical_features."
+            ) from exc
+        if np.any(np.isinf(values)):
+            raise ValueError("Input X contains infinity.")
+        return values
+
+    def to_metadata(self):
+        """The fitted state as plain JSON values: ``{"is_categorical": [...], "categories": [[...], ...]}``."""
+        return {
+            "is_categorical": [bool(v) for v in self.is_categorical],
+            "categories": [[v.item() if isinstance(v, np.generic) else v for v in c] for c in self.categories_],
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata, n_features, feature_names=None):
+        """A fitted encoder from :meth:`to_metadata`'s output, checked against ``n_features``.
+
+        Raises
+        ------
+        ValueError
+            If the metadata is malformed or does not describe ``n_features`` columns.
+        """
+        if not isinstance(metadata, dict) or set(metadata) != {"is_categorical", "categories"}:
+            raise ValueError("malformed categorical metadata")
+        mask, categories = metadata["is_categorical"], metadata["categories"]
+        if not isinstance(mask, list) or len(mask) != n_features or not all(isinstance(v, bool) for v in mask):
+            raise ValueError("the categorical mask does not match n_features_in_")
+        if not isinstance(categories, list) or len(categories) != sum(mask) or not any(mask):
+            raise ValueError("the category lists do not match the categorical mask")
+        for values in categories:
+            if not isinstance(values, list) or not 1 <= len(values) <= MAX_CATEGORIES:
+                raise ValueError(f"each categorical column needs 1 to {MAX_CATEGORIES} categories")
+            if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
+                raise ValueError("categories must be strings or numbers")
+            if len({(type(v), v) for v in values}) != len(values):
+                raise ValueError("categories must be distinct")
+        encoder = cls(mask, feature_names)
+        encoder.categories_ = [np.asarray(values, dtype=object) for values in categories]
+        return encoder
+
+    def __repr__(self):
+        return f"CategoricalEncoder(is_categorical={self.is_categorical.tolist()!r})"

@@ -94,3 +94,21 @@ def test_cost_report_runs_end_to_end(capsys):
     # the peak-memory subprocess, for one variant
     peak = bench_cost.measure_memory("magic", ["mlp"], 16)["mlp"]
     assert np.isfinite(peak) and peak >= 0
+
+
+def test_categorical_benchmark_runs_on_a_raw_table(monkeypatch, capsys):
+    import pandas as pd
+
+    import bench_categorical
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"x": rng.normal(size=90), "colour": pd.Categorical(rng.choice(["red", "blue", "green"], 90))}
+    )
+    y = np.where((frame["colour"] == "red").to_numpy() ^ (frame["x"] > 0).to_numpy(), "a", "b")
+    monkeypatch.setattr(bench_categorical, "load_table", lambda name: (frame, y))
+    results = bench_categorical.main(["penguins", "--models", "ugmm", "hgb"])
+    assert set(results) == {("penguins", "ugmm"), ("penguins", "hgb")}
+    for accuracy, balanced, loss, seconds in results.values():
+        assert 0.5 < accuracy <= 1 and 0 < balanced <= 1 and loss > 0 and seconds > 0
+    assert "| penguins | " in capsys.readouterr().out

@@ -2,7 +2,7 @@
 
 import numpy as np
 import torch
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from .._objectives import label_values
 from ..nn import AutoregressiveUGMM, UGMMNet
@@ -63,12 +63,24 @@ def input_names(estimator, layer):
     if names is None:
         names = [f"x{k}" for k in range(estimator.n_features_in_)]
     names = [str(name) for name in names]
+    encoder = getattr(estimator.scaler_, "encoder", None)
+    if encoder is not None:
+        names = encoded_input_names(names, encoder)
     module = estimator.module_
     if isinstance(module, AutoregressiveUGMM):
         names = [names[k] for k in module.order.cpu().tolist()]
     elif n_in == len(names) + 1:
         names.append("label")  # the generative classifier's label input
     return names
+
+
+def encoded_input_names(names, encoder):
+    """The feature ``names`` with each categorical one expanded into ``name=category``, one per input."""
+    categories = iter(encoder.categories_)
+    expanded = []
+    for name, categorical in zip(names, encoder.is_categorical):
+        expanded.extend([f"{name}={value}" for value in next(categories)] if categorical else [name])
+    return expanded
 
 
 def input_axis_label(estimator, layer):
@@ -82,10 +94,10 @@ def input_axis_label(estimator, layer):
 def network_inputs(estimator, X, y=None):
     """The standardised inputs the network sees for X (and labels y when generative)."""
     X_given = X
-    X = validate_data(estimator, X, reset=False, dtype=np.float64)
+    X = estimator._validated_input(X)
     Xs = estimator.scaler_.transform(X).astype(np.float32)
     module = estimator.module_
-    if isinstance(module, UGMMNet) and module.n_inputs == X.shape[1] + 1:
+    if isinstance(module, UGMMNet) and module.n_inputs == Xs.shape[1] + 1:
         # generative classifier: the label is the last input
         if y is None:
             y = estimator.predict(X_given)
