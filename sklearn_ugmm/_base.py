@@ -14,6 +14,7 @@ from sklearn.utils.validation import _check_sample_weight
 
 from ._engine import build_net
 from ._power import fit_yeo_johnson, transform_yeo_johnson, unit_columns
+from ._threads import thread_limit
 
 __all__ = ["BaseUGMM", "resolve_device"]
 
@@ -104,6 +105,7 @@ class BaseUGMM(BaseEstimator):
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "standardize": ["boolean"],
         "device": [str],
+        "n_threads": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
         "callbacks": [list, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -240,7 +242,8 @@ class BaseUGMM(BaseEstimator):
     def _train(self, module, X_train, y_train, validation=None, validation_score=None, generator=None):
         """Train ``module`` through a fresh skorch net; return the fitted net."""
         net = self._make_net(module, len(X_train), validation, validation_score, generator, adaptive=True)
-        net.fit(X_train, y_train)
+        with thread_limit(self.n_threads, module, net.batch_size):
+            net.fit(X_train, y_train)
         return net
 
     def _partial_fit_epoch(self, X_train, y_train, new_module):
@@ -258,7 +261,8 @@ class BaseUGMM(BaseEstimator):
             net.initialize()
         else:
             net = self.net_
-        net.partial_fit(X_train, y_train, epochs=1)
+        with thread_limit(self.n_threads, net.module_, net.batch_size):
+            net.partial_fit(X_train, y_train, epochs=1)
         self.net_ = net
         self._record_history(net, append=False, warn=False)
 
@@ -301,7 +305,10 @@ class BaseUGMM(BaseEstimator):
         if warn and n_epochs >= self.max_iter and not stopped_early and not interrupted:
             warnings.warn(
                 f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
-                "and the optimization hasn't converged yet.",
+                "and the optimization hasn't converged yet. Training stops earlier once the "
+                f"{'validation' if self.early_stopping else 'training'} loss has not improved by "
+                f"tol={self.tol:g} for n_iter_no_change={self.n_iter_no_change} epochs; raise "
+                "max_iter to train longer, or raise tol to stop sooner.",
                 ConvergenceWarning,
             )
 
@@ -347,7 +354,7 @@ class BaseUGMM(BaseEstimator):
         module = self._evaluation_module()
         device, dtype = self._model_device(), self._evaluation_dtype()
         outputs = []
-        with torch.no_grad():
+        with torch.no_grad(), thread_limit(self.n_threads, module, min(n_rows, X.shape[0])):
             for start in range(0, X.shape[0], n_rows):
                 block = torch.as_tensor(prepare(X[start : start + n_rows]), device=device, dtype=dtype)
                 outputs.append(fn(module, block).cpu().numpy().astype(np.float64))

@@ -130,6 +130,13 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         0.956 to 0.932).
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N", "mps" or "auto".
+    n_threads : int or None, default=None
+        At most this many CPU threads for torch during fit and prediction,
+        set for the calling thread only and restored afterwards (torch's
+        process-wide settings are never changed). None: one thread for small
+        batches (rows times network parameters below 5 million), where more
+        threads are slower, and torch's own setting otherwise; -1: torch's
+        own setting.
     callbacks : list of skorch callbacks, default=None
         Extra callbacks for the skorch training loop (an LR scheduler, a
         checkpoint, ...), as callbacks or (name, callback) pairs.
@@ -220,6 +227,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         tie_means=False,
         standardize="auto",
         device="cpu",
+        n_threads=None,
         callbacks=None,
         random_state=None,
         verbose=0,
@@ -242,6 +250,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         self.tie_means = tie_means
         self.standardize = standardize
         self.device = device
+        self.n_threads = n_threads
         self.callbacks = callbacks
         self.random_state = random_state
         self.verbose = verbose

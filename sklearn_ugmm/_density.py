@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import BaseUGMM, local_random_state, resolve_device
 from ._engine import pack_target
+from ._threads import thread_limit
 from .nn import AutoregressiveUGMM
 
 __all__ = ["UGMMDensityEstimator"]
@@ -97,6 +98,13 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         log-Jacobian so densities are in the original feature space.
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N", "mps" or "auto".
+    n_threads : int or None, default=None
+        At most this many CPU threads for torch during fit and prediction,
+        set for the calling thread only and restored afterwards (torch's
+        process-wide settings are never changed). None: one thread for small
+        batches (rows times network parameters below 5 million), where more
+        threads are slower, and torch's own setting otherwise; -1: torch's
+        own setting.
     callbacks : list of skorch callbacks, default=None
         Extra callbacks for the skorch training loop (an LR scheduler, a
         checkpoint, ...), as callbacks or (name, callback) pairs.
@@ -173,6 +181,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         dropout=0.0,
         standardize=True,
         device="cpu",
+        n_threads=None,
         callbacks=None,
         random_state=None,
         verbose=0,
@@ -193,6 +202,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         self.dropout = dropout
         self.standardize = standardize
         self.device = device
+        self.n_threads = n_threads
         self.callbacks = callbacks
         self.random_state = random_state
         self.verbose = verbose
@@ -419,7 +429,8 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
             raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}; it must be a positive integer.")
         rng = local_random_state(self.random_state if random_state is None else random_state)
         generator = self._torch_generator(rng)
-        z = self.module_.sample(int(n_samples), generator=generator).cpu().double().numpy()
+        with thread_limit(self.n_threads, self.module_, int(n_samples)):
+            z = self.module_.sample(int(n_samples), generator=generator).cpu().double().numpy()
         return z * self.scaling_scale_ + self.scaling_mean_
 
     def _n_parameters(self):

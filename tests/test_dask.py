@@ -2,6 +2,7 @@
 
 import warnings
 
+import distributed
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris
@@ -9,8 +10,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 
 from sklearn_ugmm import UGMMClassifier
-
-distributed = pytest.importorskip("distributed")
 
 
 def test_grid_search_on_local_dask_cluster_matches_sequential():

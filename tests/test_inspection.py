@@ -9,7 +9,7 @@ from scipy.stats import norm
 from sklearn.datasets import load_iris
 from sklearn.exceptions import NotFittedError
 
-matplotlib = pytest.importorskip("matplotlib")
+import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -256,6 +256,35 @@ def test_training_curve_display_classifier(clf, tmp_path):
     disp.figure_.savefig(tmp_path / "curve.png")
 
 
+def _clipped_labels(figure):
+    """Texts of the axis labels and titles of ``figure`` that reach beyond its edges."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    edges = figure.bbox
+    clipped = []
+    for ax in figure.axes:
+        for text in (ax.xaxis.label, ax.yaxis.label, ax.title):
+            box = text.get_window_extent(renderer)
+            if text.get_text() and not (
+                edges.x0 <= box.x0 and box.x1 <= edges.x1 and edges.y0 <= box.y0 and box.y1 <= edges.y1
+            ):
+                clipped.append(text.get_text())
+    return clipped
+
+
+@pytest.mark.parametrize("name", ["training curve", "layer", "neuron"])
+def test_displays_lay_out_their_own_figures_without_clipping(clf, iris, name):
+    X, _ = iris
+    make = {
+        "training curve": lambda: TrainingCurveDisplay.from_estimator(clf),
+        "layer": lambda: LayerDisplay.from_estimator(clf),
+        "neuron": lambda: NeuronDisplay.from_estimator(clf, X),
+    }[name]
+    figure = make().figure_
+    assert figure.get_layout_engine() is not None
+    assert _clipped_labels(figure) == []
+
+
 def test_training_curve_display_density_without_validation():
     X = np.random.RandomState(0).normal(size=(100, 2))
     est = UGMMDensityEstimator(hidden_layer_sizes=(4,), max_iter=4, early_stopping=False, random_state=0).fit(X)
@@ -317,7 +346,7 @@ def test_bad_indices(clf, iris):
         LayerDisplay.from_estimator(clf, neurons=[7])
     with pytest.raises(ValueError, match="tied-means"):
         NeuronDisplay.from_estimator(clf, X, sample=0)
-    with pytest.raises(ValueError, match="features"):
+    with pytest.warns(UserWarning, match="valid feature names"), pytest.raises(ValueError, match="features"):
         NeuronDisplay.from_estimator(clf, X.to_numpy()[:, :3])
 
 
