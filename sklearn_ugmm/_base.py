@@ -302,7 +302,9 @@ class BaseUGMM(BaseEstimator):
         stopping = callbacks.get("stopping")
         stopped_early = stopping is not None and stopping.misses_ >= stopping.patience
         interrupted = callbacks["interrupt_guard"].interrupted_
-        if warn and n_epochs >= self.max_iter and not stopped_early and not interrupted:
+        # without a stopping rule (n_iter_no_change=inf), max_iter epochs is what was asked for
+        stopping_rule = np.isfinite(self.n_iter_no_change)
+        if warn and stopping_rule and n_epochs >= self.max_iter and not stopped_early and not interrupted:
             warnings.warn(
                 f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
                 "and the optimization hasn't converged yet. Training stops earlier once the "

@@ -72,10 +72,8 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         progress. Unlike MLPClassifier's (SGD only) it applies to Adam, and
         only in ``fit`` (``partial_fit`` keeps the rate).
     learning_rate_init : float or "auto", default="auto"
-        Adam learning rate. "auto" is 3e-3 below 300 training samples (after
-        the validation split) and 1e-2 from there: small data sets need the
-        smaller steps, larger ones reach a better optimum in fewer epochs with
-        the larger (measured with examples/benchmarks/bench_density.py).
+        Adam learning rate; "auto" is 3e-3 below 300 training samples (after
+        the validation split), where larger steps overfit, and 1e-2 from there.
     max_iter : int, default=500
         Maximum number of epochs.
     tol : float, default=1e-3
@@ -88,9 +86,11 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         default: without it the model overfits small data sets.
     validation_fraction : float, default=0.1
         Share of the training data held out for early stopping.
-    n_iter_no_change : int, default=10
+    n_iter_no_change : int or np.inf, default=10
         Epochs without progress (an improvement of at least ``tol`` of the
-        monitored loss) before training stops.
+        monitored loss) before training stops; ``np.inf`` turns the stopping
+        rule off, so training runs exactly ``max_iter`` epochs (without a
+        ConvergenceWarning).
     dropout : float, default=0.0
         Dropout of the hidden layers' mixture components during training.
     standardize : bool, default=True
@@ -102,7 +102,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         At most this many CPU threads for torch during fit and prediction,
         set for the calling thread only and restored afterwards (torch's
         process-wide settings are never changed). None: one thread for small
-        batches (rows times network parameters below 5 million), where more
+        batches (rows times network parameters below 20 million), where more
         threads are slower, and torch's own setting otherwise; -1: torch's
         own setting.
     callbacks : list of skorch callbacks, default=None

@@ -20,7 +20,7 @@ __all__ = ["SMALL_WORK", "resolve_n_threads", "thread_limit"]
 #: Work per batch (rows times the network's parameters) below which
 #: ``n_threads=None`` uses one thread; measured with
 #: examples/benchmarks/bench_threads.py.
-SMALL_WORK = 5_000_000
+SMALL_WORK = 20_000_000
 
 _CONTROLLER = None
 

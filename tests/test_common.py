@@ -22,8 +22,8 @@ def _expected_failed_checks(estimator):
 
 @parametrize_with_checks(
     [
-        UGMMClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
-        UGMMDensityEstimator(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
+        UGMMClassifier(hidden_layer_sizes=(8,), max_iter=30, n_iter_no_change=2, tol=1e-2, random_state=0),
+        UGMMDensityEstimator(hidden_layer_sizes=(8,), max_iter=30, n_iter_no_change=2, tol=1e-2, random_state=0),
     ],
     expected_failed_checks=_expected_failed_checks,
     xfail_strict=True,

@@ -16,7 +16,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator, load_model, save_model  # noqa: E402
 from sklearn_ugmm.inspection import LayerDisplay, NeuronDisplay, TrainingCurveDisplay  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
 @pytest.fixture(autouse=True)
@@ -33,25 +32,25 @@ def iris():
 @pytest.fixture(scope="module")
 def clf(iris):
     X, y = iris
-    return UGMMClassifier(hidden_layer_sizes=(6, 5), max_iter=8, random_state=0).fit(X, y)
+    return UGMMClassifier(hidden_layer_sizes=(6, 5), max_iter=8, n_iter_no_change=np.inf, random_state=0).fit(X, y)
 
 
 @pytest.fixture(scope="module")
 def tied_clf(iris):
     X, y = iris
-    return UGMMClassifier(hidden_layer_sizes=(5,), tie_means=True, max_iter=5, random_state=0).fit(X, y)
+    return UGMMClassifier(hidden_layer_sizes=(5,), tie_means=True, max_iter=5, n_iter_no_change=np.inf, random_state=0).fit(X, y)
 
 
 @pytest.fixture(scope="module")
 def generative_clf(iris):
     X, y = iris
-    return UGMMClassifier(hidden_layer_sizes=(5,), objective="generative", max_iter=5, random_state=0).fit(X, y)
+    return UGMMClassifier(hidden_layer_sizes=(5,), objective="generative", max_iter=5, n_iter_no_change=np.inf, random_state=0).fit(X, y)
 
 
 @pytest.fixture(scope="module")
 def density():
     X = np.random.RandomState(0).normal(size=(150, 3)) @ np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0, 0, 1]])
-    est = UGMMDensityEstimator(hidden_layer_sizes=(6, 4), order=[2, 0, 1], max_iter=5, random_state=0).fit(X)
+    est = UGMMDensityEstimator(hidden_layer_sizes=(6, 4), order=[2, 0, 1], max_iter=5, n_iter_no_change=np.inf, random_state=0).fit(X)
     return est, X
 
 
@@ -225,7 +224,7 @@ def test_layer_display_classifier(clf, iris, tmp_path):
 
 def test_layer_display_without_feature_names(iris):
     X, y = iris
-    est = UGMMClassifier(hidden_layer_sizes=(3,), objective="generative", max_iter=2, random_state=0)
+    est = UGMMClassifier(hidden_layer_sizes=(3,), objective="generative", max_iter=2, n_iter_no_change=np.inf, random_state=0)
     est.fit(X.to_numpy(), y)
     disp = LayerDisplay.from_estimator(est)
     assert disp.input_names == ["x0", "x1", "x2", "x3", "label"]
@@ -287,7 +286,7 @@ def test_displays_lay_out_their_own_figures_without_clipping(clf, iris, name):
 
 def test_training_curve_display_density_without_validation():
     X = np.random.RandomState(0).normal(size=(100, 2))
-    est = UGMMDensityEstimator(hidden_layer_sizes=(4,), max_iter=4, early_stopping=False, random_state=0).fit(X)
+    est = UGMMDensityEstimator(hidden_layer_sizes=(4,), max_iter=4, n_iter_no_change=np.inf, early_stopping=False, random_state=0).fit(X)
     fig, ax = plt.subplots()
     disp = TrainingCurveDisplay.from_estimator(est, ax=ax)
     assert disp.ax_ is ax and disp.figure_ is fig
@@ -351,7 +350,7 @@ def test_bad_indices(clf, iris):
 
 
 def test_density_without_hidden_layers():
-    est = UGMMDensityEstimator(hidden_layer_sizes=(), max_iter=2, random_state=0).fit(np.random.rand(50, 2))
+    est = UGMMDensityEstimator(hidden_layer_sizes=(), max_iter=2, n_iter_no_change=np.inf, random_state=0).fit(np.random.rand(50, 2))
     with pytest.raises(ValueError, match="no hidden uGMM layers"):
         LayerDisplay.from_estimator(est)
 

@@ -1,23 +1,14 @@
 """save_model / load_model: JSON hyperparameters, weights-only tensors, tamper detection."""
 
 import pickle
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from sklearn.datasets import load_iris
-from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator, load_model, save_model
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +21,7 @@ def test_classifier_round_trip_predicts_identically(iris, tmp_path, objective):
     X, y = iris
     labels = np.array(["a", "b", "c"], dtype=object)[y]
     df = pd.DataFrame(X, columns=list("pqrs"))
-    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=5, objective=objective, random_state=0).fit(df, labels)
+    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=5, n_iter_no_change=np.inf, objective=objective, random_state=0).fit(df, labels)
     save_model(clf, tmp_path / "clf.ugmm")
     loaded = load_model(tmp_path / "clf.ugmm")
     assert type(loaded) is UGMMClassifier
@@ -44,7 +35,7 @@ def test_classifier_round_trip_predicts_identically(iris, tmp_path, objective):
 
 def test_density_round_trip(tmp_path):
     X = np.random.RandomState(0).normal(size=(120, 3)) * [1.0, 5.0, 0.1] + [0.0, 10.0, -3.0]
-    est = UGMMDensityEstimator(hidden_layer_sizes=(6,), max_iter=5, random_state=0).fit(X)
+    est = UGMMDensityEstimator(hidden_layer_sizes=(6,), max_iter=5, n_iter_no_change=np.inf, random_state=0).fit(X)
     save_model(est, tmp_path / "d.ugmm")
     loaded = load_model(tmp_path / "d.ugmm")
     np.testing.assert_array_equal(loaded.score_samples(X), est.score_samples(X))
@@ -53,7 +44,7 @@ def test_density_round_trip(tmp_path):
 
 def test_loaded_model_can_continue_training(iris, tmp_path):
     X, y = iris
-    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=5, warm_start=True, random_state=0).fit(X, y)
+    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=5, n_iter_no_change=np.inf, warm_start=True, random_state=0).fit(X, y)
     save_model(clf, tmp_path / "clf.ugmm")
     loaded = load_model(tmp_path / "clf.ugmm").fit(X, y)
     assert loaded.n_iter_ > clf.n_iter_
@@ -61,7 +52,7 @@ def test_loaded_model_can_continue_training(iris, tmp_path):
 
 def test_tampered_file_is_refused(iris, tmp_path):
     X, y = iris
-    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=3, random_state=0).fit(X, y)
+    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=3, n_iter_no_change=np.inf, random_state=0).fit(X, y)
     path = tmp_path / "clf.ugmm"
     save_model(clf, path)
     content = torch.load(path, weights_only=True)
@@ -94,7 +85,7 @@ def test_pickle_payload_is_not_executed(tmp_path):
 
 def test_mismatched_file_is_refused(iris, tmp_path):
     X, y = iris
-    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=3, random_state=0).fit(X, y)
+    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=3, n_iter_no_change=np.inf, random_state=0).fit(X, y)
     path = tmp_path / "clf.ugmm"
     save_model(clf, path)
     content = torch.load(path, weights_only=True)
@@ -118,6 +109,6 @@ def test_unsaveable_parameters_and_unfitted(iris, tmp_path):
 
     with pytest.raises(NotFittedError):
         save_model(UGMMClassifier(), tmp_path / "x.ugmm")
-    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=2, callbacks=[Callback()], random_state=0).fit(X, y)
+    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=2, n_iter_no_change=np.inf, callbacks=[Callback()], random_state=0).fit(X, y)
     with pytest.raises(ValueError, match="cannot be stored safely"):
         save_model(clf, tmp_path / "x.ugmm")

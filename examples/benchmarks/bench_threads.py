@@ -14,6 +14,7 @@ explicitly.
 import argparse
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import warnings
@@ -97,6 +98,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", ConvergenceWarning)
 
+    # a terminated run still stops its busy loops (the finally clause below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     hogs = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(args.load)]
     for hog in hogs:
         hog.start()
