@@ -127,7 +127,9 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Seeds local torch generators for initialisation, dropout and
         shuffling (the global RNGs are never touched).
     verbose : int, default=0
-        Print skorch's per-epoch table (loss, validation score, time) when > 0.
+        When > 0, show training progress: epochs done of ``max_iter``, time
+        per epoch, time left and the best validation loss, on one updating
+        line in a terminal and as plain lines in logs and notebooks.
     warm_start : bool, default=False
         Continue training the previous model on the next call to fit.
 
