@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._base import BaseUGMM, local_random_state, resolve_device
 from ._engine import pack_target
 from ._power import evenly_spaced_rows
+from ._threads import initialisation_limit
 from .nn import UGMMNet
 
 __all__ = ["UGMMClassifier"]
@@ -119,7 +120,9 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         process-wide settings are never changed). None: one thread for small
         batches (rows times network parameters below 20 million), where more
         threads are slower, and torch's own setting otherwise; -1: torch's
-        own setting.
+        own setting. The data-dependent initialisation in ``fit`` runs on one
+        thread for None, with numpy's and scikit-learn's thread pools capped
+        too.
     callbacks : list of skorch callbacks, default=None
         Extra callbacks for the skorch training loop (an LR scheduler, a
         checkpoint, ...), as callbacks or (name, callback) pairs.
@@ -298,7 +301,8 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         if continuing:
             module = self.module_
         else:
-            module = self._initialised_module(X_train, y_index[train_idx], sample_weight[train_idx], generator)
+            with initialisation_limit(self.n_threads):
+                module = self._initialised_module(X_train, y_index[train_idx], sample_weight[train_idx], generator)
         module.set_generator(generator)
         self.device_ = device
 

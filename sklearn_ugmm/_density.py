@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import BaseUGMM, local_random_state, resolve_device
 from ._engine import pack_target
-from ._threads import thread_limit
+from ._threads import initialisation_limit, thread_limit
 from .nn import AutoregressiveUGMM
 
 __all__ = ["UGMMDensityEstimator"]
@@ -104,7 +104,9 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         process-wide settings are never changed). None: one thread for small
         batches (rows times network parameters below 20 million), where more
         threads are slower, and torch's own setting otherwise; -1: torch's
-        own setting.
+        own setting. The data-dependent initialisation in ``fit`` runs on one
+        thread for None, with numpy's and scikit-learn's thread pools capped
+        too.
     callbacks : list of skorch callbacks, default=None
         Extra callbacks for the skorch training loop (an LR scheduler, a
         checkpoint, ...), as callbacks or (name, callback) pairs.
@@ -252,7 +254,8 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         if continuing:
             module = self.module_
         else:
-            module = self._initialised_module(X_train, sample_weight[train_idx], rng, generator)
+            with initialisation_limit(self.n_threads):
+                module = self._initialised_module(X_train, sample_weight[train_idx], rng, generator)
         module.set_generator(generator)
         self.device_ = device
         self.net_ = self._train(module, X_train, y_train, validation, _validation_log_likelihood, generator)

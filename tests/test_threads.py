@@ -7,6 +7,7 @@ import pytest
 import torch
 from skorch.callbacks import Callback
 from sklearn.datasets import load_iris
+from threadpoolctl import threadpool_info
 
 from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator, load_model, save_model
 from sklearn_ugmm import _threads
@@ -116,3 +117,19 @@ def test_n_threads_is_saved(tmp_path):
     loaded = load_model(tmp_path / "m.ugmm")
     assert loaded.n_threads == 1
     np.testing.assert_array_equal(loaded.predict_proba(load_iris().data), clf.predict_proba(load_iris().data))
+
+
+@pytest.mark.parametrize("make", [UGMMClassifier, UGMMDensityEstimator])
+def test_initialisation_caps_every_thread_pool(monkeypatch, make):
+    pools = []
+    original = make._initialised_module
+
+    def recorded(self, *args, **kwargs):
+        pools.append({(info["internal_api"], info["num_threads"]) for info in threadpool_info()})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(make, "_initialised_module", recorded)
+    _fit(make, None)
+    assert len(pools) == 1 and {n for _, n in pools[0]} == {1}  # torch's OpenMP, BLAS, scikit-learn's OpenMP
+    assert torch.get_num_threads() == 2
+    assert {info["num_threads"] for info in threadpool_info() if info["internal_api"] == "openmp"} != {1}
