@@ -1,5 +1,19 @@
-"""What the uGMM estimators share: parameters, devices, scaling, training, batched inference."""
+"""What the uGMM estimators share: parameters, devices, the fit skeleton, batched inference.
 
+Every fit -- ``fit``, ``fit`` with ``warm_start`` and ``partial_fit`` -- runs
+:meth:`BaseUGMM._fit`: validate -> resolve the "auto" parameters -> fit the
+preprocessing -> split -> initialise -> train -> commit (the validation rows
+are drawn before the parameters are resolved, since the "auto" values depend
+on the number of training rows). It is a transaction:
+everything new is built in local variables and assigned to the estimator
+together at the end, so a fit that fails (or is interrupted before its first
+completed epoch) leaves the estimator exactly as it was. What differs between
+the estimators comes from their objective objects (``_objectives``) and a few
+hooks (:meth:`BaseUGMM._objective`, :meth:`BaseUGMM._targets`,
+:meth:`BaseUGMM._split`).
+"""
+
+import copy
 import math
 import warnings
 from numbers import Integral, Real
@@ -10,17 +24,20 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.validation import _check_sample_weight
+from sklearn.utils.validation import _check_sample_weight, validate_data
 
-from ._engine import build_net
-from ._power import fit_yeo_johnson, transform_yeo_johnson, unit_columns
-from ._threads import thread_limit
+from ._engine import _state_copy, build_net, pack_target
+from ._preprocessing import FeatureScaler
+from ._threads import initialisation_limit, thread_limit
+from .nn._net import INIT_MAX_SAMPLES, evenly_spaced_rows
 
 __all__ = ["BaseUGMM", "resolve_device"]
 
 #: Rows per inference batch: predictions never hold more than this many rows
 #: of intermediate activations at once.
 INFERENCE_BATCH_ROWS = 4096
+#: Training rows (evenly spaced) on which fit compares its loss at the start and the end.
+PROGRESS_CHECK_ROWS = INIT_MAX_SAMPLES
 
 
 def resolve_device(device):
@@ -83,9 +100,8 @@ def _mps_available():
     return bool(backend is not None and backend.is_available())
 
 
-_POWER_KEYS = ("shift", "scale", "lambdas", "low", "high")
-#: Fitted attributes of the power transform (only when it is used).
-_POWER_ATTRIBUTES = tuple(f"power_{key}_" for key in _POWER_KEYS)
+#: What ``validate_data(reset=True)`` sets on an estimator.
+_FEATURE_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
 
 
 class BaseUGMM(BaseEstimator):
@@ -112,7 +128,151 @@ class BaseUGMM(BaseEstimator):
         "warm_start": ["boolean"],
     }
 
-    # ------------------------------------------------------------------ fit helpers
+    #: parameters whose "auto" value the objective decides (listed in ``resolved_params_``)
+    _auto_parameters = ("learning_rate_init", "batch_size", "standardize")
+    #: whether ``fit`` needs a target
+    _requires_y = False
+
+    def _store_params(self, params):
+        """``__init__``'s whole job: store each parameter under its own name (``locals()`` of ``__init__``)."""
+        for name, value in params.items():
+            if name != "self":
+                setattr(self, name, value)
+
+    # ------------------------------------------------------------------ what each estimator supplies
+    def _objective(self, n_features, classes):
+        """The objective object for ``n_features`` inputs (and ``classes``)."""
+        raise NotImplementedError
+
+    def _targets(self, y, classes, *, continuing, incremental):
+        """``(y_index, classes)``: targets as indices, and the classes (None for a density)."""
+        return None, None
+
+    def _split(self, n_samples, y_index, rng):
+        """``(train_idx, valid_idx)`` for early stopping, or None to train on every row."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the fit skeleton
+    def _fit(self, X, y=None, sample_weight=None, *, incremental=False, classes=None):
+        """Fit (``incremental``: one ``partial_fit`` epoch) as a transaction; return self."""
+        continuing = self.__sklearn_is_fitted__() and (incremental or self.warm_start)
+        # validate
+        X, y, features = self._validated(X, y, reset=not continuing)
+        y_index, classes = self._targets(y, classes, continuing=continuing, incremental=incremental)
+        sample_weight = self._check_weights(sample_weight, X)
+        objective = self._objective(X.shape[1], classes)
+        if continuing and incremental:
+            rng, generator, device = None, _copy_generator(self.net_), self.device_
+        else:
+            rng = local_random_state(self.random_state)
+            generator = _torch_generator(rng)
+            device = resolve_device(self.device)
+        split = self._split(len(X), y_index, rng) if self.early_stopping and not incremental else None
+        train_idx = np.arange(len(X)) if split is None else split[0]
+        # resolve the "auto" parameters
+        if continuing and incremental:
+            resolved = dict(self.resolved_params_)
+        else:
+            resolved = self._resolve_params(objective, len(train_idx))
+            if continuing:
+                resolved["standardize"] = self.resolved_params_["standardize"]
+        if self.verbose and not incremental:
+            print(f"{type(self).__name__}: " + ", ".join(f"{k}={v!r}" for k, v in resolved.items()), flush=True)
+        # preprocess
+        scaler = self.scaler_ if continuing else FeatureScaler(resolved["standardize"]).fit(X, sample_weight)
+        inputs = objective.network_inputs(_network_features(scaler, X), y_index)
+        targets = pack_target(y_index, sample_weight)
+        X_train, y_train = inputs[train_idx], targets[train_idx]
+        validation = None if split is None else (inputs[split[1]], targets[split[1]])
+        # initialise
+        if continuing:
+            module = copy.deepcopy(self.module_)
+        else:
+            module = objective.new_module(generator)
+            seen = sample_weight[train_idx] > 0
+            y_seen = None if y_index is None else y_index[train_idx][seen]
+            with initialisation_limit(self.n_threads):
+                objective.initialise(module, torch.as_tensor(X_train[seen]), y_seen, generator, rng)
+        module.set_generator(generator)
+        # train
+        net = self._make_net(objective, module, resolved, generator, device, validation, adaptive=not incremental)
+        n_before = self._train(
+            net, X_train, y_train, continuing=continuing, incremental=incremental,
+            per_sample_loss=objective.per_sample_loss, learning_rate_init=resolved["learning_rate_init"],
+        )
+        history = self._history_attributes(net, n_before, append=continuing, warn=not incremental)
+        # commit
+        fitted = {"scaler_": scaler, "resolved_params_": resolved, "net_": net, "device_": device, **history}
+        if classes is not None:
+            fitted["classes_"] = classes
+        evaluation = _evaluation_copy(net.module_)
+        if not continuing:
+            for name in _FEATURE_ATTRIBUTES:
+                self.__dict__.pop(name, None)
+        self.__dict__.update(features)
+        self.__dict__.update(fitted)
+        self._evaluation_module = evaluation
+        return self
+
+    def _train(self, net, X_train, y_train, *, continuing, incremental, per_sample_loss, learning_rate_init):
+        """Run ``fit`` (or one ``partial_fit`` epoch, continuing the committed optimiser and history).
+
+        Returns the number of completed epochs the history held before. Raises
+        ``KeyboardInterrupt`` when interrupted before completing an epoch.
+
+        A ``fit`` that ends with a training loss higher than it started with
+        (by more than ``tol``), or with the same output for every (distinct)
+        training row, diverged: the network gets back the weights it had when
+        the fit started, with a ConvergenceWarning. It is still a completed
+        fit, committed as such.
+        """
+        with thread_limit(self.n_threads, net.module, net.batch_size):
+            n_before = 0
+            if not incremental:
+                rows = evenly_spaced_rows(len(X_train), PROGRESS_CHECK_ROWS)
+                start_state = _state_copy(net.module)
+                start_loss, _ = training_loss(net.module, per_sample_loss, X_train[rows], y_train[rows])
+            if incremental:
+                net.initialize()
+                if continuing:
+                    net.optimizer_.load_state_dict(copy.deepcopy(self.net_.optimizer_.state_dict()))
+                    # a new list of the same rows: training appends rows and writes only to its own
+                    net.history_ = type(self.net_.history_)(self.net_.history_)
+                    n_before = len(_completed_epochs(net))
+                net.partial_fit(X_train, y_train, epochs=1)
+            else:
+                net.fit(X_train, y_train)
+            guard = dict(net.callbacks_)["interrupt_guard"]
+            if guard.interrupted_ and guard.completed_epochs_ == 0:
+                raise KeyboardInterrupt  # nothing to keep: the estimator stays as it was
+            if not incremental:
+                end_loss, outputs = training_loss(net.module_, per_sample_loss, X_train[rows], y_train[rows])
+                problem = divergence(start_loss, end_loss, outputs, X_train[rows], tol=self.tol)
+                if problem:
+                    net.module_.load_state_dict(start_state)
+                    warnings.warn(
+                        f"Training diverged: {problem}. The model keeps the weights it had when this fit "
+                        f"started. Lower learning_rate_init (it was {learning_rate_init}).",
+                        ConvergenceWarning,
+                    )
+            net.set_params(train_split=None)  # the fitted model keeps no validation rows
+            return n_before
+
+    def _validated(self, X, y, reset):
+        """``validate_data`` that leaves the estimator untouched: (X, y, feature attributes to commit)."""
+        saved = {name: self.__dict__[name] for name in _FEATURE_ATTRIBUTES if name in self.__dict__}
+        try:
+            if self._requires_y:
+                X, y = validate_data(self, X, y, reset=reset, dtype=np.float64)
+            else:
+                X = validate_data(self, X, reset=reset, dtype=np.float64)
+            features = {name: self.__dict__[name] for name in _FEATURE_ATTRIBUTES if name in self.__dict__}
+        finally:
+            for name in _FEATURE_ATTRIBUTES:
+                self.__dict__.pop(name, None)
+            self.__dict__.update(saved)
+        return X, y, features
+
     def _hidden_sizes(self):
         sizes = self.hidden_layer_sizes
         sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
@@ -124,79 +284,24 @@ class BaseUGMM(BaseEstimator):
         sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         if not np.any(sample_weight > 0):
             raise ValueError("sample_weight must have at least one positive entry; all weights are zero.")
-        return sample_weight
+        return normalised_weights(sample_weight)
 
-    def _torch_generator(self, random_state):
-        """A local torch generator seeded from ``random_state`` (never the global RNG)."""
-        seed = int(random_state.randint(np.iinfo(np.int32).max))
-        return torch.Generator().manual_seed(seed)
-
-    def _fit_scaling(self, X, sample_weight):
-        """Weighted per-feature mean and standard deviation (identity when off).
-
-        With the "yeo-johnson" method the features first go through a
-        weighted Yeo-Johnson power transform (attributes ``power_*_``).
-        """
-        n_features = X.shape[1]
-        for name in _POWER_ATTRIBUTES:
-            self.__dict__.pop(name, None)
-        method = self._scaling_method()
-        if method == "yeo-johnson":
-            power = fit_yeo_johnson(X, sample_weight)
-            for key, value in power.items():
-                setattr(self, f"power_{key}_", value)
-            X = transform_yeo_johnson(X, power)
-        if not method:
-            self.scaling_mean_ = np.zeros(n_features)
-            self.scaling_scale_ = np.ones(n_features)
-            return
-        w = sample_weight / sample_weight.sum()
-        unit, magnitude = unit_columns(X)
-        mean = w @ unit
-        scale = np.sqrt(w @ (unit - mean) ** 2) * magnitude
-        mean = mean * magnitude
-        # constant features are only centred, as StandardScaler does
-        scale[~(scale > 1e-12 * np.maximum(1.0, np.abs(mean)))] = 1.0
-        self.scaling_mean_ = mean
-        self.scaling_scale_ = scale
-
-    def _scaling_method(self):
-        """``standardize`` with any "auto" resolved: True, False or "yeo-johnson"."""
-        return self.standardize
-
-    def _power_transformed(self, X):
-        X = np.asarray(X, dtype=np.float64)
-        if not hasattr(self, "power_lambdas_"):
-            return X
-        return transform_yeo_johnson(X, {key: getattr(self, f"power_{key}_") for key in _POWER_KEYS})
-
-    def _scaled(self, X, dtype=np.float32):
-        """X as the network sees it: power-transformed (if fitted so), then standardised."""
-        Xs = (self._power_transformed(X) - self.scaling_mean_) / self.scaling_scale_
-        if not np.all(np.isfinite(Xs.astype(np.float32))):
-            raise ValueError(
-                "Input contains values too large for float32 after scaling; "
-                "the model computes in float32."
-            )
-        return Xs.astype(dtype)
-
-    def _batch_size(self, n_samples):
-        if self.batch_size == "auto":
-            return min(200, n_samples)
-        if self.batch_size > n_samples:
+    def _resolve_params(self, objective, n_train):
+        """Every "auto" parameter's value for this fit, with ``n_train`` (the rows trained on)."""
+        auto = objective.auto_values(n_train)
+        resolved = {}
+        for name in self._auto_parameters:
+            value = getattr(self, name)
+            resolved[name] = auto[name] if isinstance(value, str) and value == "auto" else value
+        if resolved["batch_size"] > n_train:
             warnings.warn(
-                f"Got batch_size={self.batch_size} larger than the number of training "
-                f"samples {n_samples}; using {n_samples}.",
+                f"Got batch_size={resolved['batch_size']} larger than the number of training "
+                f"samples {n_train}; using {n_train}.",
                 UserWarning,
             )
-        return min(self.batch_size, n_samples)
-
-    def _learning_rate(self, n_train):
-        return self.learning_rate_init
-
-    def _penalty(self, n_train):
-        """``penalty(module)`` added to the training loss, or None."""
-        return None
+        resolved["batch_size"] = int(min(resolved["batch_size"], n_train))
+        resolved["n_train"] = int(n_train)
+        return resolved
 
     def _lr_patience(self):
         """Epochs without progress before ``learning_rate="adaptive"`` cuts the rate."""
@@ -204,107 +309,53 @@ class BaseUGMM(BaseEstimator):
             return None
         return max(3, int(self.n_iter_no_change) // 4 + 1)
 
-    def _averaging_epochs(self):
-        """Horizon of the weight averaging in ``fit`` (None: the last weights are kept)."""
-        return None
+    def _make_net(self, objective, module, resolved, generator, device, validation=None, adaptive=False):
+        """A skorch net around ``module`` configured by this estimator's (resolved) parameters.
 
-    def _make_net(
-        self, module, n_train, validation=None, validation_score=None, generator=None, patience=None, adaptive=False
-    ):
-        """A skorch net around ``module`` configured by this estimator's parameters.
-
-        ``adaptive``: the learning-rate schedule and the weight averaging of
-        ``fit`` (not for ``partial_fit``, whose calls are single epochs).
+        ``adaptive``: the stopping rule, the learning-rate schedule and the
+        weight averaging of ``fit`` (not for ``partial_fit``, whose calls are
+        single epochs).
         """
-        batch_size = self._batch_size(n_train)
+        batch_size, n_train = resolved["batch_size"], resolved["n_train"]
         return build_net(
             module,
-            self._per_sample_loss,
-            learning_rate_init=self._learning_rate(n_train),
+            objective.per_sample_loss,
+            learning_rate_init=resolved["learning_rate_init"],
             alpha=self.alpha,
             batch_size=batch_size,
             max_iter=self.max_iter,
             tol=self.tol,
-            n_iter_no_change=self.n_iter_no_change if patience is None else patience,
+            n_iter_no_change=self.n_iter_no_change if adaptive else np.inf,
             generator=generator,
-            device=self.device_,
+            device=device,
             verbose=self.verbose,
             validation_data=validation,
-            validation_score=validation_score,
-            validation_monitor=self._validation_monitor,
+            validation_score=objective.validation_score,
+            validation_monitor=objective.validation_monitor,
             extra_callbacks=self.callbacks,
             lr_patience=self._lr_patience() if adaptive else None,
-            penalty=self._penalty(n_train),
-            averaging_epochs=self._averaging_epochs() if adaptive else None,
+            penalty=objective.penalty(resolved.get("precision_penalty"), n_train),
+            averaging_epochs=resolved.get("averaging_epochs") if adaptive else None,
             steps_per_epoch=math.ceil(n_train / batch_size),
         )
 
-    def _train(self, module, X_train, y_train, validation=None, validation_score=None, generator=None):
-        """Train ``module`` through a fresh skorch net; return the fitted net."""
-        net = self._make_net(module, len(X_train), validation, validation_score, generator, adaptive=True)
-        with thread_limit(self.n_threads, module, net.batch_size):
-            net.fit(X_train, y_train)
-        return net
-
-    def _partial_fit_epoch(self, X_train, y_train, new_module):
-        """One epoch over ``(X_train, y_train)``, building the model on the first call.
-
-        ``new_module(generator)`` returns the initialised network. The skorch
-        net (with its optimiser state, history and generators) persists
-        between calls, and no stopping rule applies.
-        """
-        if not hasattr(self, "net_"):
-            generator = self._torch_generator(local_random_state(self.random_state))
-            module = new_module(generator)
-            module.set_generator(generator)
-            net = self._make_net(module, len(X_train), generator=generator, patience=np.inf)
-            net.initialize()
-        else:
-            net = self.net_
-        with thread_limit(self.n_threads, net.module_, net.batch_size):
-            net.partial_fit(X_train, y_train, epochs=1)
-        self.net_ = net
-        self._record_history(net, append=False, warn=False)
-
-    def _restore_module(self, state):
-        """Rebuild the fitted network from a state dict (see ``load_model``)."""
-        try:
-            self.device_ = resolve_device(self.device)
-        except ValueError as exc:
-            warnings.warn(f"{exc} Loading the model on the CPU instead.", UserWarning)
-            self.device_ = torch.device("cpu")
-        module = self._new_module(generator=None)
-        module.load_state_dict(state, strict=True)
-        self.net_ = self._make_net(module, n_train=1)
-        self.net_.initialize()
-
-    def _record_history(self, net, append, warn=True):
-        # an interrupted epoch leaves a history row without a training loss
-        history = [row for row in net.history if "train_loss" in row]
-        losses = [float(row["train_loss"]) for row in history]
-        n_epochs = len(losses)
-        if append and hasattr(self, "loss_curve_"):
-            self.loss_curve_ = self.loss_curve_ + losses
-            self.n_iter_ = self.n_iter_ + n_epochs
-        else:
-            self.loss_curve_ = losses
-            self.n_iter_ = n_epochs
-        self.best_loss_ = float(np.min(self.loss_curve_)) if self.loss_curve_ else np.inf
-        if self.early_stopping:
-            scores = [float(row.get("valid_score", np.nan)) for row in history]
-            self.validation_scores_ = scores
-            finite = [v for v in scores if np.isfinite(v)]
-            self.best_validation_score_ = float(max(finite)) if finite else np.nan
-        else:
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
+    def _history_attributes(self, net, n_before, append, warn):
+        """``n_iter_``, ``loss_curve_`` and the validation scores after training ``net``."""
+        epochs = _completed_epochs(net)[n_before:]
+        losses = [float(row["train_loss"]) for row in epochs]
+        scores = [float(row.get("valid_score", np.nan)) for row in epochs] if self.early_stopping else None
+        if append:
+            losses = self.loss_curve_ + losses
+            if scores is not None:
+                scores = (self.validation_scores_ or []) + scores
+        finite = [v for v in scores if np.isfinite(v)] if scores is not None else []
         callbacks = dict(net.callbacks_)
         stopping = callbacks.get("stopping")
         stopped_early = stopping is not None and stopping.misses_ >= stopping.patience
         interrupted = callbacks["interrupt_guard"].interrupted_
         # without a stopping rule (n_iter_no_change=inf), max_iter epochs is what was asked for
         stopping_rule = np.isfinite(self.n_iter_no_change)
-        if warn and stopping_rule and n_epochs >= self.max_iter and not stopped_early and not interrupted:
+        if warn and stopping_rule and len(epochs) >= self.max_iter and not stopped_early and not interrupted:
             warnings.warn(
                 f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
                 "and the optimization hasn't converged yet. Training stops earlier once the "
@@ -313,9 +364,68 @@ class BaseUGMM(BaseEstimator):
                 "max_iter to train longer, or raise tol to stop sooner.",
                 ConvergenceWarning,
             )
+        return {
+            "loss_curve_": losses,
+            "n_iter_": len(losses),
+            "best_loss_": float(np.min(losses)) if losses else np.inf,
+            "validation_scores_": scores,
+            "best_validation_score_": (float(max(finite)) if finite else np.nan) if scores is not None else None,
+        }
 
-    #: validation history entry that early stopping watches (lower is better)
-    _validation_monitor = "valid_loss"
+    # ------------------------------------------------------------------ persistence
+    def _training_state(self):
+        """What ``partial_fit`` continues from besides the weights: ``(json-able dict, tensors)``.
+
+        The optimiser's state and the training generator's, so that a
+        restored model trains exactly as the saved one would have.
+        """
+        optimizer = self.net_.optimizer_.state_dict()
+        tensors = {"generator": self.net_.iterator_train__generator.get_state()}
+        for index, state in optimizer["state"].items():
+            for key, value in state.items():
+                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu()
+        return {"param_groups": optimizer["param_groups"]}, tensors
+
+    def _restore(self, module_state, training_meta=None, training_tensors=None):
+        """Rebuild the fitted network from saved weights and training state (see ``load_model``).
+
+        Expects the other fitted attributes (``n_features_in_``,
+        ``resolved_params_``, ``classes_``) to be set.
+        """
+        try:
+            device = resolve_device(self.device)
+        except ValueError as exc:
+            warnings.warn(f"{exc} Loading the model on the CPU instead.", UserWarning)
+            device = torch.device("cpu")
+        net = self._fresh_net(device)
+        net.module_.load_state_dict(module_state, strict=True)
+        if training_tensors is not None:
+            net.iterator_train__generator.set_state(training_tensors["generator"])
+        if training_meta is not None:
+            state = {}
+            for key, value in training_tensors.items():
+                if key.startswith("optimizer."):
+                    _, index, name = key.split(".", 2)
+                    state.setdefault(int(index), {})[name] = value
+            net.optimizer_.load_state_dict({"state": state, "param_groups": training_meta["param_groups"]})
+        self.net_, self.device_ = net, device
+        self._evaluation_module = _evaluation_copy(net.module_)
+
+    def _fresh_net(self, device):
+        """An initialised net of the fitted shape and resolved parameters, with throwaway weights.
+
+        What :meth:`_restore` loads the saved state into, and what
+        ``load_model`` compares a file's tensors with
+        (:func:`training_tensor_layout`) before reading them. Expects
+        ``n_features_in_``, ``resolved_params_`` (and ``classes_``) to be set.
+        """
+        objective = self._objective(self.n_features_in_, getattr(self, "classes_", None))
+        # local generators for the throwaway initial values: the global one stays untouched
+        generator = torch.Generator()
+        module = objective.new_module(torch.Generator())
+        module.set_generator(generator)
+        net = self._make_net(objective, module, self.resolved_params_, generator, device)
+        return net.initialize()
 
     # ------------------------------------------------------------------ inference
     def __sklearn_is_fitted__(self):
@@ -326,25 +436,45 @@ class BaseUGMM(BaseEstimator):
         """The trained torch module (``net_.module_``)."""
         return self.net_.module_
 
-    def _model_device(self):
-        return next(self.module_.parameters()).device
+    @property
+    def scaling_mean_(self):
+        """``scaler_.mean_``: the standardisation's centre (kept for compatibility)."""
+        return self.scaler_.mean_
 
-    def _evaluation_module(self):
-        """A float64 copy of the trained network, in eval mode, on its device.
+    @property
+    def scaling_scale_(self):
+        """``scaler_.scale_``: the standardisation's scale (kept for compatibility)."""
+        return self.scaler_.scale_
+
+    def _fitted_objective(self):
+        return self._objective(self.n_features_in_, getattr(self, "classes_", None))
+
+    def __getstate__(self):
+        # a copy: the state may be this estimator's own __dict__
+        state = dict(super().__getstate__())
+        # rebuilt on unpickling, where the model may land on another device
+        state.pop("_evaluation_module", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self.__sklearn_is_fitted__():
+            self._evaluation_module = _evaluation_copy(self.module_)
+
+    def _evaluation(self):
+        """The float64 copy of the trained network, in eval mode, on the network's device.
 
         Inference is done in float64: in float32 a sample's outputs would
         depend, in their last bits, on which other rows share its batch
         (matrix products and reductions round differently by shape), so
         results would not be invariant to subsetting or reordering the rows.
-        A fresh copy per call keeps concurrent calls from threads independent.
+        The copy is made once per fitted state (when the fit is committed);
+        only a network moved to another device since then is copied again.
         """
-        device = self._model_device()
-        module = self._new_module(None)
-        module.load_state_dict(self.module_.state_dict())
-        return module.to(device=device, dtype=self._evaluation_dtype()).eval()
-
-    def _evaluation_dtype(self):
-        return torch.float32 if self._model_device().type == "mps" else torch.float64  # MPS has no float64
+        module = self._evaluation_module
+        if _device_of(module) != _device_of(self.module_):
+            module = _evaluation_copy(self.module_)
+        return module
 
     def _batched(self, fn, X, *, prepare, n_rows=INFERENCE_BATCH_ROWS):
         """``fn(module, rows)`` over row batches of ``X``, with the evaluation copy of the network.
@@ -353,14 +483,120 @@ class BaseUGMM(BaseEstimator):
         scaled) model input, so that no full-size copy of ``X`` is ever made:
         besides ``X`` itself, memory holds one batch and the outputs.
         """
-        module = self._evaluation_module()
-        device, dtype = self._model_device(), self._evaluation_dtype()
+        module = self._evaluation()
+        device, dtype = _device_of(module), next(module.parameters()).dtype
         outputs = []
         with torch.no_grad(), thread_limit(self.n_threads, module, min(n_rows, X.shape[0])):
             for start in range(0, X.shape[0], n_rows):
                 block = torch.as_tensor(prepare(X[start : start + n_rows]), device=device, dtype=dtype)
                 outputs.append(fn(module, block).cpu().numpy().astype(np.float64))
         return np.concatenate(outputs, axis=0)
+
+
+def training_tensor_layout(net):
+    """``{name: (shape, dtype)}`` of the tensors :meth:`BaseUGMM._training_state` may return for ``net``.
+
+    The training generator's state, and Adam's ``step``, ``exp_avg`` and
+    ``exp_avg_sq`` of each parameter, numbered as the optimiser numbers them
+    (a parameter that never had a gradient has no state).
+    """
+    layout = {"generator": (tuple(net.iterator_train__generator.get_state().shape), torch.uint8)}
+    parameters = [p for group in net.optimizer_.param_groups for p in group["params"]]
+    for index, parameter in enumerate(parameters):
+        layout[f"optimizer.{index}.step"] = ((), torch.float32)
+        for name in ("exp_avg", "exp_avg_sq"):
+            layout[f"optimizer.{index}.{name}"] = (tuple(parameter.shape), parameter.dtype)
+    return layout
+
+
+def _network_features(scaler, X, dtype=np.float32):
+    """X as the network sees it: scaled, and finite in float32 (the model computes in float32)."""
+    Xs = scaler.transform(X)
+    if not np.all(np.isfinite(Xs.astype(np.float32))):
+        raise ValueError(
+            "Input contains values too large for float32 after scaling; "
+            "the model computes in float32."
+        )
+    return Xs.astype(dtype)
+
+
+def _completed_epochs(net):
+    # an interrupted epoch leaves a history row without a training loss
+    return [row for row in net.history if "train_loss" in row]
+
+
+def _device_of(module):
+    return next(module.parameters()).device
+
+
+def _evaluation_copy(module):
+    """A float64 (float32 on MPS, which has no float64) eval-mode copy of ``module``; no random draws."""
+    device = _device_of(module)
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    evaluation = copy.deepcopy(module).set_generator(None)
+    return evaluation.to(dtype=dtype).eval()
+
+
+def _torch_generator(random_state):
+    """A local torch generator seeded from ``random_state`` (never the global RNG)."""
+    seed = int(random_state.randint(np.iinfo(np.int32).max))
+    return torch.Generator().manual_seed(seed)
+
+
+def _copy_generator(net):
+    """A new generator in the state of the one that trained ``net``."""
+    generator = torch.Generator()
+    generator.set_state(net.iterator_train__generator.get_state())
+    return generator
+
+
+@torch.no_grad()
+def training_loss(module, per_sample_loss, X, packed):
+    """Weighted mean loss (without penalties) of ``module`` in eval mode on rows ``X``, and its outputs.
+
+    ``packed`` holds the targets with the sample weights as last column (see
+    ``pack_target``).
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        device = next(module.parameters()).device
+        outputs = module(torch.as_tensor(X, device=device))
+        target = torch.as_tensor(packed, device=device)
+        losses = per_sample_loss(outputs, target[:, :-1]).double()
+        weight = target[:, -1].double()
+        loss = float((weight * losses).sum() / weight.sum().clamp(min=torch.finfo(torch.float64).tiny))
+    finally:
+        module.train(was_training)
+    return loss, outputs.double().cpu().numpy()
+
+
+def divergence(start_loss, end_loss, outputs, X, tol=0.0):
+    """Why a fit diverged (a sentence), or an empty string if it did not.
+
+    It did if it ended with a training loss higher than it started with by
+    more than ``tol`` (or not finite), or if its outputs are the same for
+    every row although the rows differ (a network collapsed to a constant).
+    """
+    if not end_loss <= start_loss + tol:
+        return f"the training loss ended at {end_loss:.6g}, higher than it started ({start_loss:.6g})"
+    outputs = outputs.reshape(len(outputs), -1)
+    spread = np.ptp(outputs, axis=0)
+    constant = np.all(spread <= 1e-6 * (1.0 + np.abs(outputs).max(axis=0)))
+    if len(X) > 1 and constant and np.any(np.ptp(X, axis=0) > 0):
+        return "the network's outputs are the same for every training sample"
+    return ""
+
+
+def normalised_weights(sample_weight):
+    """Non-negative float64 weights divided by their largest value.
+
+    Done in float64 before the weights travel to the network in float32:
+    any positive common factor (1e-300 or 1e300) then gives the same
+    weights, which can neither underflow nor overflow in float32.
+    """
+    sample_weight = np.asarray(sample_weight, dtype=np.float64)
+    return sample_weight / np.max(sample_weight)
 
 
 def local_random_state(random_state):

@@ -1,32 +1,19 @@
 """UGMMDensityEstimator: a true, normalised density built from uGMM neurons."""
 
-import warnings
+import math
 from numbers import Integral
 
 import numpy as np
-import torch
 from sklearn.base import DensityMixin, _fit_context
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import BaseUGMM, local_random_state, resolve_device
-from ._engine import pack_target
-from ._threads import initialisation_limit, thread_limit
-from .nn import AutoregressiveUGMM
+from ._base import BaseUGMM, _torch_generator, local_random_state
+from ._objectives import DensityObjective
+from ._threads import thread_limit
 
 __all__ = ["UGMMDensityEstimator"]
-
-
-def _negative_log_likelihood(output, target):
-    return -output
-
-
-def _validation_log_likelihood(module, X, packed):
-    w = torch.as_tensor(np.asarray(packed)[:, -1], device=X.device, dtype=X.dtype)
-    return float((w * module(X)).sum() / w.sum())
 
 
 class UGMMDensityEstimator(DensityMixin, BaseUGMM):
@@ -139,14 +126,24 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
     best_validation_score_ : float or None
         Best validation mean log-likelihood (``early_stopping=True`` only).
     net_ : skorch.NeuralNet
-        The skorch net that trained the model.
+        The skorch net that trained the model (its history and optimiser
+        state; it keeps no validation rows).
     module_ : sklearn_ugmm.nn.AutoregressiveUGMM
         The trained torch network.
     device_ : torch.device
         Device the network is on.
+    scaler_ : FeatureScaler
+        The internal standardisation, fitted once per fit
+        (``scaler_.mean_`` and ``scaler_.scale_``: weighted mean and standard
+        deviation of the training data; zeros and ones when
+        ``standardize=False``).
     scaling_mean_, scaling_scale_ : ndarray of shape (n_features,)
-        The internal standardisation (weighted mean and standard deviation
-        of the training data; zeros and ones when ``standardize=False``).
+        ``scaler_.mean_`` and ``scaler_.scale_``.
+    resolved_params_ : dict
+        The values this fit used for the parameters that can be "auto"
+        (``learning_rate_init``, ``batch_size``), ``standardize``, and
+        ``n_train``, the rows trained on (after the validation split).
+        ``partial_fit`` keeps those of its first call.
 
     Examples
     --------
@@ -191,26 +188,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         verbose=0,
         warm_start=False,
     ):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.n_free_components = n_free_components
-        self.order = order
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.learning_rate_init = learning_rate_init
-        self.max_iter = max_iter
-        self.tol = tol
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.dropout = dropout
-        self.standardize = standardize
-        self.device = device
-        self.n_threads = n_threads
-        self.callbacks = callbacks
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
+        self._store_params(locals())
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None):
@@ -231,56 +209,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         self : UGMMDensityEstimator
             The fitted estimator.
         """
-        continuing = self.warm_start and hasattr(self, "net_")
-        X = validate_data(self, X, reset=not continuing, dtype=np.float64)
-        sample_weight = self._check_weights(sample_weight, X)
-        self._check_order(X.shape[1])
-        device = resolve_device(self.device)
-        rng = local_random_state(self.random_state)
-        generator = self._torch_generator(rng)
-        if not continuing:
-            self._fit_scaling(X, sample_weight)
-        Xs = self._scaled(X)
-
-        train_idx = np.arange(len(Xs))
-        validation = None
-        if self.early_stopping and len(Xs) >= 2:
-            seed = rng.randint(np.iinfo(np.int32).max)
-            train_idx, valid_idx = train_test_split(train_idx, test_size=self.validation_fraction, random_state=seed)
-            validation = (Xs[valid_idx], pack_target(None, sample_weight[valid_idx]))
-        X_train = Xs[train_idx]
-        y_train = pack_target(None, sample_weight[train_idx])
-
-        if continuing:
-            module = self.module_
-        else:
-            with initialisation_limit(self.n_threads):
-                module = self._initialised_module(X_train, sample_weight[train_idx], rng, generator)
-        module.set_generator(generator)
-        self.device_ = device
-        self.net_ = self._train(module, X_train, y_train, validation, _validation_log_likelihood, generator)
-        self._record_history(self.net_, append=continuing)
-        return self
-
-    #: start the free components at a BIC-selected full-covariance GaussianMixture
-    _mixture_init = True
-    _mixture_criterion = "bic"
-
-    def _init_from_mixture(self, module, X, rng, generator, max_samples=4096):
-        X = np.asarray(X, dtype=np.float64)
-        if len(X) > max_samples:
-            X = X[rng.permutation(len(X))[:max_samples]]
-        seed = rng.randint(np.iinfo(np.int32).max)
-        best, best_value = None, np.inf
-        max_components = max(1, min(self.n_free_components, len(X) // (2 * (X.shape[1] + 1))))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            for m in range(1, max_components + 1):
-                gmm = GaussianMixture(m, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(X)
-                value = gmm.bic(X) if self._mixture_criterion == "bic" else gmm.aic(X)
-                if value < best_value:
-                    best, best_value = gmm, value
-        module.init_from_mixture(best.weights_, best.means_, best.covariances_, generator=generator)
+        return self._fit(X, None, sample_weight)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None, sample_weight=None):
@@ -305,59 +234,22 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         self : UGMMDensityEstimator
             The estimator, one epoch further.
         """
-        first = not hasattr(self, "net_")
-        X = validate_data(self, X, reset=first, dtype=np.float64)
-        sample_weight = self._check_weights(sample_weight, X)
-        if first:
-            self._check_order(X.shape[1])
-            self.device_ = resolve_device(self.device)
-            self._fit_scaling(X, sample_weight)
-        Xs = self._scaled(X)
-        rng = local_random_state(self.random_state)
-        self._partial_fit_epoch(
-            Xs,
-            pack_target(None, sample_weight),
-            lambda generator: self._initialised_module(Xs, sample_weight, rng, generator),
-        )
-        return self
+        return self._fit(X, None, sample_weight, incremental=True)
 
-    def _initialised_module(self, X_train, sample_weight, rng, generator):
-        """A new network, initialised from the (scaled) training data."""
-        module = self._new_module(generator)
-        seen = sample_weight > 0
-        module.init_from_data(torch.as_tensor(X_train[seen]), generator=generator)
-        if self._mixture_init:
-            self._init_from_mixture(module, X_train[seen], rng, generator)
-        return module
-
-    def _new_module(self, generator):
-        return AutoregressiveUGMM(
-            self.n_features_in_,
+    def _objective(self, n_features, classes=None):
+        return DensityObjective(
+            n_features,
             self._hidden_sizes(),
             n_free_components=self.n_free_components,
-            order=self._check_order(self.n_features_in_),
+            order=self._check_order(n_features),
             dropout=self.dropout,
-            generator=generator,
         )
 
-    #: "auto" learning rates: small data sets, and from this many training samples on
-    _auto_lr_small, _auto_lr_large, _auto_lr_threshold = 3e-3, 1e-2, 300
-
-    def _learning_rate(self, n_train):
-        if self.learning_rate_init != "auto":
-            return self.learning_rate_init
-        return self._auto_lr_small if n_train < self._auto_lr_threshold else self._auto_lr_large
-
-    @property
-    def _per_sample_loss(self):
-        return _negative_log_likelihood
-
-    def _batch_size(self, n_samples):
-        if self.batch_size == "auto":
-            # small batches for small data, up to 256 rows for large data
-            # (on magic, 256-row batches reach a better likelihood per epoch than 512)
-            return int(min(n_samples, np.clip(n_samples // 64, 32, 256)))
-        return super()._batch_size(n_samples)
+    def _split(self, n_samples, y_index, rng):
+        if n_samples - math.ceil(self.validation_fraction * n_samples) < 2:
+            return None  # the mixture start needs two training rows: train on every row
+        seed = rng.randint(np.iinfo(np.int32).max)
+        return train_test_split(np.arange(n_samples), test_size=self.validation_fraction, random_state=seed)
 
     def _check_order(self, n_features):
         if self.order is None:
@@ -373,8 +265,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         Clipping at 1e30 keeps a point that is astronomically far out finite,
         where its log-density is still hugely negative.
         """
-        Xs = (np.asarray(X, dtype=np.float64) - self.scaling_mean_) / self.scaling_scale_
-        return np.clip(Xs, -1e30, 1e30)
+        return np.clip(self.scaler_.transform(X), -1e30, 1e30)
 
     def score_samples(self, X):
         """Log-density of each sample, in the original feature space.
@@ -393,7 +284,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         log_density = self._batched(lambda module, rows: module.log_prob(rows), X, prepare=self._clipped_scaled)
-        return log_density - np.sum(np.log(self.scaling_scale_))
+        return log_density - np.sum(np.log(self.scaler_.scale_))
 
     def score(self, X, y=None):
         """Mean log-likelihood per sample (GaussianMixture's convention).
@@ -433,10 +324,10 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         if not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}; it must be a positive integer.")
         rng = local_random_state(self.random_state if random_state is None else random_state)
-        generator = self._torch_generator(rng)
+        generator = _torch_generator(rng)
         with thread_limit(self.n_threads, self.module_, int(n_samples)):
             z = self.module_.sample(int(n_samples), generator=generator).cpu().double().numpy()
-        return z * self.scaling_scale_ + self.scaling_mean_
+        return z * self.scaler_.scale_ + self.scaler_.mean_
 
     def _n_parameters(self):
         return int(self.module_.n_parameters())

@@ -92,16 +92,21 @@ class InterruptGuard(Callback):
     completed epoch and warns; ``interrupted_`` tells the estimator. With
     early stopping, the stopping rule (a later callback) then restores the
     completed epoch with the best validation loss, as at any other end.
+    ``completed_epochs_`` counts the epochs this training call completed; an
+    interrupt before the first one is not warned about (there is nothing to
+    keep: the estimators then raise ``KeyboardInterrupt`` and stay as they were).
     """
 
     def initialize(self):
         self.interrupted_ = False
+        self.completed_epochs_ = 0
         self._in_epoch = False
         self._snapshot = None
         return self
 
     def on_train_begin(self, net, **kwargs):
         self.interrupted_ = False
+        self.completed_epochs_ = 0
         self._snapshot = _state_copy(net.module_)
 
     def on_epoch_begin(self, net, **kwargs):
@@ -109,6 +114,7 @@ class InterruptGuard(Callback):
 
     def on_epoch_end(self, net, **kwargs):
         self._in_epoch = False
+        self.completed_epochs_ += 1
         self._snapshot = _state_copy(net.module_)
 
     def on_train_end(self, net, **kwargs):
@@ -117,6 +123,8 @@ class InterruptGuard(Callback):
         self._in_epoch = False
         self.interrupted_ = True
         net.module_.load_state_dict(self._snapshot)
+        if self.completed_epochs_ == 0:
+            return
         completed = sum(1 for row in net.history if "train_loss" in row)
         warnings.warn(
             f"Training was interrupted (KeyboardInterrupt) during epoch {completed + 1}; "
@@ -271,7 +279,6 @@ def build_net(
     validation_monitor="valid_loss",
     extra_callbacks=(),
     lr_patience=None,
-    lr_factor=ADAPTIVE_LR_FACTOR,
     penalty=None,
     averaging_epochs=None,
     steps_per_epoch=1,
@@ -284,7 +291,7 @@ def build_net(
     (lower is better) has not, and the best epoch's weights are restored.
     ``alpha`` is an L2 penalty on the mixing logits (Adam's weight decay);
     ``penalty(module)``, when given, is added to every training batch's loss.
-    With ``lr_patience`` the learning rate is multiplied by ``lr_factor`` each
+    With ``lr_patience`` the learning rate is multiplied by ``ADAPTIVE_LR_FACTOR`` each
     time that same monitor has gone ``lr_patience`` epochs without improving by
     ``tol`` (``ReduceLROnPlateau`` through skorch's ``LRScheduler``). With
     ``averaging_epochs`` (more than 1) the net validates, stops on and ends
@@ -309,7 +316,7 @@ def build_net(
                     policy=ReduceLROnPlateau,
                     monitor=monitor,
                     patience=lr_patience - 1,  # torch cuts after patience + 1 bad epochs
-                    factor=lr_factor,
+                    factor=ADAPTIVE_LR_FACTOR,
                     threshold=tol,
                     threshold_mode="abs",
                 ),

@@ -66,3 +66,31 @@ def test_mnist_script_runs_end_to_end(tmp_path, capsys):
     assert "UGMMClassifier: test accuracy" in out
     assert "MLPClassifier (ReLU): test accuracy" in out
     assert "uGMM / MLP: test error" in out
+
+
+import bench_cost  # noqa: E402
+
+
+@pytest.mark.parametrize("name", list(bench_cost.NETS))
+@pytest.mark.parametrize("variant", bench_cost.VARIANTS)
+def test_cost_report_counts_the_parameters_of_the_real_models(name, variant):
+    n_inputs = bench_cost.NETS[name][0]
+    model = bench_cost.make_model(name, variant, torch.rand(64, n_inputs))
+    params, flops, exps = bench_cost.count_cost(name, variant)
+    assert params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert flops > 0
+    assert (exps == 0) == (variant == "mlp")
+
+
+def test_cost_report_runs_end_to_end(capsys):
+    results = bench_cost.main(["--nets", "magic", "--batch", "16", "--predict-rows", "40", "--rounds", "1",
+                               "--no-memory"])
+    times = results["magic"]["times"]
+    assert set(times) == set(bench_cost.VARIANTS)
+    assert all(t > 0 for v in times.values() for t in v.values())
+    out = capsys.readouterr().out
+    assert "magic 10-64-2" in out
+    assert all(label in out for label in bench_cost.LABELS.values())
+    # the peak-memory subprocess, for one variant
+    peak = bench_cost.measure_memory("magic", ["mlp"], 16)["mlp"]
+    assert np.isfinite(peak) and peak >= 0

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from skorch.callbacks import Callback
 
 from sklearn_ugmm import UGMMClassifier
-from sklearn_ugmm._classifier import _init_output_from_classes
+from sklearn_ugmm._objectives import GenerativeObjective, label_values
 
 FAST = dict(hidden_layer_sizes=(8,), max_iter=15, n_iter_no_change=np.inf, random_state=0)
 
@@ -67,8 +67,11 @@ def test_generative_objective_with_defaults_cross_validates_on_iris(iris):
 def test_generative_root_starts_at_the_high_end_of_each_hidden_output(iris):
     X, y = iris
     clf = UGMMClassifier(objective="generative", max_iter=1, n_iter_no_change=np.inf, early_stopping=False, random_state=0).fit(X, y)
-    X_train, _ = clf._inputs_targets(clf._scaled(X), y, np.ones(len(y)), 3)
-    module = clf._initialised_module(X_train, y, np.ones(len(y)), torch.Generator().manual_seed(0)).eval()
+    objective = GenerativeObjective(4, (64,), 3, dropout=0.0, tie_means=False)
+    X_train = objective.network_inputs(clf.scaler_.transform(X).astype(np.float32), y)
+    module = objective.new_module(torch.Generator().manual_seed(0))
+    objective.initialise(module, torch.as_tensor(X_train), y, torch.Generator().manual_seed(0), None)
+    module.eval()
     with torch.no_grad():
         h = module.layers[0](torch.as_tensor(X_train)).double().numpy()
     np.testing.assert_allclose(module.layers[-1].loc.detach().numpy()[0], np.quantile(h, 0.95, axis=0), atol=1e-5)
@@ -78,10 +81,10 @@ def test_class_initialisation_samples_rows_across_class_sorted_data(iris):
     # more rows than the initialisation reads: the rows it reads must still cover every class
     X, y = iris  # sorted by class
     clf = UGMMClassifier(hidden_layer_sizes=(4,), max_iter=1, n_iter_no_change=np.inf, early_stopping=False, random_state=0).fit(X, y)
-    X_train = torch.as_tensor(clf._scaled(X))
-    module = clf._new_module(torch.Generator().manual_seed(0))
+    X_train = torch.as_tensor(clf.scaler_.transform(X).astype(np.float32))
+    module = clf.module_.__class__(4, (4,), 3, generator=torch.Generator().manual_seed(0))
     module.init_from_data(X_train, generator=torch.Generator().manual_seed(0))
-    _init_output_from_classes(module, X_train, y, 3, max_samples=30)
+    module.init_output_from_classes(X_train, y, 3, max_samples=30)
     rows = np.linspace(0, len(X) - 1, 30).round().astype(int)
     with torch.no_grad():
         h = module.eval().layers[0](X_train[rows]).double().numpy()
@@ -94,9 +97,9 @@ def test_generative_objective_predicts_by_mpe(iris):
     X, y = iris
     clf = UGMMClassifier(objective="generative", **FAST).fit(X, y)
     scores = clf.module_.score_states(
-        torch.cat([torch.as_tensor(clf._scaled(X)), torch.zeros(150, 1)], 1),
+        torch.cat([torch.as_tensor(clf.scaler_.transform(X).astype(np.float32)), torch.zeros(150, 1)], 1),
         index=4,
-        states=torch.as_tensor(clf._label_values(3)),
+        states=torch.as_tensor(label_values(3)),
     )
     expected = torch.softmax(scores.detach(), dim=1).numpy()
     np.testing.assert_allclose(clf.predict_proba(X), expected, atol=1e-6)
@@ -246,7 +249,7 @@ def test_verbose_prints_progress(iris, capsys):
     UGMMClassifier(**dict(FAST, max_iter=3, n_iter_no_change=np.inf)).fit(X, y)
     assert capsys.readouterr().out == ""
     UGMMClassifier(**dict(FAST, max_iter=3, n_iter_no_change=np.inf, verbose=1, early_stopping=True)).fit(X, y)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().out.split("\n", 1)[1]  # after the line of resolved parameters
     assert out.startswith("epoch 1/3 ") and "\nepoch 3/3 " in out and "valid loss" in out
     assert out.splitlines()[-1].startswith("trained 3 epoch(s)") and "\x1b" not in out
 

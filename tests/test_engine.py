@@ -61,11 +61,19 @@ def test_learning_rate_is_validated():
         UGMMClassifier(learning_rate="invscaling").fit(X, y)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_density_auto_learning_rate_depends_on_the_training_size():
-    est = UGMMDensityEstimator()
-    assert est._learning_rate(100) == pytest.approx(3e-3)
-    assert est._learning_rate(5000) == pytest.approx(1e-2)
-    assert UGMMDensityEstimator(learning_rate_init=0.5)._learning_rate(100) == 0.5
+    X = np.random.default_rng(0).normal(size=(300, 2))
+    params = dict(hidden_layer_sizes=(2,), max_iter=1, early_stopping=False, random_state=0)
+
+    def fitted_rate(n, **extra):
+        est = UGMMDensityEstimator(**params, **extra).fit(X[:n])
+        assert est.net_.optimizer_.param_groups[0]["lr"] == est.resolved_params_["learning_rate_init"]
+        return est.resolved_params_["learning_rate_init"]
+
+    assert fitted_rate(100) == pytest.approx(3e-3)
+    assert fitted_rate(300) == pytest.approx(1e-2)
+    assert fitted_rate(100, learning_rate_init=0.5) == 0.5
 
 
 def test_penalised_net_adds_the_penalty_to_training_losses_only():

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator, load_model, save_model  # noqa: E402
+from sklearn_ugmm._objectives import label_values  # noqa: E402
 from sklearn_ugmm.inspection import LayerDisplay, NeuronDisplay, TrainingCurveDisplay  # noqa: E402
 
 
@@ -84,7 +85,7 @@ def test_neuron_display_classifier_curve_matches_model(clf, iris, tmp_path, laye
     disp = NeuronDisplay.from_estimator(clf, X, layer=layer, neuron=neuron, max_components=3)
     layers = clf.module_.layers
     index = layer % len(layers)
-    Xs = clf._scaled(X.to_numpy(), dtype=np.float64)
+    Xs = clf.scaler_.transform(X.to_numpy())
     acts = _independent_activations(layers, Xs, index)
     loc, scale, weight = _layer_params(layers[index], neuron)
     # the grid covers the incoming activations and the component means
@@ -141,7 +142,7 @@ def test_neuron_display_tied_means(tied_clf, iris):
     X, _ = iris
     layer = tied_clf.module_.layers[0]
     disp = NeuronDisplay.from_estimator(tied_clf, X, layer=0, neuron=2)
-    Xs = tied_clf._scaled(X.to_numpy(), dtype=np.float64)
+    Xs = tied_clf.scaler_.transform(X.to_numpy())
     _, scale, weight = _layer_params(layer, 2)
     # components centred on the median incoming activations, evaluated at loc[j]
     means = np.median(Xs, axis=0)
@@ -159,17 +160,26 @@ def test_neuron_display_tied_means(tied_clf, iris):
     np.testing.assert_allclose(np.log(_mixture(np.array([one.eval_point]), one.means, scale, weight)), out, rtol=1e-4)
 
 
+def test_neuron_display_sample_out_of_range(tied_clf, iris):
+    X, _ = iris
+    for bad in (len(X), 10**6, -len(X) - 1, 2.5, True):
+        with pytest.raises(ValueError, match="sample must be an integer"):
+            NeuronDisplay.from_estimator(tied_clf, X, neuron=2, sample=bad)
+    last = NeuronDisplay.from_estimator(tied_clf, X, neuron=2, sample=-1)
+    np.testing.assert_allclose(last.means, tied_clf.scaler_.transform(X.to_numpy()[-1:])[0], rtol=1e-5, atol=1e-5)
+
+
 def test_neuron_display_generative_label_input(generative_clf, iris):
     X, y = iris
     disp = NeuronDisplay.from_estimator(generative_clf, X, y, layer=0, neuron=0)
     assert disp.input_names[-1] == "label"
     assert disp.activations.shape == (len(X), X.shape[1] + 1)
-    labels = generative_clf._label_values(3)[y.to_numpy()]
+    labels = label_values(3)[y.to_numpy()]
     np.testing.assert_allclose(disp.activations[:, -1], labels)
     # without y the predicted labels are used
     predicted = NeuronDisplay.from_estimator(generative_clf, X, layer=0, neuron=0)
     np.testing.assert_allclose(
-        predicted.activations[:, -1], generative_clf._label_values(3)[generative_clf.predict(X)]
+        predicted.activations[:, -1], label_values(3)[generative_clf.predict(X)]
     )
 
 

@@ -6,7 +6,7 @@ from scipy import stats
 from sklearn.datasets import load_iris
 
 from sklearn_ugmm import UGMMClassifier
-from sklearn_ugmm._power import LAMBDA_BOUNDS, fit_yeo_johnson, transform_yeo_johnson, yeo_johnson
+from sklearn_ugmm._preprocessing import LAMBDA_BOUNDS, FeatureScaler, fit_yeo_johnson, transform_yeo_johnson, yeo_johnson
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_linear_and_finite_beyond_the_training_range(skewed):
 
 
 def test_powers_are_fitted_on_an_evenly_spaced_sample_of_large_data(skewed, monkeypatch):
-    import sklearn_ugmm._power as power
+    import sklearn_ugmm._preprocessing as power
 
     monkeypatch.setattr(power, "MAX_LAMBDA_ROWS", 100)
     params = fit_yeo_johnson(skewed, np.ones(len(skewed)))
@@ -124,8 +124,8 @@ def test_classifier_uses_the_transform_by_default(skewed):
     assert clf.standardize == "auto"  # the power transform for the discriminative objective
     params = fit_yeo_johnson(skewed, np.ones(len(skewed)))
     for key, value in params.items():
-        np.testing.assert_allclose(getattr(clf, f"power_{key}_"), value)
-    Xs = clf._scaled(skewed, dtype=np.float64)
+        np.testing.assert_allclose(clf.scaler_.power_params_[key], value)
+    Xs = clf.scaler_.transform(skewed)
     transformed = transform_yeo_johnson(skewed, params)
     np.testing.assert_allclose(Xs, (transformed - transformed.mean(0)) / transformed.std(0), rtol=1e-6, atol=1e-9)
     # outliers far outside the training range still get finite probabilities
@@ -134,9 +134,9 @@ def test_classifier_uses_the_transform_by_default(skewed):
 
     # refitting with plain standardisation drops the transform
     clf.set_params(standardize=True).fit(skewed, y)
-    assert not hasattr(clf, "power_lambdas_")
+    assert clf.scaler_.power_params_ is None
     np.testing.assert_allclose(
-        clf._scaled(skewed, dtype=np.float64), (skewed - skewed.mean(0)) / skewed.std(0), rtol=1e-6, atol=1e-9
+        clf.scaler_.transform(skewed), (skewed - skewed.mean(0)) / skewed.std(0), rtol=1e-6, atol=1e-9
     )
 
 
@@ -144,10 +144,12 @@ def test_generative_objective_keeps_plain_standardisation_under_auto():
     X, y = load_iris(return_X_y=True)
     generative = UGMMClassifier(objective="generative", hidden_layer_sizes=(4,), max_iter=2, n_iter_no_change=np.inf, random_state=0)
     generative.fit(X, y)
-    assert not hasattr(generative, "power_lambdas_")
+    assert generative.scaler_.power_params_ is None
     np.testing.assert_allclose(generative.scaling_mean_, X.mean(axis=0))
     generative.set_params(standardize="yeo-johnson").fit(X, y)
-    np.testing.assert_allclose(generative.power_lambdas_, fit_yeo_johnson(X, np.ones(len(X)))["lambdas"])
+    np.testing.assert_allclose(
+        generative.scaler_.power_params_["lambdas"], fit_yeo_johnson(X, np.ones(len(X)))["lambdas"]
+    )
 
 
 def test_classifier_transform_with_sample_weight():
@@ -155,4 +157,31 @@ def test_classifier_transform_with_sample_weight():
     weights = np.random.RandomState(0).randint(0, 3, size=len(y))
     clf = UGMMClassifier(hidden_layer_sizes=(4,), max_iter=2, n_iter_no_change=np.inf, random_state=0).fit(X, y, sample_weight=weights)
     expected = fit_yeo_johnson(np.repeat(X, weights, axis=0), np.ones(weights.sum()))
-    np.testing.assert_allclose(clf.power_lambdas_, expected["lambdas"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(clf.scaler_.power_params_["lambdas"], expected["lambdas"], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", [True, False, "yeo-johnson"])
+def test_feature_scaler_arrays_round_trip(skewed, method):
+    weights = np.random.RandomState(1).rand(len(skewed))
+    scaler = FeatureScaler(method).fit(skewed, weights)
+    arrays = scaler.to_arrays()
+    assert all(value.shape == (skewed.shape[1],) and value.dtype == np.float64 for value in arrays.values())
+    restored = FeatureScaler.from_arrays(arrays, method=method)
+    np.testing.assert_array_equal(restored.transform(skewed * 3), scaler.transform(skewed * 3))
+    # the standardisation is the weighted mean and standard deviation of what it standardises
+    inner = transform_yeo_johnson(skewed, scaler.power_params_) if method == "yeo-johnson" else skewed
+    if method:
+        w = weights / weights.sum()
+        np.testing.assert_allclose(scaler.mean_, w @ inner)
+        np.testing.assert_allclose(scaler.scale_, np.sqrt(w @ (inner - w @ inner) ** 2))
+    else:
+        np.testing.assert_array_equal(scaler.transform(skewed), skewed)
+
+
+def test_feature_scaler_rejects_inconsistent_arrays(skewed):
+    arrays = FeatureScaler("yeo-johnson").fit(skewed).to_arrays()
+    with pytest.raises(ValueError, match="must be"):
+        FeatureScaler.from_arrays(arrays, method=True)
+    arrays["mean"] = arrays["mean"][:2]
+    with pytest.raises(ValueError, match="one length"):
+        FeatureScaler.from_arrays(arrays, method="yeo-johnson")

@@ -22,7 +22,9 @@ def _fit_verbose(monkeypatch, stream, make=UGMMClassifier, **params):
     X, y = load_iris(return_X_y=True)
     est = make(hidden_layer_sizes=(4,), random_state=0, verbose=1, **params)
     est.fit(X, y) if make is UGMMClassifier else est.fit(X)
-    return est, stream.getvalue()
+    resolved, _, progress = stream.getvalue().partition("\n")  # verbose first prints the resolved parameters
+    assert resolved.startswith(f"{make.__name__}: ")
+    return est, progress
 
 
 def test_log_output_is_plain_lines_with_progress_and_a_summary(monkeypatch):

@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_info
 
 from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator, load_model, save_model
 from sklearn_ugmm import _threads
+from sklearn_ugmm._objectives import DensityObjective, DiscriminativeObjective
 from sklearn_ugmm._threads import SMALL_WORK, resolve_n_threads
 from sklearn_ugmm.nn import AutoregressiveUGMM, UGMMNet
 
@@ -121,16 +122,16 @@ def test_n_threads_is_saved(tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(load_iris().data), clf.predict_proba(load_iris().data))
 
 
-@pytest.mark.parametrize("make", [UGMMClassifier, UGMMDensityEstimator])
-def test_initialisation_caps_every_thread_pool(monkeypatch, make):
+@pytest.mark.parametrize("make, objective", [(UGMMClassifier, DiscriminativeObjective), (UGMMDensityEstimator, DensityObjective)])
+def test_initialisation_caps_every_thread_pool(monkeypatch, make, objective):
     pools = []
-    original = make._initialised_module
+    original = objective.initialise
 
     def recorded(self, *args, **kwargs):
         pools.append({(info["internal_api"], info["num_threads"]) for info in threadpool_info()})
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(make, "_initialised_module", recorded)
+    monkeypatch.setattr(objective, "initialise", recorded)
     _fit(make, None)
     assert len(pools) == 1 and {n for _, n in pools[0]} == {1}  # torch's OpenMP, BLAS, scikit-learn's OpenMP
     assert torch.get_num_threads() == 2

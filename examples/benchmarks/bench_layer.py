@@ -86,7 +86,12 @@ def make_trainer(variant, X, y, batch, device, seed=0):
     model = net if variant == "ours" else NaiveNet(net)
     if variant == "naive-compiled":
         model = torch.compile(model)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    return training_step(model, net.parameters(), X, y, batch)
+
+
+def training_step(model, parameters, X, y, batch, **adam_options):
+    """A closure doing one Adam step of cross-entropy on the next batch of ``X`` (cycling)."""
+    opt = torch.optim.Adam(parameters, lr=1e-3, **adam_options)
     batches = [(X[i : i + batch], y[i : i + batch]) for i in range(0, len(X) - batch + 1, batch)]
     state = {"i": 0}
 
@@ -166,26 +171,39 @@ def memory_child(variant, device, batch):
         step()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
+    return peak_rss_rise(step)
+
+
+def peak_rss_rise(fn):
+    """Rise of the peak resident set size (bytes) while ``fn()`` runs."""
     base = _proc_status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident size (VmHWM) to the current one
-    step()
+    fn()
     return (_proc_status_kib("VmHWM") - base) * 1024
+
+
+def child_peak_bytes(args, label):
+    """Run this script's ``args`` in a fresh interpreter; the ``peak_bytes`` it prints (nan on failure)."""
+    # the child imports what this process imports (an uninstalled checkout too)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False, env=env)
+    if result.returncode != 0:
+        print(f"memory measurement of {label} failed:\n{result.stderr}", file=sys.stderr)
+        return float("nan")
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
 def measure_memory(device, batch, variants):
     """Run :func:`memory_child` for each variant in a fresh subprocess."""
-    peaks = {}
-    for variant in variants:
-        cmd = [sys.executable, __file__, "--device", str(device), "--memory-child", variant,
-               "--memory-batch", str(batch), "--threads", str(torch.get_num_threads())]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            print(f"memory measurement of {variant} failed:\n{result.stderr}", file=sys.stderr)
-            peaks[variant] = float("nan")
-            continue
-        peaks[variant] = json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
-    return peaks
+    return {
+        variant: child_peak_bytes(
+            [__file__, "--device", str(device), "--memory-child", variant, "--memory-batch", str(batch),
+             "--threads", str(torch.get_num_threads())],
+            variant,
+        )
+        for variant in variants
+    }
 
 
 def print_table(args, source, per_step, warmup, peaks):

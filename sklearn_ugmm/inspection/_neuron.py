@@ -183,7 +183,8 @@ class NeuronDisplay:
             Index of the neuron in the layer.
         sample : int, default=None
             Tied-means layers only: draw the mixture of this row of X
-            instead of the per-input medians of the activations.
+            (negative values count from the end) instead of the per-input
+            medians of the activations.
         n_points : int, default=400
             Number of grid points of the curve.
         ax : matplotlib Axes, default=None
@@ -233,7 +234,7 @@ class NeuronDisplay:
             if sample is None:
                 means = np.median(activations, axis=0)
             else:
-                means = activations[int(sample)]
+                means = activations[_check_sample_index(sample, len(activations))]
         else:
             if sample is not None:
                 raise ValueError("sample is only used by tied-means layers.")
@@ -348,3 +349,10 @@ class NeuronDisplay:
         self.ax_ = ax
         self.figure_ = ax.figure
         return self
+
+
+def _check_sample_index(sample, n_samples):
+    """``sample`` as a row index of X (negative values count from the end)."""
+    if not isinstance(sample, (int, np.integer)) or isinstance(sample, bool) or not -n_samples <= sample < n_samples:
+        raise ValueError(f"sample must be an integer in [{-n_samples}, {n_samples - 1}] (a row of X), got {sample!r}.")
+    return int(sample) % n_samples

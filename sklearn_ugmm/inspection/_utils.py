@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._objectives import label_values
 from ..nn import AutoregressiveUGMM, UGMMNet
 
 _PLOT_EXTRA_HINT = "You can install it with `pip install sklearn-ugmm[plot]`."
@@ -65,8 +66,6 @@ def input_names(estimator, layer):
     module = estimator.module_
     if isinstance(module, AutoregressiveUGMM):
         names = [names[k] for k in module.order.cpu().tolist()]
-        if module.whiten_hidden:
-            names = [f"e({name})" for name in names]
     elif n_in == len(names) + 1:
         names.append("label")  # the generative classifier's label input
     return names
@@ -84,7 +83,7 @@ def network_inputs(estimator, X, y=None):
     """The standardised inputs the network sees for X (and labels y when generative)."""
     X_given = X
     X = validate_data(estimator, X, reset=False, dtype=np.float64)
-    Xs = estimator._scaled(X)
+    Xs = estimator.scaler_.transform(X).astype(np.float32)
     module = estimator.module_
     if isinstance(module, UGMMNet) and module.n_inputs == X.shape[1] + 1:
         # generative classifier: the label is the last input
@@ -97,7 +96,7 @@ def network_inputs(estimator, X, y=None):
         if len(unknown):
             raise ValueError(f"y contains labels the estimator was not fitted on: {unknown!r}.")
         y_index = np.searchsorted(estimator.classes_, y)
-        labels = estimator._label_values(len(estimator.classes_))[y_index]
+        labels = label_values(len(estimator.classes_))[y_index]
         Xs = np.hstack([Xs, labels[:, None].astype(np.float32)])
     return Xs
 
@@ -112,8 +111,6 @@ def layer_inputs(estimator, X, layer, y=None):
     h = torch.as_tensor(network_inputs(estimator, X, y), device=device)
     if kind == "hidden":
         h = h[:, module.order]
-        if module.whiten_hidden:
-            h = h - h @ (module.linear * module.linear_mask).t()
     was_training = module.training
     module.eval()
     try:

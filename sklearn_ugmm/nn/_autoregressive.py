@@ -20,7 +20,7 @@ sampled exactly::
   ``n_free_components`` free components. All component means share a masked
   linear term ``sum_{k<d} W[d, k] x_k``, so a full-covariance Gaussian (a
   Cholesky factorisation) is a special case; each free component adds its
-  own masked linear term and scale, and (``gmm_gating``) its log-weight at
+  own masked linear term and scale, and its log-weight at
   position ``d`` is gated by the log-likelihood of ``x_<d`` under that
   component's own chain of conditionals, so the free components alone form
   an exact mixture of full-covariance Gaussians (see
@@ -38,13 +38,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._functional import DEFAULT_BLOCK_ELEMENTS, _z_limit
-from ._layer import UGMMLayer, _inverse_softplus
-from ._net import _robust_stats
+from ._functional import _HALF_LOG_2PI, DEFAULT_BLOCK_ELEMENTS, _z_limit
+from ._layer import GeneratorMixin, UGMMLayer, raw_scale_for
+from ._net import INIT_MAX_SAMPLES, _init_layer, _robust_stats
 
 __all__ = ["AutoregressiveUGMM", "MaskedUGMMLayer", "hidden_degrees"]
-
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # hidden activations enter the output neurons through c * tanh(u / c)
 _FEATURE_BOUND = 3.0
 
@@ -136,25 +134,11 @@ class MaskedUGMMLayer(UGMMLayer):
         """
         remove = ~self.mask
         if self.training and self.dropout > 0:
-            remove = remove | self._masked_dropout()
+            remove = remove | self._dropout_mask(allowed=self.mask)
         return torch.log_softmax(self.logits.masked_fill(remove, -math.inf), dim=1)
 
-    def _masked_dropout(self):
-        gen = self.generator
-        gen_device = gen.device if gen is not None else self.logits.device
-        u = torch.rand(self.logits.shape, generator=gen, device=gen_device).to(self.logits.device)
-        mask = self.mask
-        drop = (u < self.dropout) & mask
-        lost = ~(mask & ~drop).any(dim=1)
-        if bool(lost.any()):
-            # keep the allowed component with the largest u
-            best = u.masked_fill(~mask, -1.0).argmax(dim=1)
-            keep = F.one_hot(best, mask.shape[1]).bool() & lost[:, None]
-            drop &= ~keep
-        return drop
 
-
-class AutoregressiveUGMM(nn.Module):
+class AutoregressiveUGMM(GeneratorMixin, nn.Module):
     """Autoregressive density of uGMM neurons: ``exp(log_prob)`` integrates to 1.
 
     Parameters
@@ -176,14 +160,6 @@ class AutoregressiveUGMM(nn.Module):
         Floor of every standard deviation, so the likelihood is bounded.
     block_elements : int
         Work-tensor bound of the hidden layers and of the output mixtures.
-    whiten_hidden : bool, default=False
-        Feed the hidden layers the linear innovations ``x_d - sum W[d,k] x_k``
-        instead of ``x`` (experimental; no measured gain).
-    gmm_gating : bool, default=True
-        Gate each free component's log-weight at position ``d`` by the
-        log-likelihood of ``x_<d`` under that component's chain of
-        conditionals (then the free components form a mixture of
-        full-covariance Gaussians). Still autoregressive and normalised.
     generator : torch.Generator, optional
         Source of randomness for the initial parameters and the dropout
         masks; the global generator when None.
@@ -222,8 +198,6 @@ class AutoregressiveUGMM(nn.Module):
         dropout=0.0,
         min_scale=1e-3,
         block_elements=DEFAULT_BLOCK_ELEMENTS,
-        whiten_hidden=False,
-        gmm_gating=True,
         generator=None,
         device=None,
         dtype=None,
@@ -293,8 +267,6 @@ class AutoregressiveUGMM(nn.Module):
         # free components: own linear autoregression and hidden-gated weights
         self.free_linear = nn.Parameter(torch.zeros(D, K, D, **factory))
         self.free_gate = nn.Parameter(torch.zeros(D, K, H, **factory))
-        self.whiten_hidden = bool(whiten_hidden)
-        self.gmm_gating = bool(gmm_gating)
         self.reset_parameters(generator)
 
     # ------------------------------------------------------------------ setup
@@ -333,8 +305,7 @@ class AutoregressiveUGMM(nn.Module):
 
     def _set_raw(self, param, scale):
         scale = torch.as_tensor(scale, dtype=param.dtype, device=param.device)
-        excess = (scale - self.min_scale).clamp(min=1e-6 * self.min_scale, max=1e30)
-        param.copy_(_inverse_softplus(excess).expand_as(param))
+        param.copy_(raw_scale_for(scale, self.min_scale).expand_as(param))
 
     def n_parameters(self):
         """Number of free parameters (for BIC and AIC).
@@ -360,30 +331,10 @@ class AutoregressiveUGMM(nn.Module):
         count += 6 * n_tied  # tied bias, slope, scale, scale gate, logit, gate
         return count
 
-    def set_generator(self, generator):
-        """Use ``generator`` for the hidden layers' dropout masks.
-
-        Parameters
-        ----------
-        generator : torch.Generator or None
-            Source of randomness for the dropout masks; the global
-            generator when None.
-
-        Returns
-        -------
-        self : AutoregressiveUGMM
-            The model itself.
-        """
-        for layer in self.hidden:
-            layer.generator = generator
-        return self
-
     # --------------------------------------------------------------- forward
     def _hidden(self, x_o):
         """Raw log-density activations of the last hidden layer."""
         h = x_o
-        if self.whiten_hidden:
-            h = x_o - x_o @ (self.linear * self.linear_mask).t()
         for layer in self.hidden:
             h = layer(h)
         return h
@@ -399,29 +350,24 @@ class AutoregressiveUGMM(nn.Module):
         with C = H + n_free_components.
         """
         mask = self.linear_mask
-        if self.gmm_gating:
-            # the gates need every earlier position's free components
-            rows_all = slice(None)
-        else:
-            rows_all = rows
-        W = (self.linear * mask)[rows_all]  # (R, D)
-        lin = x_o @ W.t()  # (B, R)
-        fW = (self.free_linear * mask[:, None, :])[rows_all]  # (R, K, D)
-        free_loc = lin[:, :, None] + self.free_loc[rows_all] + torch.einsum("bk,rck->brc", x_o, fW)
-        free_scale = (self.min_scale + F.softplus(self.free_raw_scale[rows_all])).expand_as(free_loc)
-        free_logits = self.free_logits[rows_all].expand_as(free_loc)
-        if self.gmm_gating:
-            # free component k's weight at position d is also gated by the
-            # log-likelihood of x_<d under component k's own chain of
-            # conditionals: the free components alone form a mixture of
-            # full-covariance Gaussians (exactly when the logits agree over d)
-            z = (x_o[:, :, None] - free_loc) / free_scale
-            lim = _z_limit(z.dtype)
-            z = z.clamp(-lim, lim)
-            ll = -0.5 * z * z - torch.log(free_scale) - _HALF_LOG_2PI  # (B, D, K)
-            prefix = torch.cumsum(ll, dim=1) - ll  # sum over j < d
-            free_logits = free_logits + prefix
-            free_loc, free_scale, free_logits = free_loc[:, rows], free_scale[:, rows], free_logits[:, rows]
+        # every position is computed: the gates below need all earlier ones
+        W = self.linear * mask  # (D, D)
+        lin = x_o @ W.t()  # (B, D)
+        fW = self.free_linear * mask[:, None, :]  # (D, K, D)
+        free_loc = lin[:, :, None] + self.free_loc + torch.einsum("bk,rck->brc", x_o, fW)
+        free_scale = (self.min_scale + F.softplus(self.free_raw_scale)).expand_as(free_loc)
+        free_logits = self.free_logits.expand_as(free_loc)
+        # free component k's weight at position d is also gated by the
+        # log-likelihood of x_<d under component k's own chain of
+        # conditionals: the free components alone form a mixture of
+        # full-covariance Gaussians (exactly when the logits agree over d)
+        z = (x_o[:, :, None] - free_loc) / free_scale
+        lim = _z_limit(z.dtype)
+        z = z.clamp(-lim, lim)
+        ll = -0.5 * z * z - torch.log(free_scale) - _HALF_LOG_2PI  # (B, D, K)
+        prefix = torch.cumsum(ll, dim=1) - ll  # sum over j < d
+        free_logits = free_logits + prefix
+        free_loc, free_scale, free_logits = free_loc[:, rows], free_scale[:, rows], free_logits[:, rows]
         if self.n_tied == 0:
             return free_loc, free_scale, torch.log_softmax(free_logits, dim=-1)
         fG = (self.free_gate * self.out_mask[:, None, :])[rows]  # (R, K, H)
@@ -430,8 +376,7 @@ class AutoregressiveUGMM(nn.Module):
         # the tied logits then set the tied components' share on a fixed scale
         free_logits = torch.log_softmax(free_logits, dim=-1)
         fb = f[:, None, :]  # (B, 1, H)
-        lin_rows = lin[:, rows] if self.gmm_gating else lin
-        tied_loc = lin_rows[:, :, None] + self.tied_bias[rows] + self.tied_slope[rows] * fb
+        tied_loc = lin[:, rows][:, :, None] + self.tied_bias[rows] + self.tied_slope[rows] * fb
         tied_scale = self.min_scale + F.softplus(self.tied_raw_scale[rows] + self.tied_scale_gate[rows] * fb)
         tied_logits = (self.tied_logits[rows] + self.tied_gate[rows] * fb).masked_fill(
             ~self.out_mask[rows], -math.inf
@@ -546,7 +491,7 @@ class AutoregressiveUGMM(nn.Module):
 
     # -------------------------------------------------------- initialisation
     @torch.no_grad()
-    def init_from_data(self, X, generator=None, *, max_samples=4096, ridge=1e-3):
+    def init_from_data(self, X, generator=None, *, max_samples=INIT_MAX_SAMPLES, ridge=1e-3):
         """Data-dependent initialisation.
 
         * The linear autoregression starts at the (ridge-regularised)
@@ -569,7 +514,7 @@ class AutoregressiveUGMM(nn.Module):
         generator : torch.Generator, optional
             Source of randomness for the row subset and the samples the
             components start on; the global generator when None.
-        max_samples : int, default=4096
+        max_samples : int, default=INIT_MAX_SAMPLES
             Rows used for the statistics (a random subset of larger X).
         ridge : float, default=1e-3
             Relative ridge added to the covariance diagonal.
@@ -613,16 +558,8 @@ class AutoregressiveUGMM(nn.Module):
         self.eval()
         try:
             h = Xc.to(dtype)
-            if self.whiten_hidden:
-                h = h - h @ (self.linear * self.linear_mask).t()
             for layer in self.hidden:
-                hs = h.double()
-                h_med, h_spread, h_low, h_high = _robust_stats(hs)
-                rows = torch.randint(n, (layer.out_features,), generator=generator).to(device)
-                loc = torch.minimum(torch.maximum(hs[rows], h_low), h_high)
-                layer.loc.copy_(loc.to(dtype))
-                layer.set_scale(h_spread[None, :].clamp(min=10 * self.min_scale).expand(layer.out_features, -1).to(dtype))
-                layer.logits.zero_()
+                _init_layer(layer, h, generator)
                 h = layer(h)
             H = self.n_tied
             if H:
@@ -643,8 +580,8 @@ class AutoregressiveUGMM(nn.Module):
     def init_from_mixture(self, weights, means, covariances, *, tied_share=0.05, generator=None):
         """Start the free components at a full-covariance Gaussian mixture.
 
-        With ``gmm_gating`` the free components' chains of conditionals then
-        reproduce the mixture exactly; the tied components keep their
+        The free components' chains of conditionals then reproduce the
+        mixture exactly; the tied components keep their
         parameters and get a total weight of about ``tied_share``. Call after
         :meth:`init_from_data` (which sets the shared linear term).
 

@@ -9,18 +9,34 @@ layer output is::
 :func:`ugmm_log_density` evaluates it without ever holding the whole
 (batch, out, in) tensor: the batch is cut into blocks of at most
 ``block_elements`` elements and the backward pass recomputes each block
-instead of saving it. :func:`ugmm_log_density_reference` is the plain
-formula, kept as the ground truth for tests and benchmarks.
+instead of saving it. With ``kernel="fused"`` (or ``"auto"`` on large
+calls) it runs on the fused C++ kernel of :mod:`._fused` instead, which
+tiles the same computation in registers. :func:`ugmm_log_density_reference`
+is the plain formula, kept as the ground truth for tests and benchmarks.
 """
 
 import math
+import warnings
 
 import torch
 
-__all__ = ["ugmm_log_density", "ugmm_log_density_reference", "DEFAULT_BLOCK_ELEMENTS"]
+from . import _fused
+
+__all__ = [
+    "ugmm_log_density",
+    "ugmm_log_density_reference",
+    "DEFAULT_BLOCK_ELEMENTS",
+    "KERNELS",
+    "AUTO_FUSED_MIN_COMPONENTS",
+]
 
 #: Default bound on the number of elements of one (in, batch block, out) block.
 DEFAULT_BLOCK_ELEMENTS = 2**20
+#: The choices of the ``kernel`` option.
+KERNELS = ("auto", "fused", "reference")
+#: With ``kernel="auto"``, calls of fewer components (batch x out x in) use
+#: the reference kernel, so that small models never wait for the first build.
+AUTO_FUSED_MIN_COMPONENTS = 2**16
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -264,7 +280,7 @@ class _Buffers:
         return [f[:size].view(n_in, n_rows, n_out) for f in self.flat]
 
 
-def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK_ELEMENTS):
+def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK_ELEMENTS, kernel="auto"):
     """Memory-bounded uGMM layer log-density with an exact, recomputing backward.
 
     Equal to :func:`ugmm_log_density_reference` (up to floating point
@@ -286,7 +302,22 @@ def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK
     block_elements : int, default=2**20
         Upper bound on the elements of one (in, batch block, out) block; the
         forward and backward passes each hold two such blocks (plus a boolean
-        mask when distances are clipped).
+        mask when distances are clipped). Reference kernel only.
+    kernel : {"auto", "fused", "reference"}, default="auto"
+        Implementation. ``"reference"`` is the blocked PyTorch kernel
+        described above. ``"fused"`` is a C++ kernel, compiled with the
+        system compiler on first use (about a second) and cached under
+        ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), for
+        float32 and float64 CPU tensors: one pass over the inputs per (sample,
+        neuron), nothing of size (batch, out, in) in memory, several times
+        faster. It falls back to the reference kernel with a warning when
+        no C++ compiler is available (``$SKLEARN_UGMM_CXX`` chooses one) or
+        the build fails, and silently for tensors on other devices (CUDA
+        included: no GPU kernel yet) or of other dtypes, and for inputs so
+        extreme that distances must be clipped. ``"auto"`` uses the fused
+        kernel for calls of at least 2**16 components (batch x out x in)
+        when it is available, else the reference kernel, without a warning:
+        small models never wait for the build.
 
     Returns
     -------
@@ -311,4 +342,36 @@ def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK
             f"shape mismatch: x {tuple(x.shape)}, loc {tuple(loc.shape)}, "
             f"scale {tuple(scale.shape)}, log_weights {tuple(log_weights.shape)}"
         )
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel != "reference" and _fused_applies(x, loc, scale, log_weights, kernel):
+        out = _fused.log_density(x, loc, scale, log_weights, _z_limit(x.dtype))
+        if out is not None:  # None: distances need clipping
+            return out
     return _UGMMLogDensity.apply(x, loc, scale, log_weights, block_elements)
+
+
+_warned_unavailable = False
+
+
+def _fused_applies(x, loc, scale, log_weights, kernel):
+    """Whether this call can and should run on the fused kernel."""
+    global _warned_unavailable
+    tensors = (x, loc, scale, log_weights)
+    if any(t.device.type != "cpu" or t.dtype != x.dtype for t in tensors):
+        return False
+    if x.dtype not in (torch.float32, torch.float64):
+        return False
+    if kernel == "auto" and x.shape[0] * log_weights.numel() < AUTO_FUSED_MIN_COMPONENTS:
+        return False
+    if _fused.load() is None:
+        if kernel == "fused" and not _warned_unavailable:
+            _warned_unavailable = True
+            warnings.warn(
+                "the fused uGMM kernel is unavailable, using the reference kernel: "
+                + _fused.failure_reason(),
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return False
+    return True

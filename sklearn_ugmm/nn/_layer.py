@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._functional import DEFAULT_BLOCK_ELEMENTS, ugmm_log_density
+from ._functional import DEFAULT_BLOCK_ELEMENTS, KERNELS, ugmm_log_density
 
 __all__ = ["UGMMLayer"]
 
@@ -14,6 +14,39 @@ __all__ = ["UGMMLayer"]
 def _inverse_softplus(y):
     # log(expm1(y)) computed without overflow for large y
     return y + torch.log(-torch.expm1(-y))
+
+
+def raw_scale_for(scale, min_scale):
+    """The unconstrained value whose ``min_scale + softplus`` is ``scale``.
+
+    Values at or below ``min_scale`` are raised just above it and values are
+    capped at 1e30.
+    """
+    excess = (scale - min_scale).clamp(min=1e-6 * max(min_scale, 1e-30), max=1e30)
+    return _inverse_softplus(excess)
+
+
+class GeneratorMixin:
+    """``set_generator`` for a module made of uGMM layers."""
+
+    def set_generator(self, generator):
+        """Use ``generator`` for every uGMM layer's dropout masks.
+
+        Parameters
+        ----------
+        generator : torch.Generator or None
+            Source of randomness for the dropout masks; the global
+            generator when None.
+
+        Returns
+        -------
+        self : nn.Module
+            The module itself.
+        """
+        for module in self.modules():
+            if isinstance(module, UGMMLayer):
+                module.generator = generator
+        return self
 
 
 class UGMMLayer(nn.Module):
@@ -51,6 +84,9 @@ class UGMMLayer(nn.Module):
         to +infinity.
     block_elements : int, default=2**20
         Bound on the size of the (in, batch block, out) work tensors; see
+        :func:`~sklearn_ugmm.nn.ugmm_log_density`.
+    kernel : {"auto", "fused", "reference"}, default="auto"
+        Implementation of the layer's log-density; see
         :func:`~sklearn_ugmm.nn.ugmm_log_density`.
     generator : torch.Generator, optional
         Source of randomness for the initial parameters and the dropout
@@ -93,6 +129,7 @@ class UGMMLayer(nn.Module):
         tie_means=False,
         min_scale=1e-3,
         block_elements=DEFAULT_BLOCK_ELEMENTS,
+        kernel="auto",
         generator=None,
         device=None,
         dtype=None,
@@ -104,6 +141,8 @@ class UGMMLayer(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not min_scale > 0:
             raise ValueError(f"min_scale must be positive, got {min_scale}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         factory = {"device": device, "dtype": dtype}
         self.in_features = int(in_features)
         self.out_features = int(out_features)
@@ -111,6 +150,7 @@ class UGMMLayer(nn.Module):
         self.tie_means = bool(tie_means)
         self.min_scale = float(min_scale)
         self.block_elements = int(block_elements)
+        self.kernel = kernel
         self.generator = generator
         loc_shape = (out_features,) if tie_means else (out_features, in_features)
         self.loc = nn.Parameter(torch.empty(loc_shape, **factory))
@@ -152,9 +192,8 @@ class UGMMLayer(nn.Module):
             also become :attr:`reference_scale`.
         """
         scale = torch.as_tensor(scale, dtype=self.raw_scale.dtype, device=self.raw_scale.device)
-        excess = (scale - self.min_scale).clamp(min=1e-6 * max(self.min_scale, 1e-30), max=1e30)
         with torch.no_grad():
-            self.raw_scale.copy_(_inverse_softplus(excess).expand_as(self.raw_scale))
+            self.raw_scale.copy_(raw_scale_for(scale, self.min_scale).expand_as(self.raw_scale))
             self.reference_scale.copy_(self.scale)
 
     def precision_penalty(self):
@@ -198,18 +237,26 @@ class UGMMLayer(nn.Module):
             logits = logits.masked_fill(self._dropout_mask(), -math.inf)
         return torch.log_softmax(logits, dim=1)
 
-    def _dropout_mask(self):
-        shape = self.logits.shape
+    def _dropout_mask(self, allowed=None):
+        """Components dropped in this forward pass, among the ``allowed`` ones (all when None).
+
+        A neuron that would lose every allowed component keeps the one with
+        the largest uniform draw.
+        """
         gen = self.generator
         gen_device = gen.device if gen is not None else self.logits.device
-        u = torch.rand(shape, generator=gen, device=gen_device)
+        u = torch.rand(self.logits.shape, generator=gen, device=gen_device).to(self.logits.device)
         drop = u < self.dropout
-        # a neuron that lost every component keeps the one with the largest u
-        all_dropped = drop.all(dim=1)
-        if bool(all_dropped.any()):
-            keep = F.one_hot(u.argmax(dim=1), shape[1]).bool() & all_dropped[:, None]
+        live = ~drop
+        if allowed is not None:
+            drop &= allowed
+            live = allowed & live
+            u = u.masked_fill(~allowed, -1.0)
+        lost = ~live.any(dim=1)
+        if bool(lost.any()):
+            keep = F.one_hot(u.argmax(dim=1), u.shape[1]).bool() & lost[:, None]
             drop &= ~keep
-        return drop.to(self.logits.device)
+        return drop
 
     def forward(self, x):
         """Log-density of every neuron's mixture for each row of ``x``.
@@ -235,6 +282,7 @@ class UGMMLayer(nn.Module):
             self.scale,
             self.log_weights(),
             block_elements=self.block_elements,
+            kernel=getattr(self, "kernel", "auto"),  # layers pickled before the option
         )
 
     def extra_repr(self):

@@ -2,18 +2,28 @@
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
-from ._functional import ugmm_log_density
-from ._layer import UGMMLayer
+from ._functional import _HALF_LOG_2PI, ugmm_log_density
+from ._layer import GeneratorMixin, UGMMLayer
 
-__all__ = ["UGMMNet"]
+__all__ = ["INIT_MAX_SAMPLES", "UGMMNet", "evenly_spaced_rows"]
 
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+#: Rows the data-dependent initialisations compute their statistics on.
+INIT_MAX_SAMPLES = 4096
 
 
-class UGMMNet(nn.Module):
+def evenly_spaced_rows(n_rows, max_rows):
+    """Indices of at most ``max_rows`` rows spread evenly over ``n_rows`` (all when fewer).
+
+    Unlike the first rows, they cover data sorted by class or by time.
+    """
+    return np.linspace(0, n_rows - 1, num=min(n_rows, max_rows)).round().astype(np.int64)
+
+
+class UGMMNet(GeneratorMixin, nn.Module):
     """A uGMM neural network: uGMM layers stacked like an MLP.
 
     Parameters
@@ -26,8 +36,8 @@ class UGMMNet(nn.Module):
         Neurons in the output layer.
     **layer_options
         Passed to every :class:`UGMMLayer` (``dropout``, ``tie_means``,
-        ``min_scale``, ``block_elements``, ``generator``, ``device``,
-        ``dtype``).
+        ``min_scale``, ``block_elements``, ``kernel``, ``generator``,
+        ``device``, ``dtype``).
 
     Attributes
     ----------
@@ -60,24 +70,6 @@ class UGMMNet(nn.Module):
     @property
     def n_outputs(self):
         return self.layers[-1].out_features
-
-    def set_generator(self, generator):
-        """Use ``generator`` for every layer's dropout masks.
-
-        Parameters
-        ----------
-        generator : torch.Generator or None
-            Source of randomness for the dropout masks; the global
-            generator when None.
-
-        Returns
-        -------
-        self : UGMMNet
-            The network itself.
-        """
-        for layer in self.layers:
-            layer.generator = generator
-        return self
 
     def forward(self, x):
         """Pass ``x`` through the layers in turn.
@@ -149,7 +141,9 @@ class UGMMNet(nn.Module):
         if n_inputs > 1 and bool(torch.isfinite(log_w).sum(dim=1).gt(1).all()):
             rest_w = log_w.clone()
             rest_w[:, index] = -math.inf
-            rest = ugmm_log_density(X, loc, scale, rest_w, block_elements=first.block_elements)
+            rest = ugmm_log_density(
+                X, loc, scale, rest_w, block_elements=first.block_elements, kernel=getattr(first, "kernel", "auto")
+            )
             h = torch.logaddexp(rest[:, None, :], varying[None, :, :])
         else:
             # no other live component: recompute the layer row by row
@@ -163,7 +157,7 @@ class UGMMNet(nn.Module):
         return h[..., 0] if self.n_outputs == 1 else h
 
     @torch.no_grad()
-    def init_from_data(self, X, *, generator=None, max_samples=4096, focus=True):
+    def init_from_data(self, X, *, generator=None, max_samples=INIT_MAX_SAMPLES, focus=True):
         """Data-dependent initialisation, layer by layer.
 
         Each layer's components are placed on the activations that actually
@@ -188,7 +182,7 @@ class UGMMNet(nn.Module):
             Training inputs (a random subset of ``max_samples`` rows is used).
         generator : torch.Generator, optional
             Source of randomness (the global generator when None).
-        max_samples : int, default=4096
+        max_samples : int, default=INIT_MAX_SAMPLES
             Rows used to compute the statistics.
         focus : bool, default=True
             Focus hidden neurons on their template's distinctive inputs (see
@@ -212,6 +206,87 @@ class UGMMNet(nn.Module):
                 h = layer(h)
         finally:
             self.train(was_training)
+
+    def _output_layer_inputs(self, X, max_samples):
+        """Rows of ``X`` spread over the set (at most ``max_samples``) and what the last layer gets from them.
+
+        The activations are computed in eval mode (no dropout) and returned in float64.
+        """
+        rows = evenly_spaced_rows(len(X), max_samples)
+        was_training = self.training
+        self.eval()
+        h = X[rows]
+        for layer in self.layers[:-1]:
+            h = layer(h)
+        self.train(was_training)
+        return rows, h.double()
+
+    @torch.no_grad()
+    def init_output_from_classes(self, X, y_index, n_classes, *, max_samples=INIT_MAX_SAMPLES):
+        """Start each output neuron as a naive-Bayes-like mixture over its class.
+
+        Output neuron c gets component means at the median activation of
+        class c and scales equal to the within-class spread of each input, so
+        training starts from a model that already separates the classes. Call
+        after :meth:`init_from_data`; needs untied means.
+
+        Parameters
+        ----------
+        X : Tensor of shape (n_samples, n_inputs)
+            Training inputs (at most ``max_samples`` rows spread over them are used).
+        y_index : array-like of int of shape (n_samples,)
+            Class of each row, in ``range(n_classes)``.
+        n_classes : int
+            Number of classes (output neurons).
+        max_samples : int, default=INIT_MAX_SAMPLES
+            Rows used to compute the statistics.
+        """
+        rows, h = self._output_layer_inputs(X, max_samples)
+        y = torch.as_tensor(np.asarray(y_index)[rows])
+        last = self.layers[-1]
+        overall = torch.quantile(h, torch.tensor([0.25, 0.75], dtype=h.dtype), dim=0)
+        overall_spread = ((overall[1] - overall[0]) / 1.349).clamp(min=10 * last.min_scale)
+        loc = last.loc.detach().double().clone()
+        scale = last.scale.detach().double().clone()
+        for c in range(n_classes):
+            members = h[y == c]
+            if len(members) == 0:
+                continue
+            q = torch.quantile(members, torch.tensor([0.25, 0.5, 0.75], dtype=h.dtype), dim=0)
+            spread = (q[2] - q[0]) / 1.349
+            # classes with too few samples for a spread borrow the overall one
+            spread = torch.where(spread > 0.05 * overall_spread, spread, overall_spread)
+            loc[c] = q[1]
+            scale[c] = spread
+        last.loc.copy_(loc.to(last.loc.dtype))
+        last.set_scale(scale.to(last.raw_scale.dtype))
+
+    @torch.no_grad()
+    def init_output_at_quantile(self, X, quantile=0.95, *, max_samples=INIT_MAX_SAMPLES):
+        """Start each output component at a high quantile of its input.
+
+        Output component j models the output of last hidden neuron j; it
+        starts at the ``quantile`` of that output over the rows of ``X``.
+        For the generative root, the 95th percentile (where the hidden
+        neuron's components match) beats the activations of one randomly
+        drawn sample, which made the fit depend on the draw (Iris, 5-fold CV
+        over seeds 0-9: mean accuracy 0.956 against 0.936; upper quantiles
+        0.9-0.99 all beat the median, 0.945). Call after
+        :meth:`init_from_data`; needs untied means.
+
+        Parameters
+        ----------
+        X : Tensor of shape (n_samples, n_inputs)
+            Training inputs (at most ``max_samples`` rows spread over them are used).
+        quantile : float, default=0.95
+            Quantile of each input of the output layer where its components start.
+        max_samples : int, default=INIT_MAX_SAMPLES
+            Rows used to compute the statistics.
+        """
+        _, h = self._output_layer_inputs(X, max_samples)
+        last = self.layers[-1]
+        high = torch.quantile(h, torch.tensor(quantile, dtype=h.dtype), dim=0)
+        last.loc.copy_(high.expand_as(last.loc).to(last.loc.dtype))
 
 
 def _robust_stats(h):

@@ -1,0 +1,228 @@
+"""The fused CPU kernel of the uGMM layer: build on first use, load, call.
+
+``_fused_kernel.cpp`` is plain C++ (no PyTorch headers), compiled once with
+the system C++ compiler into a shared library cached under
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``; a per-user
+temporary directory when that is not writable), keyed by the source, the
+compiler, its flags and the CPU (``-march=native``), and called
+through :mod:`ctypes`. Its threads come from the OpenMP runtime PyTorch has
+already loaded, and each call uses at most ``torch.get_num_threads()`` of
+them, fewer for small problems.
+
+When no compiler is found, the build fails or the library does not load,
+:func:`load` returns None and the caller falls back to the reference kernel.
+The compiler is ``$SKLEARN_UGMM_CXX`` when set, else the first of ``c++``,
+``g++`` and ``clang++`` on the PATH.
+"""
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("_fused_kernel.cpp")
+#: Components (batch x out x in) per thread below which a call stays on one thread.
+GRAIN_COMPONENTS = 2**17
+_FLAG_SETS = (
+    ["-O3", "-std=gnu++17", "-march=native", "-fopenmp", "-Wno-psabi"],
+    ["-O3", "-std=gnu++17", "-fopenmp", "-Wno-psabi"],
+    ["-O3", "-std=gnu++17"],
+)
+
+# None: not tried yet; False: unavailable (see _failure); else the loaded library
+_library = None
+_failure = ""
+
+
+def _compiler():
+    explicit = os.environ.get("SKLEARN_UGMM_CXX")
+    if explicit:
+        return shutil.which(explicit)
+    for name in ("c++", "g++", "clang++"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _cpu_signature():
+    # -march=native binaries must not be shared between different CPUs
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _cache_dir():
+    """Torch's extension directory, or a per-user temporary one when that is not writable."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "torch_extensions"
+    )
+    path = Path(root) / "sklearn_ugmm_fused"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"sklearn_ugmm_fused_{user}"
+
+
+def _build(compiler):
+    source = _SOURCE.read_text()
+    cache = _cache_dir()
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(
+            "\0".join([source, compiler, *flags, _cpu_signature()]).encode()
+        ).hexdigest()[:20]
+        target = cache / f"ugmm_fused_{key}.so"
+        if target.exists():
+            return target
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # build beside the target and rename: concurrent builds never see half a file
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            os.close(fd)
+            cmd = [compiler, *flags, "-shared", "-fPIC", str(_SOURCE), "-o", tmp]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                if done.returncode == 0:
+                    os.replace(tmp, target)
+                    return target
+                errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}")
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except (OSError, subprocess.SubprocessError) as exc:
+            errors.append(f"{compiler} {' '.join(flags)}: {exc}")
+    raise RuntimeError("; ".join(errors))
+
+
+def _bind(path):
+    lib = ctypes.CDLL(str(path))
+    i64, ptr, cint, dbl = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
+    for suffix in ("f32", "f64"):
+        getattr(lib, f"ugmm_fused_prepare_{suffix}").argtypes = [
+            i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, dbl,
+        ]
+        getattr(lib, f"ugmm_fused_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint]
+        getattr(lib, f"ugmm_fused_backward_{suffix}").argtypes = [
+            i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
+        ]
+    lib.widths = {torch.float32: lib.ugmm_fused_width_f32(), torch.float64: lib.ugmm_fused_width_f64()}
+    return lib
+
+
+def load():
+    """The fused kernel library, built on first use; None when it is unavailable."""
+    global _library, _failure
+    if _library is None:
+        compiler = _compiler()
+        try:
+            if compiler is None:
+                raise RuntimeError("no C++ compiler found (set SKLEARN_UGMM_CXX to choose one)")
+            _library = _bind(_build(compiler))
+        except Exception as exc:  # any failure means: use the reference kernel
+            _library, _failure = False, str(exc)
+    return _library or None
+
+
+def failure_reason():
+    """Why :func:`load` returned None (empty when the kernel loaded or was not tried)."""
+    return _failure
+
+
+def _threads(n_components):
+    return max(1, min(torch.get_num_threads(), n_components // GRAIN_COMPONENTS))
+
+
+def _ptr(t):
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _suffix(dtype):
+    return "f32" if dtype == torch.float32 else "f64"
+
+
+def log_density(x, loc, scale, log_weights, z_lim):
+    """The layer log-density on the fused kernel, or None when distances need clipping.
+
+    ``x``, ``loc``, ``scale`` and ``log_weights`` are CPU tensors of one
+    dtype, float32 or float64, of shapes (batch, in) and (out, in); ``loc``
+    may be an expanded view. :func:`load` must have returned the library.
+    """
+    lib = load()
+    n_batch, n_in = x.shape
+    n_out = log_weights.shape[0]
+    width = lib.widths[x.dtype]
+    kp = -(-n_in // width) * width
+    with torch.no_grad():
+        x_p = x.detach().contiguous()
+        if kp != n_in:
+            x_p = torch.nn.functional.pad(x_p, (0, kp - n_in))
+        loc_d = loc.detach()
+        scale_d = scale.detach().contiguous()
+        log_w = log_weights.detach().contiguous()
+        params = x.new_empty((n_out, 3, kp))
+        bound = x.new_empty(n_out)
+        clip = getattr(lib, f"ugmm_fused_prepare_{_suffix(x.dtype)}")(
+            n_batch, n_out, n_in, kp, _ptr(x_p), _ptr(loc_d), loc_d.stride(0), loc_d.stride(1),
+            _ptr(scale_d), _ptr(log_w), _ptr(params), _ptr(bound), z_lim,
+        )
+    if clip:
+        return None
+    return _FusedLogDensity.apply(x, loc, scale, log_weights, x_p, params, bound)
+
+
+class _FusedLogDensity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, loc, scale, log_weights, x_p, params, bound):
+        n_batch, n_in = x.shape
+        n_out, _, kp = params.shape
+        out = x.new_empty((n_batch, n_out))
+        shift_t = x.new_empty((n_out, n_batch))  # log2 of each mixture relative to its bound
+        forward_fn = getattr(load(), f"ugmm_fused_forward_{_suffix(x.dtype)}")
+        forward_fn(n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(bound), _ptr(out), _ptr(shift_t),
+                   _threads(n_batch * n_out * n_in))
+        ctx.save_for_backward(x_p, params, shift_t)
+        ctx.n_in = n_in
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x_p, params, shift_t = ctx.saved_tensors
+        n_batch, kp = x_p.shape
+        n_out, n_in = params.shape[0], ctx.n_in
+        need_x = ctx.needs_input_grad[0]
+        grad_x = x_p.new_empty((n_batch, kp)) if need_x else None
+        grads = params.new_empty((3, n_out, kp))
+        factor, offset = params.new_empty((n_out, n_batch)), params.new_empty((n_out, n_batch))
+        grad_out = grad_out.contiguous()
+        getattr(load(), f"ugmm_fused_backward_{_suffix(x_p.dtype)}")(
+            n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(shift_t), _ptr(grad_out), _ptr(factor),
+            _ptr(offset), _ptr(grad_x) if need_x else None, _ptr(grads), _threads(n_batch * n_out * n_in),
+        )
+        grad_logw, grad_loc, grad_scale = grads[:, :, :n_in].unbind(dim=0)
+        if need_x:
+            grad_x = grad_x[:, :n_in]
+        needs = ctx.needs_input_grad
+        return (
+            grad_x,
+            grad_loc if needs[1] else None,
+            grad_scale if needs[2] else None,
+            grad_logw if needs[3] else None,
+            None,
+            None,
+            None,
+        )

@@ -1,0 +1,404 @@
+"""The fused C++ kernel: exactness against the plain formula, routing and fallback."""
+
+import math
+import platform
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from sklearn_ugmm.nn import MaskedUGMMLayer, UGMMLayer, UGMMNet, ugmm_log_density, ugmm_log_density_reference
+from sklearn_ugmm.nn import _functional, _fused
+
+requires_fused = pytest.mark.skipif(
+    _fused.load() is None, reason=f"fused kernel unavailable: {_fused.failure_reason()}"
+)
+
+
+def _inputs(n_batch, n_in, n_out, dtype, seed=0, x_scale=1.0, min_scale=0.2):
+    """x, loc, scale and mixing logits, all leaves that require grad."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_batch, n_in, generator=g, dtype=dtype) * x_scale
+    loc = torch.randn(n_out, n_in, generator=g, dtype=dtype)
+    scale = torch.rand(n_out, n_in, generator=g, dtype=dtype) + min_scale
+    logits = torch.randn(n_out, n_in, generator=g, dtype=dtype)
+    return [t.requires_grad_() for t in (x, loc, scale, logits)]
+
+
+def _value_and_grads(fn, x, loc, scale, logits, mask=None, seed=1):
+    """Output of fn(x, loc, scale, log_softmax(logits)) and the gradients of all four leaves."""
+    masked = logits if mask is None else logits.masked_fill(mask, -math.inf)
+    out = fn(x, loc, scale, torch.log_softmax(masked, dim=1))
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    weight = weight.to(out.dtype)
+    grads = torch.autograd.grad(out, (x, loc, scale, logits), weight)
+    return out.detach(), grads
+
+
+def _fused_fn(*args):
+    return ugmm_log_density(*args, kernel="fused")
+
+
+def _as_float64(tensors):
+    return [t.detach().double().requires_grad_() for t in tensors]
+
+
+def _assert_relative(ours, ref, rtol):
+    # normwise per tensor: elementwise relative error is meaningless where
+    # a gradient cancels to ~0
+    assert bool(torch.isfinite(ours).all())
+    assert float((ours.double() - ref.double()).abs().max()) <= rtol * max(float(ref.abs().max()), 1e-30)
+
+
+def _assert_matches_formula(inputs, mask=None, rtol=None):
+    """Fused (in the inputs' dtype) against the plain formula in float64."""
+    dtype = inputs[0].dtype
+    rtol = rtol if rtol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
+    out, grads = _value_and_grads(_fused_fn, *inputs, mask=mask)
+    ref_out, ref_grads = _value_and_grads(ugmm_log_density_reference, *_as_float64(inputs), mask=mask)
+    rel = ((out.double() - ref_out).abs() / ref_out.abs().clamp(min=1.0)).max()
+    assert float(rel) <= rtol
+    for name, ours, ref in zip(("x", "loc", "scale", "logits"), grads, ref_grads):
+        if mask is not None and name == "logits":
+            # the formula's gradient is nan behind -inf weights (0 * inf); ours is 0
+            assert bool((ours[mask] == 0).all())
+            ours, ref = ours[~mask], ref[~mask]
+        _assert_relative(ours, ref, rtol)
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape",
+    [(37, 11, 7), (1, 1, 1), (5, 16, 3), (300, 33, 5), (64, 784, 9)],
+    ids=["odd", "single", "one-vector", "two-row-tiles", "mnist-wide"],
+)
+def test_matches_the_formula(dtype, shape):
+    _assert_matches_formula(_inputs(*shape, dtype))
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_the_formula_with_two_threads(dtype):
+    # large enough for the kernel to split the work
+    shape = (300, 40, 30)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _fused._threads(math.prod(shape)) == 2
+        _assert_matches_formula(_inputs(*shape, dtype, seed=3))
+    finally:
+        torch.set_num_threads(previous)
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dropout_and_minus_inf_weights(dtype):
+    x, loc, scale, logits = _inputs(23, 19, 6, dtype, seed=4)
+    mask = torch.rand(6, 19, generator=torch.Generator().manual_seed(0)) < 0.6
+    mask[:, 0] = False  # every neuron keeps a component
+    mask[0, 1:] = True  # and one neuron keeps only that one
+    _assert_matches_formula([x, loc, scale, logits], mask=mask)
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_far_from_every_component(dtype):
+    # log-densities around -2000: the per-neuron bound underflows and the
+    # kernel switches to an exact per-sample peak, forward and backward
+    x, loc, scale, logits = _inputs(12, 21, 3, dtype, seed=5)
+    with torch.no_grad():
+        x[::2] += 60.0
+        scale.fill_(1.0)
+    out, _ = _value_and_grads(_fused_fn, x, loc, scale, logits)
+    assert float(out.min()) < -1500
+    # float32: softmax weights from differences of log-densities near -2000
+    # (ulp 1.2e-4) carry that much rounding in any implementation
+    _assert_matches_formula([x, loc, scale, logits], rtol=1e-10 if dtype == torch.float64 else 1e-3)
+
+
+@requires_fused
+def test_extreme_inputs_float64():
+    # |x| ~ 1e6 and scales down to 1e-4: log-densities ~ -1e16, one component dominates
+    inputs = _inputs(16, 10, 4, torch.float64, seed=6, x_scale=1e6, min_scale=1e-4)
+    _assert_matches_formula(inputs)
+
+
+@requires_fused
+def test_extreme_inputs_float32():
+    # |x| ~ 1e6, scales down to 1e-3: log-densities ~ -1e11, still below the clipping limit
+    inputs = _inputs(16, 10, 4, torch.float32, seed=6, x_scale=1e6, min_scale=1e-3)
+    out, grads = _value_and_grads(_fused_fn, *inputs)
+    ref_out, ref_grads = _value_and_grads(ugmm_log_density_reference, *_as_float64(inputs))
+    assert float(out.min()) < -1e11
+    rel = ((out.double() - ref_out).abs() / ref_out.abs()).max()
+    assert float(rel) <= 1e-5
+    for ours, ref in zip(grads, ref_grads):
+        _assert_relative(ours, ref, 1e-5)
+
+
+@requires_fused
+def test_beyond_the_clipping_limit_uses_the_reference_kernel():
+    x, loc, scale, logits = _inputs(10, 6, 4, torch.float32, seed=8, x_scale=1e6)
+    with torch.no_grad():
+        scale.mul_(1e-4)  # |z| up to ~1e11: distances must be clipped in float32
+    log_w = torch.log_softmax(logits, dim=1)
+    assert _fused.log_density(x, loc, scale, log_w, _functional._z_limit(torch.float32)) is None
+    ours = ugmm_log_density(x, loc, scale, log_w, kernel="fused")
+    torch.testing.assert_close(ours, ugmm_log_density(x, loc, scale, log_w, kernel="reference"), rtol=0, atol=0)
+    assert all(bool(torch.isfinite(g).all()) for g in torch.autograd.grad(ours.sum(), (x, loc, scale, logits)))
+
+
+@requires_fused
+def test_tied_means_use_the_fused_kernel():
+    x, _, scale, logits = _inputs(17, 20, 4, torch.float64, seed=9)
+    point = torch.randn(4, dtype=torch.float64, requires_grad=True)
+
+    def tied(fn):
+        out = fn(x, point[:, None].expand(4, 20), scale, torch.log_softmax(logits, dim=1))
+        return out, torch.autograd.grad(out.sum(), (x, point, scale, logits))
+
+    out, grads = tied(_fused_fn)
+    ref_out, ref_grads = tied(ugmm_log_density_reference)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    for ours, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+@requires_fused
+def test_gradcheck_float64():
+    x, loc, scale, logits = _inputs(6, 5, 3, torch.float64, seed=10)
+    log_w = torch.log_softmax(logits, dim=1).detach().requires_grad_()
+    assert torch.autograd.gradcheck(_fused_fn, (x, loc, scale, log_w))
+
+
+@requires_fused
+def test_gradcheck_float64_far_path():
+    x, loc, scale, logits = _inputs(4, 3, 2, torch.float64, seed=11)
+    with torch.no_grad():
+        x[0] += 40.0
+        scale.fill_(0.9)
+    log_w = torch.log_softmax(logits, dim=1).detach().requires_grad_()
+    assert torch.autograd.gradcheck(_fused_fn, (x, loc, scale, log_w))
+
+
+@requires_fused
+@pytest.mark.parametrize("layer_cls", ["plain", "tied", "masked"])
+def test_layers_agree_across_kernels(layer_cls):
+    # the same layer (dropout on, so -inf weights too) under both kernels
+    torch.manual_seed(0)
+    if layer_cls == "masked":
+        mask = torch.rand(12, 20) < 0.5
+        mask[:, 0] = True
+        layer = MaskedUGMMLayer(20, 12, mask=mask, dropout=0.3, dtype=torch.float64)
+    else:
+        layer = UGMMLayer(20, 12, dropout=0.3, tie_means=layer_cls == "tied", dtype=torch.float64)
+    x = torch.randn(40, 20, dtype=torch.float64, requires_grad=True)
+    results = []
+    for kernel in ("fused", "reference"):
+        layer.kernel = kernel
+        layer.generator = torch.Generator().manual_seed(5)  # same dropout masks
+        out = layer(x)
+        results.append((out, torch.autograd.grad(out.square().sum(), (x, *layer.parameters()))))
+    (out_f, grads_f), (out_r, grads_r) = results
+    torch.testing.assert_close(out_f, out_r, rtol=1e-10, atol=1e-10)
+    for a, b in zip(grads_f, grads_r):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@requires_fused
+def test_net_trains_identically_on_both_kernels():
+    X = torch.rand(64, 30)
+    y = torch.arange(64) % 3
+    losses = {}
+    for kernel in ("fused", "reference"):
+        net = UGMMNet(30, (16,), 3, kernel=kernel, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        net.init_from_data(X.double(), generator=torch.Generator().manual_seed(1))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        history = []
+        for _ in range(5):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(X.double()), y)
+            loss.backward()
+            opt.step()
+            history.append(loss.item())
+        losses[kernel] = history
+    assert losses["fused"] == pytest.approx(losses["reference"], rel=1e-9)
+
+
+def test_auto_keeps_small_problems_on_the_reference_kernel(monkeypatch):
+    # an ordinary small fit never waits for (or needs) the build
+    def fail():
+        raise AssertionError("the fused kernel must not be loaded for a small problem")
+
+    monkeypatch.setattr(_fused, "load", fail)
+    x, loc, scale, logits = _inputs(30, 4, 8, torch.float32)
+    ugmm_log_density(x, loc, scale, torch.log_softmax(logits, dim=1), kernel="auto")
+    UGMMNet(4, (32,), 3)(torch.randn(128, 4))  # iris-sized
+
+
+@pytest.mark.parametrize("objective", ["discriminative", "generative"])
+def test_an_iris_fit_never_builds_the_fused_kernel(monkeypatch, objective):
+    from sklearn.datasets import load_iris
+    from sklearn.exceptions import ConvergenceWarning
+
+    from sklearn_ugmm import UGMMClassifier
+
+    monkeypatch.setattr(_fused, "load", lambda: pytest.fail("an iris fit must not load the fused kernel"))
+    X, y = load_iris(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = UGMMClassifier(objective=objective, max_iter=3, random_state=0).fit(X, y)
+    clf.predict_proba(X)
+
+
+@requires_fused
+def test_auto_uses_the_fused_kernel_for_large_problems(monkeypatch):
+    calls = []
+    real = _fused.log_density
+    monkeypatch.setattr(_fused, "log_density", lambda *a: calls.append(1) or real(*a))
+    n_batch, n_in, n_out = 64, 128, 32
+    assert n_batch * n_in * n_out >= _functional.AUTO_FUSED_MIN_COMPONENTS
+    x, loc, scale, logits = _inputs(n_batch, n_in, n_out, torch.float32)
+    ugmm_log_density(x, loc, scale, torch.log_softmax(logits, dim=1))
+    assert calls == [1]
+
+
+@pytest.fixture
+def unbuilt_kernel(monkeypatch, tmp_path):
+    """A process that has not loaded the kernel yet, with an empty build cache."""
+    monkeypatch.setattr(_fused, "_library", None)
+    monkeypatch.setattr(_fused, "_failure", "")
+    monkeypatch.setattr(_functional, "_warned_unavailable", False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    return monkeypatch
+
+
+@pytest.mark.parametrize("compiler", ["/nonexistent/c++", "false"], ids=["missing", "failing"])
+def test_falls_back_to_the_reference_kernel_without_a_compiler(unbuilt_kernel, compiler):
+    unbuilt_kernel.setenv("SKLEARN_UGMM_CXX", compiler)
+    x, loc, scale, logits = _inputs(64, 128, 32, torch.float64)
+    log_w = torch.log_softmax(logits, dim=1)
+    expected = ugmm_log_density(x, loc, scale, log_w, kernel="reference")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto falls back silently
+        torch.testing.assert_close(ugmm_log_density(x, loc, scale, log_w), expected, rtol=0, atol=0)
+    assert _fused.load() is None
+    assert _fused.failure_reason()
+    with pytest.warns(RuntimeWarning, match="fused uGMM kernel is unavailable"):
+        out = ugmm_log_density(x, loc, scale, log_w, kernel="fused")
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    # a layer asking for the fused kernel still trains
+    layer = UGMMLayer(128, 32, kernel="fused", dtype=torch.float64)
+    layer(x).sum().backward()
+    assert torch.isfinite(layer.loc.grad).all()
+
+
+@requires_fused
+def test_build_is_cached_on_disk(unbuilt_kernel, tmp_path):
+    path = _fused._build(_fused._compiler())
+    assert path.parent.parent == tmp_path and path.exists()
+    stamp = path.stat().st_mtime_ns
+    assert _fused._build(_fused._compiler()) == path  # found, not rebuilt
+    assert path.stat().st_mtime_ns == stamp
+    assert _fused.load() is not None
+
+
+def test_other_devices_and_dtypes_use_the_reference_kernel(monkeypatch):
+    monkeypatch.setattr(_fused, "log_density", lambda *a: pytest.fail("fused kernel used"))
+    x, loc, scale, logits = _inputs(64, 128, 32, torch.bfloat16)
+    ugmm_log_density(x, loc, scale, torch.log_softmax(logits, dim=1), kernel="fused")
+    if torch.cuda.is_available():
+        x, loc, scale, logits = (t.detach().cuda() for t in _inputs(64, 128, 32, torch.float32))
+        ugmm_log_density(x, loc, scale, torch.log_softmax(logits, dim=1), kernel="fused")
+
+
+def test_rejects_an_unknown_kernel():
+    x, loc, scale, logits = _inputs(3, 4, 2, torch.float32)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        ugmm_log_density(x, loc, scale, logits, kernel="triton")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        UGMMLayer(4, 2, kernel="fast")
+
+
+def test_layers_pickled_before_the_option_still_run():
+    layer = UGMMLayer(4, 3)
+    del layer.kernel  # as unpickled from an older version
+    assert layer(torch.randn(5, 4)).shape == (5, 3)
+
+
+@requires_fused
+def test_never_materialises_a_batch_out_in_tensor():
+    from test_functional import _LargestTensor
+
+    n_batch, n_in, n_out = 3000, 40, 30
+    x, loc, scale, logits = _inputs(n_batch, n_in, n_out, torch.float32, seed=12)
+    log_w = torch.log_softmax(logits, dim=1)
+    probe = _LargestTensor()
+    with probe:
+        out = ugmm_log_density(x, loc, scale, log_w, kernel="fused")
+        torch.autograd.grad(out, (x, loc, scale, log_w), torch.ones_like(out))
+    # inputs (padded to whole vectors) and outputs are (batch, in) or
+    # (batch, out); parameters (out, 3, in)
+    n_in_padded = -(-n_in // 16) * 16
+    assert probe.largest <= max(n_batch * n_in_padded, n_batch * n_out, 3 * n_in_padded * n_out)
+    assert probe.largest * 10 < n_batch * n_in * n_out
+
+
+@requires_fused
+def test_classifier_passes_the_kernel_option():
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+
+    from sklearn_ugmm import UGMMClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:300], y[:300]
+    probas = {}
+    for kernel in ("fused", "reference"):
+        clf = UGMMClassifier((32,), kernel=kernel, max_iter=3, early_stopping=False, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # three epochs on purpose
+            clf.fit(X, y)
+        assert all(layer.kernel == kernel for layer in clf.module_.layers)
+        probas[kernel] = clf.predict_proba(X)
+    # float32 rounding differs between the kernels; three epochs keep it small
+    assert abs(probas["fused"] - probas["reference"]).max() < 1e-3
+
+
+def test_small_calls_stay_on_one_thread(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    # iris- and digits-output-sized calls: thread start-up would cost more than it saves
+    assert _fused._threads(128 * 4 * 64) == 1
+    assert _fused._threads(_fused.GRAIN_COMPONENTS * 2 - 1) == 1
+    assert _fused._threads(_fused.GRAIN_COMPONENTS * 2) == 2
+    assert _fused._threads(128 * 784 * 128) == 2  # never more than torch's thread count
+
+
+def test_an_unwritable_cache_falls_back_to_a_temporary_directory(monkeypatch, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocked))
+    path = _fused._cache_dir()
+    assert not str(path).startswith(str(blocked))
+    assert path.parent == Path(tempfile.gettempdir())
+
+
+@requires_fused
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction-set flags")
+@pytest.mark.parametrize("isa", [["-mavx2", "-mfma"], []], ids=["avx2", "x86-64"])
+def test_portable_builds_match_the_formula(unbuilt_kernel, isa):
+    # the generic exp2 (no AVX-512), as compiled for older or other CPUs
+    unbuilt_kernel.setattr(_fused, "_FLAG_SETS", (["-O3", "-std=gnu++17", *isa, "-fopenmp", "-Wno-psabi"],))
+    assert _fused.load() is not None, _fused.failure_reason()
+    for dtype in (torch.float32, torch.float64):
+        _assert_matches_formula(_inputs(37, 21, 7, dtype, seed=13))
+        x, loc, scale, logits = _inputs(12, 21, 3, dtype, seed=5)
+        with torch.no_grad():
+            x[::2] += 60.0  # the far path too
+            scale.fill_(1.0)
+        mask = torch.zeros(3, 21, dtype=torch.bool)
+        mask[:, 1::2] = True  # -inf weights
+        _assert_matches_formula([x, loc, scale, logits], mask=mask, rtol=1e-10 if dtype == torch.float64 else 1e-3)
