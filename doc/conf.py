@@ -5,7 +5,6 @@ Build with ``sphinx-build -W -b html doc doc/_build/html`` (or
 fetched.
 """
 
-import os
 import sys
 from pathlib import Path
 
@@ -13,16 +12,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sklearn_ugmm  # noqa: E402
-
-# The gallery's small networks gain nothing from several torch threads, and
-# on a machine shared with other jobs extra threads slow them down many times
-# over; the examples run in this process.
-try:
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("SKLEARN_UGMM_DOCS_THREADS", "1")))
-except ImportError:  # pragma: no cover
-    pass
 
 project = "sklearn-ugmm"
 author = "The sklearn-ugmm developers"

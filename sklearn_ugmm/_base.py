@@ -28,6 +28,7 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from ._engine import _state_copy, build_net, pack_target
 from ._preprocessing import CategoricalEncoder, FeatureScaler, categorical_columns_from_dtype
+from ._threads import initialisation_limit, thread_limit
 from .nn._net import INIT_MAX_SAMPLES, evenly_spaced_rows
 
 __all__ = ["BaseUGMM", "resolve_device"]
@@ -120,6 +121,7 @@ class BaseUGMM(BaseEstimator):
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "standardize": ["boolean"],
         "device": [str],
+        "n_threads": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
         "callbacks": [list, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -191,7 +193,8 @@ class BaseUGMM(BaseEstimator):
             module = objective.new_module(generator)
             seen = sample_weight[train_idx] > 0
             y_seen = None if y_index is None else y_index[train_idx][seen]
-            objective.initialise(module, torch.as_tensor(_missing_as_zero(X_train[seen])), y_seen, generator, rng)
+            with initialisation_limit(self.n_threads):
+                objective.initialise(module, torch.as_tensor(_missing_as_zero(X_train[seen])), y_seen, generator, rng)
         module.set_generator(generator)
         # train
         net = self._make_net(objective, module, resolved, generator, device, validation, adaptive=not incremental)
@@ -225,36 +228,37 @@ class BaseUGMM(BaseEstimator):
         the fit started, with a ConvergenceWarning. It is still a completed
         fit, committed as such.
         """
-        n_before = 0
-        if not incremental:
-            rows = evenly_spaced_rows(len(X_train), PROGRESS_CHECK_ROWS)
-            start_state = _state_copy(net.module)
-            start_loss, _ = training_loss(net.module, per_sample_loss, X_train[rows], y_train[rows])
-        if incremental:
-            net.initialize()
-            if continuing:
-                net.optimizer_.load_state_dict(copy.deepcopy(self.net_.optimizer_.state_dict()))
-                # a new list of the same rows: training appends rows and writes only to its own
-                net.history_ = type(self.net_.history_)(self.net_.history_)
-                n_before = len(_completed_epochs(net))
-            net.partial_fit(X_train, y_train, epochs=1)
-        else:
-            net.fit(X_train, y_train)
-        guard = dict(net.callbacks_)["interrupt_guard"]
-        if guard.interrupted_ and guard.completed_epochs_ == 0:
-            raise KeyboardInterrupt  # nothing to keep: the estimator stays as it was
-        if not incremental:
-            end_loss, outputs = training_loss(net.module_, per_sample_loss, X_train[rows], y_train[rows])
-            problem = divergence(start_loss, end_loss, outputs, X_train[rows], tol=self.tol)
-            if problem:
-                net.module_.load_state_dict(start_state)
-                warnings.warn(
-                    f"Training diverged: {problem}. The model keeps the weights it had when this fit "
-                    f"started. Lower learning_rate_init (it was {learning_rate_init}).",
-                    ConvergenceWarning,
-                )
-        net.set_params(train_split=None)  # the fitted model keeps no validation rows
-        return n_before
+        with thread_limit(self.n_threads, net.module, net.batch_size):
+            n_before = 0
+            if not incremental:
+                rows = evenly_spaced_rows(len(X_train), PROGRESS_CHECK_ROWS)
+                start_state = _state_copy(net.module)
+                start_loss, _ = training_loss(net.module, per_sample_loss, X_train[rows], y_train[rows])
+            if incremental:
+                net.initialize()
+                if continuing:
+                    net.optimizer_.load_state_dict(copy.deepcopy(self.net_.optimizer_.state_dict()))
+                    # a new list of the same rows: training appends rows and writes only to its own
+                    net.history_ = type(self.net_.history_)(self.net_.history_)
+                    n_before = len(_completed_epochs(net))
+                net.partial_fit(X_train, y_train, epochs=1)
+            else:
+                net.fit(X_train, y_train)
+            guard = dict(net.callbacks_)["interrupt_guard"]
+            if guard.interrupted_ and guard.completed_epochs_ == 0:
+                raise KeyboardInterrupt  # nothing to keep: the estimator stays as it was
+            if not incremental:
+                end_loss, outputs = training_loss(net.module_, per_sample_loss, X_train[rows], y_train[rows])
+                problem = divergence(start_loss, end_loss, outputs, X_train[rows], tol=self.tol)
+                if problem:
+                    net.module_.load_state_dict(start_state)
+                    warnings.warn(
+                        f"Training diverged: {problem}. The model keeps the weights it had when this fit "
+                        f"started. Lower learning_rate_init (it was {learning_rate_init}).",
+                        ConvergenceWarning,
+                    )
+            net.set_params(train_split=None)  # the fitted model keeps no validation rows
+            return n_before
 
     def _validated(self, X, y, reset):
         """``validate_data`` that leaves the estimator untouched.
@@ -401,10 +405,15 @@ class BaseUGMM(BaseEstimator):
         stopping = callbacks.get("stopping")
         stopped_early = stopping is not None and stopping.misses_ >= stopping.patience
         interrupted = callbacks["interrupt_guard"].interrupted_
-        if warn and len(epochs) >= self.max_iter and not stopped_early and not interrupted:
+        # without a stopping rule (n_iter_no_change=inf), max_iter epochs is what was asked for
+        stopping_rule = np.isfinite(self.n_iter_no_change)
+        if warn and stopping_rule and len(epochs) >= self.max_iter and not stopped_early and not interrupted:
             warnings.warn(
                 f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
-                "and the optimization hasn't converged yet.",
+                "and the optimization hasn't converged yet. Training stops earlier once the "
+                f"{'validation' if self.early_stopping else 'training'} loss has not improved by "
+                f"tol={self.tol:g} for n_iter_no_change={self.n_iter_no_change} epochs; raise "
+                "max_iter to train longer, or raise tol to stop sooner.",
                 ConvergenceWarning,
             )
         return {
@@ -529,7 +538,7 @@ class BaseUGMM(BaseEstimator):
         module = self._evaluation()
         device, dtype = _device_of(module), next(module.parameters()).dtype
         outputs = []
-        with torch.no_grad():
+        with torch.no_grad(), thread_limit(self.n_threads, module, min(n_rows, X.shape[0])):
             for start in range(0, X.shape[0], n_rows):
                 block = torch.as_tensor(prepare(X[start : start + n_rows]), device=device, dtype=dtype)
                 outputs.append(fn(module, block).cpu().numpy().astype(np.float64))

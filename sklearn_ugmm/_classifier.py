@@ -99,17 +99,13 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     alpha : float, default=1e-4
         L2 penalty on the mixing logits.
     precision_penalty : float or "auto", default="auto"
-        Penalty against components that become much narrower than they were
-        initialised: ``precision_penalty / n_train`` times, summed over the
-        layers, the mean of ``(initial scale / scale) ** 2`` over the
-        components is added to the training loss (``n_train``: training rows,
-        of the first call for ``partial_fit``). Sharp components make
-        overconfident predictions; like a prior worth about this many
-        samples, the penalty matters on small data sets and fades as
-        ``n_train`` grows. 0 turns it off. "auto" is 150 for the
-        discriminative objective and 0 for the generative one, whose
-        objective is itself a log-density that needs sharp components
-        (with the penalty, its 5-fold CV accuracy on Iris fell to 0.57).
+        Prior against components that become much narrower than they were
+        initialised, worth about this many samples: ``precision_penalty /
+        n_train`` times the mean of ``(initial scale / scale) ** 2`` over the
+        components of each layer is added to the training loss. Sharp
+        components make overconfident predictions, so "auto" is 150 for the
+        discriminative objective; it is 0 (off) for the generative one, whose
+        log-density objective needs sharp components.
     batch_size : int or "auto", default="auto"
         Minibatch size; "auto" is ``min(200, n_samples)``.
     learning_rate : {"constant", "adaptive"}, default="constant"
@@ -122,8 +118,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         only in ``fit`` (``partial_fit`` keeps the rate).
     learning_rate_init : float or "auto", default="auto"
         Adam learning rate; "auto" is 3e-2 for the discriminative and 1e-2
-        for the generative objective (the best of those we measured with the
-        other defaults; see examples/benchmarks/bench_tabular.py).
+        for the generative objective, the best measured for each.
     max_iter : int, default=200
         Maximum number of epochs.
     tol : float, default=1e-4
@@ -131,30 +126,23 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         validation loss with ``early_stopping``) that counts as progress.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the training data (stratified),
-        stop when its loss stops improving and restore the best epoch. On by
-        default: restoring the epoch with the best validation loss gives much
-        better calibrated probabilities (log-loss) than training to
-        convergence of the training loss.
+        stop when its loss stops improving and restore the best epoch; on by
+        default because the restored epoch gives better calibrated
+        probabilities than training to convergence.
     validation_fraction : float, default=0.1
         Share of the training data held out for early stopping.
-    n_iter_no_change : int, default=20
-        Epochs without progress before training stops.
+    n_iter_no_change : int or np.inf, default=20
+        Epochs without progress before training stops; ``np.inf`` turns the
+        stopping rule off, so training runs exactly ``max_iter`` epochs
+        (without a ConvergenceWarning).
     averaging_epochs : float or "auto", default="auto"
         Horizon, in epochs, of a moving average of the weights (Polyak
-        averaging): after every training step the average moves towards
-        the current weights, by ``1 / averaging_epochs`` of the distance per
-        epoch. The average is what the validation data scores, what early
-        stopping keeps and what the fitted model holds; training carries on
-        from the current weights. With the lively default learning rate it
-        gives better accuracy and log-loss than the last step's weights (see
-        examples/benchmarks/bench_tabular.py). 1 turns it off, which is
-        better with a learning-rate schedule that decays to zero and so
-        settles the weights itself (MNIST with a cosine decay: 97.17% with
-        a horizon of 10, 97.56% without). "auto" is 10 for the discriminative
-        objective and 1 for the generative one (Iris, 5-fold CV over 10
-        seeds: accuracy 0.953 and log-loss 0.336 with a horizon of 10
-        against 0.956 and 0.325 without). Applies in ``fit``, not in
-        ``partial_fit``.
+        averaging): validation, early stopping and the fitted model use the
+        average while training continues from the current weights, which
+        smooths out the noise of a lively learning rate. 1 turns it off
+        (better with a schedule that decays the rate to zero). "auto" is 10
+        for the discriminative and 1 for the generative objective, which it
+        does not help. Applies in ``fit``, not in ``partial_fit``.
     dropout : float, default=0.0
         Probability of removing each mixture component during training.
     tie_means : bool, default=False
@@ -167,18 +155,13 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         and falls back to the reference kernel without a compiler.
     standardize : bool, "yeo-johnson" or "auto", default="auto"
         Internal feature scaling, so that raw-scale data works. True:
-        standardise each feature (weighted mean and standard deviation of
-        the training data). "yeo-johnson": first a weighted Yeo-Johnson power
-        transform, then standardise; this brings skewed, heavy-tailed
-        features (counts, amounts) closer to the Gaussian shape of the
-        model's components. The transform is fitted by maximum likelihood
-        per feature after centring on the weighted median and dividing by the
-        standard deviation, so it does not depend on the units, and it continues
-        linearly beyond the training range, so outliers at prediction time
-        stay finite. False: no scaling. "auto" is "yeo-johnson" for the
-        discriminative objective and True for the generative one (on Iris the
-        transform lowered its 5-fold CV accuracy, averaged over 10 seeds, from
-        0.956 to 0.932).
+        standardise each feature (weighted mean and standard deviation).
+        "yeo-johnson": first a weighted Yeo-Johnson power transform per
+        feature (unit-free, linear beyond the training range), which brings
+        skewed, heavy-tailed features closer to the Gaussian shape of the
+        components. False: no scaling. "auto" is "yeo-johnson" for the
+        discriminative and True for the generative objective, which the
+        transform does not help.
     categorical_features : "from_dtype", array-like of int, str or bool, or None, \
             default="from_dtype"
         The categorical columns, as in HistGradientBoostingClassifier:
@@ -203,6 +186,15 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         enough sample of the labels and pass them as a dict.
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N", "mps" or "auto".
+    n_threads : int or None, default=None
+        At most this many CPU threads for torch during fit and prediction,
+        set for the calling thread only and restored afterwards (torch's
+        process-wide settings are never changed). None: one thread for small
+        batches (rows times network parameters below 20 million), where more
+        threads are slower, and torch's own setting otherwise; -1: torch's
+        own setting. The data-dependent initialisation in ``fit`` runs on one
+        thread for None, with numpy's and scikit-learn's thread pools capped
+        too.
     callbacks : list of skorch callbacks, default=None
         Extra callbacks for the skorch training loop (an LR scheduler, a
         checkpoint, ...), as callbacks or (name, callback) pairs.
@@ -210,7 +202,9 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Seeds local torch generators for initialisation, dropout and
         shuffling (the global RNGs are never touched).
     verbose : int, default=0
-        Print skorch's per-epoch table (loss, validation score, time) when > 0.
+        When > 0, show training progress: epochs done of ``max_iter``, time
+        per epoch, time left and the best validation loss, on one updating
+        line in a terminal and as plain lines in logs and notebooks.
     warm_start : bool, default=False
         Continue training the previous model on the next call to fit.
 
@@ -312,6 +306,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         categorical_features="from_dtype",
         class_weight=None,
         device="cpu",
+        n_threads=None,
         callbacks=None,
         random_state=None,
         verbose=0,

@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._base import BaseUGMM, _torch_generator, local_random_state
 from ._objectives import DensityObjective
 from .nn._autoregressive import unsupported_missing
+from ._threads import thread_limit
 
 __all__ = ["UGMMDensityEstimator"]
 
@@ -60,10 +61,8 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         progress. Unlike MLPClassifier's (SGD only) it applies to Adam, and
         only in ``fit`` (``partial_fit`` keeps the rate).
     learning_rate_init : float or "auto", default="auto"
-        Adam learning rate. "auto" is 3e-3 below 300 training samples (after
-        the validation split) and 1e-2 from there: small data sets need the
-        smaller steps, larger ones reach a better optimum in fewer epochs with
-        the larger (measured with examples/benchmarks/bench_density.py).
+        Adam learning rate; "auto" is 3e-3 below 300 training samples (after
+        the validation split), where larger steps overfit, and 1e-2 from there.
     max_iter : int, default=500
         Maximum number of epochs.
     tol : float, default=1e-3
@@ -76,9 +75,11 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         default: without it the model overfits small data sets.
     validation_fraction : float, default=0.1
         Share of the training data held out for early stopping.
-    n_iter_no_change : int, default=10
+    n_iter_no_change : int or np.inf, default=10
         Epochs without progress (an improvement of at least ``tol`` of the
-        monitored loss) before training stops.
+        monitored loss) before training stops; ``np.inf`` turns the stopping
+        rule off, so training runs exactly ``max_iter`` epochs (without a
+        ConvergenceWarning).
     dropout : float, default=0.0
         Dropout of the hidden layers' mixture components during training.
     standardize : bool, default=True
@@ -86,6 +87,15 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         log-Jacobian so densities are in the original feature space.
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N", "mps" or "auto".
+    n_threads : int or None, default=None
+        At most this many CPU threads for torch during fit and prediction,
+        set for the calling thread only and restored afterwards (torch's
+        process-wide settings are never changed). None: one thread for small
+        batches (rows times network parameters below 20 million), where more
+        threads are slower, and torch's own setting otherwise; -1: torch's
+        own setting. The data-dependent initialisation in ``fit`` runs on one
+        thread for None, with numpy's and scikit-learn's thread pools capped
+        too.
     callbacks : list of skorch callbacks, default=None
         Extra callbacks for the skorch training loop (an LR scheduler, a
         checkpoint, ...), as callbacks or (name, callback) pairs.
@@ -94,7 +104,9 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         split, dropout and shuffling, and the default generator of
         :meth:`sample` (the global RNGs are never touched).
     verbose : int, default=0
-        Print skorch's per-epoch table (loss, validation score, time) when > 0.
+        When > 0, show training progress: epochs done of ``max_iter``, time
+        per epoch, time left and the best validation loss, on one updating
+        line in a terminal and as plain lines in logs and notebooks.
     warm_start : bool, default=False
         Continue training the previous model on the next call to fit.
 
@@ -172,6 +184,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         dropout=0.0,
         standardize=True,
         device="cpu",
+        n_threads=None,
         callbacks=None,
         random_state=None,
         verbose=0,
@@ -364,7 +377,8 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
             raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}; it must be a positive integer.")
         rng = local_random_state(self.random_state if random_state is None else random_state)
         generator = _torch_generator(rng)
-        z = self.module_.sample(int(n_samples), generator=generator).cpu().double().numpy()
+        with thread_limit(self.n_threads, self.module_, int(n_samples)):
+            z = self.module_.sample(int(n_samples), generator=generator).cpu().double().numpy()
         return z * self.scaler_.scale_ + self.scaler_.mean_
 
     def _n_parameters(self):

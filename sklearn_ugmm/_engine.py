@@ -20,6 +20,8 @@ from skorch.utils import noop
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
+from ._progress import EpochProgress
+
 __all__ = [
     "WeightedLoss",
     "DivergenceGuard",
@@ -320,6 +322,9 @@ def build_net(
                 ),
             )
         )
+    if verbose:
+        # before the stopping rule, which ends the epoch by raising
+        callbacks.append(("progress", EpochProgress(monitor, threshold=tol)))
     callbacks.append(
         (
             "stopping",
@@ -329,7 +334,7 @@ def build_net(
                 threshold=tol,
                 threshold_mode="abs",
                 load_best=validation_data is not None,
-                sink=print if verbose else noop,
+                sink=noop,  # the progress display reports the stop
             ),
         )
     )
@@ -356,6 +361,7 @@ def build_net(
         iterator_valid__generator=generator,
         train_split=train_split,
         callbacks=callbacks,
+        callbacks__print_log=None,  # replaced by the progress display
         device=device,
         verbose=int(verbose),
     )

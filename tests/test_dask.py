@@ -7,6 +7,7 @@ processes, the smallest real cluster: the same code reaches a remote one through
 
 import warnings
 
+import distributed
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris, load_wine, make_classification
@@ -16,7 +17,6 @@ from sklearn.model_selection import GridSearchCV, HalvingGridSearchCV, HalvingRa
 
 from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator
 
-distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")

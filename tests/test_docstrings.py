@@ -11,9 +11,8 @@ import importlib
 import inspect
 import warnings
 
+import numpydoc.validate as numpydoc_validate
 import pytest
-
-numpydoc_validate = pytest.importorskip("numpydoc.validate")
 
 PUBLIC_MODULES = ["sklearn_ugmm", "sklearn_ugmm.nn", "sklearn_ugmm.inspection"]
 
@@ -110,7 +109,6 @@ def _defining_modules():
 
 @pytest.mark.parametrize("module_name", _defining_modules())
 def test_doctests(module_name):
-    pytest.importorskip("matplotlib")
     import matplotlib
 
     backend = matplotlib.get_backend()

@@ -95,7 +95,6 @@ def _relative_precision(clf):
     return clf.module_.precision_penalty().item() / len(clf.module_.layers)
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_precision_penalty_keeps_components_wide_and_scales_as_one_over_n():
     X, y = load_breast_cancer(return_X_y=True)
     common = dict(max_iter=40, early_stopping=False, n_iter_no_change=np.inf, random_state=0)
@@ -173,21 +172,20 @@ def test_weight_averaging_is_what_validation_scores_and_early_stopping_restores(
         assert float(-raw(X_valid)[:, 0].mean()) != pytest.approx(valid_losses[best], rel=1e-4)
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_classifier_averages_weights_in_fit_only():
     X, y = load_breast_cancer(return_X_y=True)
-    clf = UGMMClassifier(max_iter=5, random_state=0).fit(X, y)
+    clf = UGMMClassifier(max_iter=5, n_iter_no_change=np.inf, random_state=0).fit(X, y)
     callbacks = dict(clf.net_.callbacks_)
     # "auto": a horizon of 10 epochs for the discriminative objective
     assert callbacks["weight_averaging"].horizon == 10.0
     assert callbacks["weight_averaging"].steps_per_epoch == int(np.ceil(0.9 * len(X) / 200))
-    explicit = UGMMClassifier(max_iter=2, averaging_epochs=3.5, batch_size=100, random_state=0).fit(X, y)
+    explicit = UGMMClassifier(max_iter=2, n_iter_no_change=np.inf, averaging_epochs=3.5, batch_size=100, random_state=0).fit(X, y)
     assert dict(explicit.net_.callbacks_)["weight_averaging"].horizon == 3.5
     assert dict(explicit.net_.callbacks_)["weight_averaging"].steps_per_epoch == int(np.ceil(0.9 * len(X) / 100))
-    off = UGMMClassifier(max_iter=5, averaging_epochs=1, random_state=0).fit(X, y)
+    off = UGMMClassifier(max_iter=5, n_iter_no_change=np.inf, averaging_epochs=1, random_state=0).fit(X, y)
     assert "weight_averaging" not in dict(off.net_.callbacks_)
     # "auto" is off for the generative objective; an explicit horizon turns it on there
-    generative = UGMMClassifier(objective="generative", max_iter=2, random_state=0).fit(X, y)
+    generative = UGMMClassifier(objective="generative", max_iter=2, n_iter_no_change=np.inf, random_state=0).fit(X, y)
     assert "weight_averaging" not in dict(generative.net_.callbacks_)
     generative.set_params(averaging_epochs=10).fit(X, y)
     assert dict(generative.net_.callbacks_)["weight_averaging"].horizon == 10

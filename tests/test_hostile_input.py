@@ -62,7 +62,7 @@ def _call(fn, *args, **kwargs):
         return False, None
 
 
-FIT_PARAMS = dict(hidden_layer_sizes=(3,), max_iter=2, early_stopping=False, random_state=0)
+FIT_PARAMS = dict(hidden_layer_sizes=(3,), max_iter=2, n_iter_no_change=np.inf, early_stopping=False, random_state=0)
 HYPOTHESIS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
 

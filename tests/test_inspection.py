@@ -9,7 +9,7 @@ from scipy.stats import norm
 from sklearn.datasets import load_iris
 from sklearn.exceptions import NotFittedError
 
-matplotlib = pytest.importorskip("matplotlib")
+import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -17,7 +17,6 @@ from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator, load_model, save_
 from sklearn_ugmm._objectives import label_values  # noqa: E402
 from sklearn_ugmm.inspection import LayerDisplay, NeuronDisplay, TrainingCurveDisplay  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
 @pytest.fixture(autouse=True)
@@ -34,25 +33,25 @@ def iris():
 @pytest.fixture(scope="module")
 def clf(iris):
     X, y = iris
-    return UGMMClassifier(hidden_layer_sizes=(6, 5), max_iter=8, random_state=0).fit(X, y)
+    return UGMMClassifier(hidden_layer_sizes=(6, 5), max_iter=8, n_iter_no_change=np.inf, random_state=0).fit(X, y)
 
 
 @pytest.fixture(scope="module")
 def tied_clf(iris):
     X, y = iris
-    return UGMMClassifier(hidden_layer_sizes=(5,), tie_means=True, max_iter=5, random_state=0).fit(X, y)
+    return UGMMClassifier(hidden_layer_sizes=(5,), tie_means=True, max_iter=5, n_iter_no_change=np.inf, random_state=0).fit(X, y)
 
 
 @pytest.fixture(scope="module")
 def generative_clf(iris):
     X, y = iris
-    return UGMMClassifier(hidden_layer_sizes=(5,), objective="generative", max_iter=5, random_state=0).fit(X, y)
+    return UGMMClassifier(hidden_layer_sizes=(5,), objective="generative", max_iter=5, n_iter_no_change=np.inf, random_state=0).fit(X, y)
 
 
 @pytest.fixture(scope="module")
 def density():
     X = np.random.RandomState(0).normal(size=(150, 3)) @ np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0, 0, 1]])
-    est = UGMMDensityEstimator(hidden_layer_sizes=(6, 4), order=[2, 0, 1], max_iter=5, random_state=0).fit(X)
+    est = UGMMDensityEstimator(hidden_layer_sizes=(6, 4), order=[2, 0, 1], max_iter=5, n_iter_no_change=np.inf, random_state=0).fit(X)
     return est, X
 
 
@@ -235,7 +234,7 @@ def test_layer_display_classifier(clf, iris, tmp_path):
 
 def test_layer_display_without_feature_names(iris):
     X, y = iris
-    est = UGMMClassifier(hidden_layer_sizes=(3,), objective="generative", max_iter=2, random_state=0)
+    est = UGMMClassifier(hidden_layer_sizes=(3,), objective="generative", max_iter=2, n_iter_no_change=np.inf, random_state=0)
     est.fit(X.to_numpy(), y)
     disp = LayerDisplay.from_estimator(est)
     assert disp.input_names == ["x0", "x1", "x2", "x3", "label"]
@@ -266,9 +265,38 @@ def test_training_curve_display_classifier(clf, tmp_path):
     disp.figure_.savefig(tmp_path / "curve.png")
 
 
+def _clipped_labels(figure):
+    """Texts of the axis labels and titles of ``figure`` that reach beyond its edges."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    edges = figure.bbox
+    clipped = []
+    for ax in figure.axes:
+        for text in (ax.xaxis.label, ax.yaxis.label, ax.title):
+            box = text.get_window_extent(renderer)
+            if text.get_text() and not (
+                edges.x0 <= box.x0 and box.x1 <= edges.x1 and edges.y0 <= box.y0 and box.y1 <= edges.y1
+            ):
+                clipped.append(text.get_text())
+    return clipped
+
+
+@pytest.mark.parametrize("name", ["training curve", "layer", "neuron"])
+def test_displays_lay_out_their_own_figures_without_clipping(clf, iris, name):
+    X, _ = iris
+    make = {
+        "training curve": lambda: TrainingCurveDisplay.from_estimator(clf),
+        "layer": lambda: LayerDisplay.from_estimator(clf),
+        "neuron": lambda: NeuronDisplay.from_estimator(clf, X),
+    }[name]
+    figure = make().figure_
+    assert figure.get_layout_engine() is not None
+    assert _clipped_labels(figure) == []
+
+
 def test_training_curve_display_density_without_validation():
     X = np.random.RandomState(0).normal(size=(100, 2))
-    est = UGMMDensityEstimator(hidden_layer_sizes=(4,), max_iter=4, early_stopping=False, random_state=0).fit(X)
+    est = UGMMDensityEstimator(hidden_layer_sizes=(4,), max_iter=4, n_iter_no_change=np.inf, early_stopping=False, random_state=0).fit(X)
     fig, ax = plt.subplots()
     disp = TrainingCurveDisplay.from_estimator(est, ax=ax)
     assert disp.ax_ is ax and disp.figure_ is fig
@@ -327,12 +355,12 @@ def test_bad_indices(clf, iris):
         LayerDisplay.from_estimator(clf, neurons=[7])
     with pytest.raises(ValueError, match="tied-means"):
         NeuronDisplay.from_estimator(clf, X, sample=0)
-    with pytest.raises(ValueError, match="features"):
+    with pytest.warns(UserWarning, match="valid feature names"), pytest.raises(ValueError, match="features"):
         NeuronDisplay.from_estimator(clf, X.to_numpy()[:, :3])
 
 
 def test_density_without_hidden_layers():
-    est = UGMMDensityEstimator(hidden_layer_sizes=(), max_iter=2, random_state=0).fit(np.random.rand(50, 2))
+    est = UGMMDensityEstimator(hidden_layer_sizes=(), max_iter=2, n_iter_no_change=np.inf, random_state=0).fit(np.random.rand(50, 2))
     with pytest.raises(ValueError, match="no hidden uGMM layers"):
         LayerDisplay.from_estimator(est)
 

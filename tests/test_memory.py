@@ -37,12 +37,12 @@ def _data(n, dtype, seed=0):
 def classifier():
     X = _data(300, np.float64)
     y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1)
-    return UGMMClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0).fit(X, y)
+    return UGMMClassifier(hidden_layer_sizes=(8,), max_iter=2, n_iter_no_change=np.inf, random_state=0).fit(X, y)
 
 
 @pytest.fixture(scope="module")
 def density():
-    return UGMMDensityEstimator(hidden_layer_sizes=(8,), max_iter=2, random_state=0).fit(_data(300, np.float64))
+    return UGMMDensityEstimator(hidden_layer_sizes=(8,), max_iter=2, n_iter_no_change=np.inf, random_state=0).fit(_data(300, np.float64))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -32,13 +32,6 @@ def _child_env():
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
-
-
 @pytest.fixture(scope="module")
 def iris():
     return load_iris(return_X_y=True)
@@ -49,7 +42,7 @@ def test_classifier_round_trip_predicts_identically(iris, tmp_path, objective):
     X, y = iris
     labels = np.array(["a", "b", "c"], dtype=object)[y]
     df = pd.DataFrame(X, columns=list("pqrs"))
-    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=5, objective=objective, random_state=0).fit(df, labels)
+    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=5, n_iter_no_change=np.inf, objective=objective, random_state=0).fit(df, labels)
     save_model(clf, tmp_path / "clf.ugmm")
     loaded = load_model(tmp_path / "clf.ugmm")
     assert type(loaded) is UGMMClassifier
@@ -63,7 +56,7 @@ def test_classifier_round_trip_predicts_identically(iris, tmp_path, objective):
 
 def test_density_round_trip(tmp_path):
     X = np.random.RandomState(0).normal(size=(120, 3)) * [1.0, 5.0, 0.1] + [0.0, 10.0, -3.0]
-    est = UGMMDensityEstimator(hidden_layer_sizes=(6,), max_iter=5, random_state=0).fit(X)
+    est = UGMMDensityEstimator(hidden_layer_sizes=(6,), max_iter=5, n_iter_no_change=np.inf, random_state=0).fit(X)
     save_model(est, tmp_path / "d.ugmm")
     loaded = load_model(tmp_path / "d.ugmm")
     np.testing.assert_array_equal(loaded.score_samples(X), est.score_samples(X))
@@ -72,7 +65,7 @@ def test_density_round_trip(tmp_path):
 
 def test_loaded_model_can_continue_training(iris, tmp_path):
     X, y = iris
-    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=5, warm_start=True, random_state=0).fit(X, y)
+    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=5, n_iter_no_change=np.inf, warm_start=True, random_state=0).fit(X, y)
     save_model(clf, tmp_path / "clf.ugmm")
     loaded = load_model(tmp_path / "clf.ugmm").fit(X, y)
     assert loaded.n_iter_ > clf.n_iter_
@@ -80,7 +73,7 @@ def test_loaded_model_can_continue_training(iris, tmp_path):
 
 def test_tampered_file_is_refused(iris, tmp_path):
     X, y = iris
-    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=3, random_state=0).fit(X, y)
+    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=3, n_iter_no_change=np.inf, random_state=0).fit(X, y)
     path = tmp_path / "clf.ugmm"
     save_model(clf, path)
     content = torch.load(path, weights_only=True)
@@ -114,7 +107,7 @@ def test_pickle_payload_is_not_executed(tmp_path):
 
 def test_mismatched_file_is_refused(iris, tmp_path):
     X, y = iris
-    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=3, random_state=0).fit(X, y)
+    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=3, n_iter_no_change=np.inf, random_state=0).fit(X, y)
     path = tmp_path / "clf.ugmm"
     save_model(clf, path)
     content = torch.load(path, weights_only=True)
@@ -138,7 +131,7 @@ def test_unsaveable_parameters_and_unfitted(iris, tmp_path):
 
     with pytest.raises(NotFittedError):
         save_model(UGMMClassifier(), tmp_path / "x.ugmm")
-    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=2, callbacks=[Callback()], random_state=0).fit(X, y)
+    clf = UGMMClassifier(hidden_layer_sizes=(6,), max_iter=2, n_iter_no_change=np.inf, callbacks=[Callback()], random_state=0).fit(X, y)
     with pytest.raises(ValueError, match="cannot be stored safely"):
         save_model(clf, tmp_path / "x.ugmm")
 
@@ -150,7 +143,7 @@ def tiny(tmp_path_factory):
     rng = np.random.RandomState(0)
     X = rng.normal(size=(30, 2))
     y = (X[:, 0] > 0).astype(int)
-    clf = UGMMClassifier(hidden_layer_sizes=(2,), max_iter=2, standardize=True, early_stopping=False, random_state=0)
+    clf = UGMMClassifier(hidden_layer_sizes=(2,), max_iter=2, n_iter_no_change=np.inf, standardize=True, early_stopping=False, random_state=0)
     clf.fit(X, y)
     path = tmp_path_factory.mktemp("tiny") / "tiny.ugmm"
     save_model(clf, path)
@@ -202,7 +195,7 @@ def test_save_on_a_full_disk_keeps_the_old_file(tiny, tmp_path):
     source, _, _ = tiny
     existing = tmp_path / "existing.ugmm"
     X, y = load_iris(return_X_y=True)
-    save_model(UGMMClassifier(hidden_layer_sizes=(3,), max_iter=2, random_state=1).fit(X, y), existing)
+    save_model(UGMMClassifier(hidden_layer_sizes=(3,), max_iter=2, n_iter_no_change=np.inf, random_state=1).fit(X, y), existing)
     before = existing.read_bytes()
     new = tmp_path / "new.ugmm"
     limit = source.stat().st_size // 2

@@ -120,7 +120,7 @@ def test_constant_and_zero_weight_rows():
 
 def test_classifier_uses_the_transform_by_default(skewed):
     y = (skewed[:, 0] > np.median(skewed[:, 0])).astype(int)
-    clf = UGMMClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit(skewed, y)
+    clf = UGMMClassifier(hidden_layer_sizes=(4,), max_iter=3, n_iter_no_change=np.inf, random_state=0).fit(skewed, y)
     assert clf.standardize == "auto"  # the power transform for the discriminative objective
     params = fit_yeo_johnson(skewed, np.ones(len(skewed)))
     for key, value in params.items():
@@ -142,7 +142,7 @@ def test_classifier_uses_the_transform_by_default(skewed):
 
 def test_generative_objective_keeps_plain_standardisation_under_auto():
     X, y = load_iris(return_X_y=True)
-    generative = UGMMClassifier(objective="generative", hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    generative = UGMMClassifier(objective="generative", hidden_layer_sizes=(4,), max_iter=2, n_iter_no_change=np.inf, random_state=0)
     generative.fit(X, y)
     assert generative.scaler_.power_params_ is None
     np.testing.assert_allclose(generative.scaling_mean_, X.mean(axis=0))
@@ -155,7 +155,7 @@ def test_generative_objective_keeps_plain_standardisation_under_auto():
 def test_classifier_transform_with_sample_weight():
     X, y = load_iris(return_X_y=True)
     weights = np.random.RandomState(0).randint(0, 3, size=len(y))
-    clf = UGMMClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(X, y, sample_weight=weights)
+    clf = UGMMClassifier(hidden_layer_sizes=(4,), max_iter=2, n_iter_no_change=np.inf, random_state=0).fit(X, y, sample_weight=weights)
     expected = fit_yeo_johnson(np.repeat(X, weights, axis=0), np.ones(weights.sum()))
     np.testing.assert_allclose(clf.scaler_.power_params_["lambdas"], expected["lambdas"], rtol=1e-6, atol=1e-9)
 

@@ -20,10 +20,10 @@ def check_matplotlib_support(caller_name):
 
 
 def get_axes(ax):
-    """``ax`` itself, or a new figure's axes when None."""
+    """``ax`` itself, or the axes of a new figure that lays itself out so that no label is clipped."""
     plt = check_matplotlib_support("Plotting a sklearn_ugmm display")
     if ax is None:
-        _, ax = plt.subplots()
+        _, ax = plt.subplots(layout="constrained")
     return ax
 
 
