@@ -110,7 +110,7 @@ for name, score in scores.items():
 # The first layer's inputs are the numeric features and one input per
 # category (``region=east``, ...); the heatmap shows which of them each hidden
 # neuron's mixture weights.
-fig, ax = plt.subplots(figsize=(9, 4))
+fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
 LayerDisplay.from_estimator(ugmm, layer=0, ax=ax)
 plt.show()
 
