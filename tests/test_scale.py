@@ -1,23 +1,14 @@
 """Numbers at any scale: sample weights and feature units (issue 17, items 4 and 5)."""
 
-import warnings
-
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris
-from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator
 
-FAST_CLF = dict(hidden_layer_sizes=(6,), max_iter=6, random_state=0)
-FAST_DENSITY = dict(hidden_layer_sizes=(4,), n_free_components=2, max_iter=6, random_state=0)
+FAST_CLF = dict(hidden_layer_sizes=(6,), max_iter=6, random_state=0, n_iter_no_change=np.inf)
+FAST_DENSITY = dict(hidden_layer_sizes=(4,), n_free_components=2, max_iter=6, random_state=0, n_iter_no_change=np.inf)
 
-
-@pytest.fixture(autouse=True)
-def _quiet_convergence():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +26,9 @@ def _fit_summary(est, X):
     return est.loss_curve_, outputs
 
 
+# Six epochs from the density's GaussianMixture start end slightly above it on these weights; the
+# divergence check then keeps the start, for every factor alike, which is what this test compares.
+@pytest.mark.filterwarnings("ignore:Training diverged:sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("factor", [1e-300, 1e-46, 1e37, 1e300])
 @pytest.mark.parametrize(
     "make",
