@@ -275,11 +275,7 @@ class BaseUGMM(BaseEstimator):
         else:
             encoder = _encoder_of(self)
             mask = None if encoder is None else encoder.is_categorical
-        # with categorical columns the encoder converts and checks the values
-        finite = "allow-nan" if self._fit_allows_nan else True
-        kwargs = {"dtype": np.float64, "ensure_all_finite": finite}
-        if mask is not None:
-            kwargs = {"dtype": None, "ensure_all_finite": False}
+        kwargs = self._validation_options(categorical=mask is not None, dtype=np.float64)
         try:
             if self._requires_y:
                 X, y = validate_data(self, X, y, reset=reset, **kwargs)
@@ -310,10 +306,15 @@ class BaseUGMM(BaseEstimator):
 
     def _validated_input(self, X):
         """``validate_data(reset=False)`` for inference: float, or raw values for the categorical encoder."""
-        if _encoder_of(self) is None:
-            finite = "allow-nan" if self._fit_allows_nan else True
-            return validate_data(self, X, reset=False, dtype=(np.float64, np.float32), ensure_all_finite=finite)
-        return validate_data(self, X, reset=False, dtype=None, ensure_all_finite=False)
+        options = self._validation_options(categorical=_encoder_of(self) is not None, dtype=(np.float64, np.float32))
+        return validate_data(self, X, reset=False, **options)
+
+    def _validation_options(self, *, categorical, dtype):
+        """``validate_data`` options: floats (NaN where the estimator allows it), or raw values
+        that the categorical encoder converts and checks itself."""
+        if categorical:
+            return {"dtype": None, "ensure_all_finite": False}
+        return {"dtype": dtype, "ensure_all_finite": "allow-nan" if self._fit_allows_nan else True}
 
     def _n_network_inputs(self):
         """Inputs of the network: the features, with one per category for the categorical ones."""

@@ -10,7 +10,6 @@ import struct
 import subprocess
 import sys
 import threading
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.datasets import load_iris
-from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator, load_model, save_model
 
