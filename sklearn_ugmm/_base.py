@@ -321,8 +321,15 @@ class BaseUGMM(BaseEstimator):
         encoder = _encoder_of(self)
         return int(self.n_features_in_) if encoder is None else encoder.n_outputs_
 
-    def _hidden_sizes(self):
+    def _hidden_sizes(self, n_inputs=None, n_outputs=None):
+        """The hidden layer sizes as a tuple; "auto" (where allowed) for ``n_inputs`` and ``n_outputs``.
+
+        Without the shapes, "auto" stays "auto" (checking the parameters of
+        a saved model).
+        """
         sizes = self.hidden_layer_sizes
+        if isinstance(sizes, str) and sizes == "auto":
+            return sizes if n_inputs is None else self._auto_hidden_sizes(n_inputs, n_outputs)
         sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
         if any(not isinstance(s, Integral) or s < 1 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes}.")
@@ -353,6 +360,8 @@ class BaseUGMM(BaseEstimator):
                 UserWarning,
             )
         resolved["batch_size"] = int(min(resolved["batch_size"], n_train))
+        if "hidden_layer_sizes" in resolved:
+            resolved["hidden_layer_sizes"] = tuple(objective.hidden_sizes)
         resolved["n_train"] = int(n_train)
         return resolved
 

@@ -15,7 +15,44 @@ from ._base import BaseUGMM, _network_features
 from ._objectives import make_classifier_objective
 from ._preprocessing import categorical_mask
 
-__all__ = ["UGMMClassifier"]
+__all__ = ["UGMMClassifier", "auto_hidden_layer_sizes"]
+
+#: ``hidden_layer_sizes="auto"``: neurons per class, and the bounds of the first layer's width
+AUTO_NEURONS_PER_CLASS, AUTO_MIN_WIDTH, AUTO_MAX_WIDTH = 8, 64, 256
+
+
+def auto_hidden_layer_sizes(n_inputs, n_classes):
+    """The hidden layers of ``UGMMClassifier(hidden_layer_sizes="auto")``.
+
+    One hidden layer of ``width = clip(8 * n_classes, 64, 256)`` neurons.
+    A uGMM neuron is a mixture -- it scores an input by the best matching
+    of its components, an OR over its inputs -- and each class's output
+    neuron is a mixture over the hidden neurons, so a class needs several
+    hidden neurons of its own (its modes) more than the inputs need many:
+    the width grows with the number of classes, and ``n_inputs`` sets no
+    more than the floor.
+
+    Parameters
+    ----------
+    n_inputs : int
+        Network inputs: the features, one per category for categorical ones.
+    n_classes : int
+        Number of classes.
+
+    Returns
+    -------
+    sizes : tuple of int
+
+    Examples
+    --------
+    >>> from sklearn_ugmm._classifier import auto_hidden_layer_sizes
+    >>> auto_hidden_layer_sizes(4, 3)
+    (64,)
+    >>> auto_hidden_layer_sizes(16, 26)
+    (208,)
+    """
+    width = int(np.clip(AUTO_NEURONS_PER_CLASS * n_classes, AUTO_MIN_WIDTH, AUTO_MAX_WIDTH))
+    return (width,)
 
 
 def class_weights(class_weight, classes, y, *, incremental=False):
@@ -272,6 +309,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
 
     _parameter_constraints: dict = {
         **BaseUGMM._parameter_constraints,
+        "hidden_layer_sizes": [StrOptions({"auto"}), *BaseUGMM._parameter_constraints["hidden_layer_sizes"]],
         "objective": [StrOptions({"discriminative", "generative"})],
         "learning_rate_init": [StrOptions({"auto"}), *BaseUGMM._parameter_constraints["learning_rate_init"]],
         "tie_means": ["boolean"],
@@ -285,7 +323,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
 
     def __init__(
         self,
-        hidden_layer_sizes=(64,),
+        hidden_layer_sizes="auto",
         *,
         objective="discriminative",
         alpha=1e-4,
@@ -364,7 +402,9 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         """
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
-    _auto_parameters = ("learning_rate_init", "batch_size", "precision_penalty", "averaging_epochs", "standardize")
+    _auto_parameters = (
+        "hidden_layer_sizes", "learning_rate_init", "batch_size", "precision_penalty", "averaging_epochs", "standardize",
+    )
     _requires_y = True
     _fit_allows_nan = True
 
@@ -372,12 +412,15 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         return make_classifier_objective(
             self.objective,
             n_features,
-            self._hidden_sizes(),
+            self._hidden_sizes(n_features, len(classes)),
             len(classes),
             dropout=self.dropout,
             tie_means=self.tie_means,
             kernel=self.kernel,
         )
+
+    def _auto_hidden_sizes(self, n_inputs, n_classes):
+        return auto_hidden_layer_sizes(n_inputs, n_classes)
 
     def _targets(self, y, classes, *, continuing, incremental):
         check_classification_targets(y)
