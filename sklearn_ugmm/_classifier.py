@@ -124,8 +124,13 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
 
     Parameters
     ----------
-    hidden_layer_sizes : array-like of int or int, default=(64,)
-        Neurons in each hidden uGMM layer.
+    hidden_layer_sizes : array-like of int, int or "auto", default="auto"
+        Neurons in each hidden uGMM layer. "auto" is one layer of
+        ``clip(8 * n_classes, 64, 256)`` neurons
+        (:func:`~sklearn_ugmm._classifier.auto_hidden_layer_sizes`): each
+        class's output neuron is a mixture over the hidden neurons, so the
+        width grows with the number of classes (64 up to 8 classes, 80 for
+        10, 208 for 26). The value used is in ``resolved_params_``.
     objective : {"discriminative", "generative"}, default="discriminative"
         "discriminative": one output neuron per class, trained with
         cross-entropy on their log-densities. "generative": the paper's joint
@@ -144,7 +149,14 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         discriminative objective; it is 0 (off) for the generative one, whose
         log-density objective needs sharp components.
     batch_size : int or "auto", default="auto"
-        Minibatch size; "auto" is ``min(200, n_samples)``.
+        Minibatch size. "auto" is ``min(n_train, clip(n_train // 10, 32,
+        200))`` for the discriminative objective, where ``n_train`` is the
+        number of rows trained on (after the validation split): about 10
+        steps per epoch on small data, so that the stopping rule's patience
+        of ``n_iter_no_change`` epochs is not a handful of steps, and
+        200-row batches from 2,000 rows on. It is ``min(200, n_train)`` for
+        the generative objective, whose joint density overfits with small
+        batches.
     learning_rate : {"constant", "adaptive"}, default="constant"
         Learning-rate schedule, MLPClassifier's name. "constant" keeps
         ``learning_rate_init``. "adaptive" multiplies the rate by 0.3 each
@@ -176,10 +188,15 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Horizon, in epochs, of a moving average of the weights (Polyak
         averaging): validation, early stopping and the fitted model use the
         average while training continues from the current weights, which
-        smooths out the noise of a lively learning rate. 1 turns it off
-        (better with a schedule that decays the rate to zero). "auto" is 10
-        for the discriminative and 1 for the generative objective, which it
-        does not help. Applies in ``fit``, not in ``partial_fit``.
+        smooths out the noise of a lively learning rate. The horizon grows
+        with the epochs run: in epoch ``e`` of a fit (1, 2, ...) it is
+        ``min(averaging_epochs, max(1, e / 2))``, so the average never reaches
+        back further than about the last half of the epochs run, and a
+        short fit (``max_iter=8``) is not held back by its first epochs'
+        weights. 1 turns it off (better with a schedule that decays the rate
+        to zero). "auto" is 10 for the discriminative and 1 for the
+        generative objective, which it does not help. Applies in ``fit``,
+        not in ``partial_fit``.
     dropout : float, default=0.0
         Probability of removing each mixture component during training.
     tie_means : bool, default=False
@@ -289,7 +306,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         ``scaler_.mean_`` and ``scaler_.scale_``.
     resolved_params_ : dict
         The values this fit used for the parameters that can be "auto"
-        (``learning_rate_init``, ``batch_size``, ``precision_penalty``,
+        (``hidden_layer_sizes``, ``learning_rate_init``, ``batch_size``, ``precision_penalty``,
         ``averaging_epochs``, ``standardize``), and ``n_train``, the rows
         trained on (after the validation split) that ``batch_size`` and the
         precision penalty depend on. ``partial_fit`` keeps those of its

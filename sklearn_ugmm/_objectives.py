@@ -174,6 +174,15 @@ class GenerativeObjective(_ClassifierObjective):
     #: sharp components, and neither averaging nor the power transform helped it
     auto = {"learning_rate_init": 1e-2, "averaging_epochs": None, "precision_penalty": 0.0, "standardize": True}
 
+    def auto_values(self, n_train):
+        """The value of each "auto" parameter for ``n_train`` training rows.
+
+        ``batch_size`` is ``min(200, n_train)``: with the small batches of
+        :func:`auto_batch_size` the joint density overfits and its class
+        scores suffer (iris, 5-fold CV, 3 seeds: 0.787 with 32-row batches).
+        """
+        return {**super().auto_values(n_train), "batch_size": min(AUTO_MAX_BATCH, n_train)}
+
     def _network_io(self):
         return self.n_features + 1, 1
 

@@ -173,8 +173,13 @@ def halves(sets):
 
 
 # ---------------------------------------------------------------------- models
+def is_mlp(config):
+    """Configurations named ``mlp`` or ``mlp-...`` are the MLP (a second name re-times it)."""
+    return config == "mlp" or config.startswith("mlp-")
+
+
 def make_model(config, X, params):
-    if config == "mlp":
+    if is_mlp(config):
         nominal = [c for c in X.columns if X[c].dtype == "category"]
         numeric = [c for c in X.columns if c not in nominal]
         prep = ColumnTransformer(
@@ -199,14 +204,14 @@ def evaluate(config, X, y, params):
             model.fit(X.iloc[train], y[train])
             fit_s = time.perf_counter() - start
         proba = model.predict_proba(X.iloc[test])
-        est = model[-1] if config == "mlp" else model
+        est = model[-1] if is_mlp(config) else model
         folds.append({
             "acc": float(np.mean(est.classes_[proba.argmax(1)] == y[test])),
             "logloss": float(log_loss(y[test], proba, labels=labels)),
             "train_acc": float(model.score(X.iloc[train], y[train])),
             "n_iter": int(est.n_iter_),
             "fit_s": fit_s,
-            "resolved": None if config == "mlp" else {
+            "resolved": None if is_mlp(config) else {
                 k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
                 for k, v in est.resolved_params_.items()
             },
@@ -305,12 +310,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sets", nargs="*", help="only these sets (default: the whole half)")
     parser.add_argument("--half", choices=("tuning", "reporting", "all"), default="tuning")
-    parser.add_argument("--config", default="ugmm", help="'mlp', or a name for this UGMMClassifier configuration")
+    parser.add_argument(
+        "--config", default="ugmm",
+        help="'mlp' (or 'mlp-NAME', the MLP again, e.g. to time it next to a run), or a name for this "
+        "UGMMClassifier configuration",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
                         help="UGMMClassifier parameter override (repeatable)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--list", action="store_true", help="print the suite and its halves, run nothing")
-    parser.add_argument("--report", metavar="CONFIG", help="print the table of CONFIG against mlp, run nothing")
+    parser.add_argument("--report", metavar="CONFIG", help="print the table of CONFIG against the baseline, run nothing")
+    parser.add_argument("--baseline", default="mlp", help="the configuration --report compares with (default mlp)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -327,7 +337,7 @@ def main(argv=None):
     if args.sets:
         names = [n for n in names if n in args.sets]
     if args.report:
-        return report(args.report, names, Path(args.results))
+        return report(args.report, names, Path(args.results), baseline=args.baseline)
     params = {}
     for item in args.set:
         key, _, value = item.partition("=")
