@@ -225,12 +225,15 @@ def summary(folds):
 
 # ---------------------------------------------------------------------- running and reporting
 def commit_hash():
+    """The commit of the sklearn_ugmm package that runs (it may be another checkout than this script's)."""
     try:
         import subprocess
 
+        import sklearn_ugmm
+
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
+            cwd=Path(sklearn_ugmm.__file__).resolve().parent,
         ).stdout.strip()
     except Exception:  # noqa: BLE001
         return "unknown"
@@ -267,7 +270,23 @@ def _subsample_frame(X, y):
     return X.iloc[index], y[index]
 
 
-def report(config, names, results, baseline="mlp"):
+def rst_table(rows):
+    """The per-set table as reStructuredText (for doc/benchmarks.rst)."""
+    head = ("set", "rows", "features", "classes", "ugmm acc", "mlp acc", "gap", "ugmm log-loss", "mlp log-loss",
+            "ugmm train acc", "fit time ratio")
+    body = [
+        (name, str(u["n"]), str(u["d"]), str(u["k"]), f"{u['acc']:.3f}", f"{m['acc']:.3f}",
+         f"{100 * (u['acc'] - m['acc']):+.1f}", f"{u['logloss']:.3f}", f"{m['logloss']:.3f}", f"{u['train_acc']:.3f}",
+         f"{u['fit_s'] / m['fit_s']:.1f}")
+        for name, u, m in rows
+    ]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    rule = "  ".join("=" * w for w in widths)
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([rule, line(head), rule, *map(line, body), rule])
+
+
+def report(config, names, results, baseline="mlp", rst=False):
     """Per-set table and the summary of ``config`` against ``baseline`` on ``names`` (existing results)."""
     rows = []
     for name in names:
@@ -287,6 +306,8 @@ def report(config, names, results, baseline="mlp"):
         ratios.append(u["fit_s"] / m["fit_s"])
         print(f"{name:<17}{u['n']:>5}{u['d']:>4}{u['k']:>3} {u['acc']:>9.4f}{m['acc']:>9.4f}{gap:>+7.1f} "
               f"{u['logloss']:>8.4f}{m['logloss']:>8.4f} {u['train_acc']:>6.3f} {ratios[-1]:>6.2f}")
+    if rst:
+        print(rst_table(rows))
     gaps, lls = np.array(gaps), np.array(lls)
     out = {
         "sets": len(rows), "mean_gap": float(gaps.mean()), "worst_gap": float(gaps.min()),
@@ -320,6 +341,7 @@ def main(argv=None):
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--list", action="store_true", help="print the suite and its halves, run nothing")
     parser.add_argument("--report", metavar="CONFIG", help="print the table of CONFIG against the baseline, run nothing")
+    parser.add_argument("--rst", action="store_true", help="with --report: also the table as reStructuredText")
     parser.add_argument("--baseline", default="mlp", help="the configuration --report compares with (default mlp)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -337,7 +359,7 @@ def main(argv=None):
     if args.sets:
         names = [n for n in names if n in args.sets]
     if args.report:
-        return report(args.report, names, Path(args.results), baseline=args.baseline)
+        return report(args.report, names, Path(args.results), baseline=args.baseline, rst=args.rst)
     params = {}
     for item in args.set:
         key, _, value = item.partition("=")
