@@ -182,7 +182,9 @@ def test_classifier_averages_weights_in_fit_only():
     callbacks = dict(clf.net_.callbacks_)
     # "auto": a horizon of 10 epochs for the discriminative objective
     assert callbacks["weight_averaging"].horizon == 10.0
-    assert callbacks["weight_averaging"].steps_per_epoch == int(np.ceil(0.9 * len(X) / 200))
+    # 512 training rows after the validation split: batch_size="auto" is 512 // 10 = 51, 11 steps per epoch
+    assert clf.resolved_params_["n_train"] == 512 and clf.resolved_params_["batch_size"] == 51
+    assert callbacks["weight_averaging"].steps_per_epoch == 11
     explicit = UGMMClassifier(max_iter=2, n_iter_no_change=np.inf, averaging_epochs=3.5, batch_size=100, random_state=0).fit(X, y)
     assert dict(explicit.net_.callbacks_)["weight_averaging"].horizon == 3.5
     assert dict(explicit.net_.callbacks_)["weight_averaging"].steps_per_epoch == int(np.ceil(0.9 * len(X) / 100))
