@@ -402,3 +402,40 @@ def test_portable_builds_match_the_formula(unbuilt_kernel, isa):
         mask = torch.zeros(3, 21, dtype=torch.bool)
         mask[:, 1::2] = True  # -inf weights
         _assert_matches_formula([x, loc, scale, logits], mask=mask, rtol=1e-10 if dtype == torch.float64 else 1e-3)
+
+
+@requires_fused
+@pytest.mark.parametrize("tie_means", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_float32_layers_transform_their_parameters_in_the_kernel(monkeypatch, tie_means, dropout):
+    # float32 layers hand raw_scale and the logits to the kernel (softplus and
+    # log_softmax inside it); against the float64 reference formula
+    calls = []
+    real = _fused.layer_log_density
+    monkeypatch.setattr(_fused, "layer_log_density", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(12)
+    layer = UGMMLayer(45, 9, dropout=dropout, tie_means=tie_means, kernel="fused", generator=g)
+    with torch.no_grad():
+        layer.logits.normal_(generator=g)
+        layer.raw_scale.normal_(generator=g)
+        layer.raw_scale[0, :3] = torch.tensor([25.0, -30.0, 19.9])  # softplus's linear and exponential ends
+        layer.logits[1, 0] = 30.0
+    twin = UGMMLayer(45, 9, dropout=dropout, tie_means=tie_means, kernel="reference", dtype=torch.float64)
+    twin.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})
+    x = torch.randn(70, 45, generator=g)
+    weight = torch.randn(70, 9, generator=g, dtype=torch.float64)
+    results = []
+    for module, inputs in ((layer, x), (twin, x.double())):
+        module.generator = torch.Generator().manual_seed(3)  # the same dropout mask
+        inputs = inputs.clone().requires_grad_()
+        out = module(inputs)
+        grads = torch.autograd.grad(out, (inputs, *module.parameters()), weight.to(out.dtype))
+        results.append((out, grads))
+    assert calls == [1]
+    (out, grads), (ref_out, ref_grads) = results
+    assert float(((out.detach().double() - ref_out.detach()).abs() / ref_out.detach().abs().clamp(min=1.0)).max()) <= 1e-5
+    for ours, ref in zip(grads, ref_grads):
+        assert bool(torch.isfinite(ours).all())
+        _assert_relative(ours, ref, 1e-5)
+    with torch.no_grad():  # inference: no autograd node
+        assert not layer(x).requires_grad

@@ -119,6 +119,8 @@ def _bind(path):
         getattr(lib, f"ugmm_fused_backward_{suffix}").argtypes = [
             i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
         ]
+    lib.ugmm_fused_transform_f32.argtypes = [i64, i64, ptr, dbl, ptr, ptr, ptr, ptr, ptr]
+    lib.ugmm_fused_untransform_f32.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr]
     lib.widths = {torch.float32: lib.ugmm_fused_width_f32(), torch.float64: lib.ugmm_fused_width_f64()}
     return lib
 
@@ -176,6 +178,58 @@ def log_density(x, loc, scale, log_weights, z_lim, missing=None):
     (not renormalised: the mixture sum over the other components); ``x`` may
     hold anything there, NaN included, and gets a zero gradient there.
     """
+    prepared = _prepare(x, loc, scale, log_weights, z_lim, missing)
+    if prepared is None:
+        return None
+    return _apply(x, loc, scale, log_weights, prepared, None, None)
+
+
+def layer_log_density(x, loc, raw_scale, min_scale, logits, z_lim):
+    """:func:`log_density` of a layer from its raw parameters (float32 only).
+
+    ``scale = min_scale + softplus(raw_scale)`` and ``log_weights =
+    log_softmax(logits)`` (``logits`` may hold -inf: dropped components) are
+    computed in the kernel library, and the backward pass returns the
+    gradients of ``raw_scale`` and ``logits`` directly: two autograd nodes
+    and four PyTorch kernels fewer per layer and step. None when distances
+    need clipping.
+    """
+    lib = load()
+    n_out, n_in = logits.shape
+    with torch.no_grad():
+        raw_d = raw_scale.detach().contiguous()
+        logits_d = logits.detach().contiguous()
+        scale, log_w, sig, weights = (raw_d.new_empty((n_out, n_in)) for _ in range(4))
+        lib.ugmm_fused_transform_f32(n_out, n_in, _ptr(raw_d), float(min_scale), _ptr(logits_d), _ptr(scale),
+                                     _ptr(log_w), _ptr(sig), _ptr(weights))
+    prepared = _prepare(x, loc, scale, log_w, z_lim, None)
+    if prepared is None:
+        return None
+    return _apply(x, loc, raw_scale, logits, prepared, sig, weights)
+
+
+def _apply(x, loc, scale, log_weights, prepared, sig, weights):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, loc, scale, log_weights)):
+        return _FusedLogDensity.apply(x, loc, scale, log_weights, *prepared, sig, weights)
+    # inference: no autograd node, nothing kept for a backward pass
+    return _forward(x.shape[1], *prepared)[0]
+
+
+def _forward(n_in, x_p, x_mask, params, bound):
+    """Kernel forward: the output (batch, out) and the log2 mixture shifts (out, batch)."""
+    n_batch = x_p.shape[0]
+    n_out, _, kp = params.shape
+    out = x_p.new_empty((n_batch, n_out))
+    shift_t = x_p.new_empty((n_out, n_batch))  # log2 of each mixture relative to its bound
+    getattr(load(), f"ugmm_fused_forward_{_suffix(x_p.dtype)}")(
+        n_batch, n_out, kp, _ptr(x_p), _optional_ptr(x_mask), _ptr(params), _ptr(bound), _ptr(out),
+        _ptr(shift_t), _threads(n_batch * n_out * n_in),
+    )
+    return out, shift_t
+
+
+def _prepare(x, loc, scale, log_weights, z_lim, missing):
+    """x_p, x_mask, params and bound for the kernel, or None when distances need clipping."""
     lib = load()
     n_batch, n_in = x.shape
     n_out = log_weights.shape[0]
@@ -202,27 +256,26 @@ def log_density(x, loc, scale, log_weights, z_lim, missing=None):
         )
     if clip:
         return None
-    return _FusedLogDensity.apply(x, loc, scale, log_weights, x_p, x_mask, params, bound)
+    return x_p, x_mask, params, bound
 
 
 class _FusedLogDensity(torch.autograd.Function):
+    """The kernel as an autograd node; with ``sig`` and ``weights`` (raw mode)
+    its third and fourth inputs are ``raw_scale`` and ``logits`` instead of
+    ``scale`` and ``log_weights``."""
+
     @staticmethod
-    def forward(ctx, x, loc, scale, log_weights, x_p, x_mask, params, bound):
-        n_batch, n_in = x.shape
-        n_out, _, kp = params.shape
-        out = x.new_empty((n_batch, n_out))
-        shift_t = x.new_empty((n_out, n_batch))  # log2 of each mixture relative to its bound
-        forward_fn = getattr(load(), f"ugmm_fused_forward_{_suffix(x.dtype)}")
-        forward_fn(n_batch, n_out, kp, _ptr(x_p), _optional_ptr(x_mask), _ptr(params), _ptr(bound), _ptr(out),
-                   _ptr(shift_t), _threads(n_batch * n_out * n_in))
-        ctx.save_for_backward(x_p, x_mask, params, shift_t)
+    def forward(ctx, x, loc, scale, log_weights, x_p, x_mask, params, bound, sig, weights):
+        n_in = x.shape[1]
+        out, shift_t = _forward(n_in, x_p, x_mask, params, bound)
+        ctx.save_for_backward(x_p, x_mask, params, shift_t, sig, weights)
         ctx.n_in = n_in
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x_p, x_mask, params, shift_t = ctx.saved_tensors
+        x_p, x_mask, params, shift_t, sig, weights = ctx.saved_tensors
         n_batch, kp = x_p.shape
         n_out, n_in = params.shape[0], ctx.n_in
         need_x = ctx.needs_input_grad[0]
@@ -236,6 +289,10 @@ class _FusedLogDensity(torch.autograd.Function):
             _ptr(offset), _ptr(grad_x) if need_x else None, _ptr(grads), _threads(n_batch * n_out * n_in),
         )
         grad_logw, grad_loc, grad_scale = grads[:, :, :n_in].unbind(dim=0)
+        if sig is not None:  # raw mode: to the gradients of raw_scale and logits
+            grad_scale, grad_logw = sig.new_empty(sig.shape), sig.new_empty(sig.shape)
+            load().ugmm_fused_untransform_f32(n_out, n_in, kp, _ptr(grads), _ptr(sig), _ptr(weights),
+                                              _ptr(grad_scale), _ptr(grad_logw))
         if need_x:
             grad_x = grad_x[:, :n_in]
         needs = ctx.needs_input_grad
@@ -244,6 +301,8 @@ class _FusedLogDensity(torch.autograd.Function):
             grad_loc if needs[1] else None,
             grad_scale if needs[2] else None,
             grad_logw if needs[3] else None,
+            None,
+            None,
             None,
             None,
             None,

@@ -666,9 +666,136 @@ void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T
 #endif
 }
 
+
+// The layer's parameter transforms, for float: scale = min_scale +
+// softplus(raw) (torch's threshold 20: raw itself above it) and log_w =
+// log_softmax(logits) per row (-inf logits, dropped components, give -inf),
+// with what their backward needs: sig = d softplus / d raw and w =
+// softmax(logits). Vectorised on AVX-512; one pass over (J, K).
+inline float log1p_scalar(float e) { return std::log1p(e); }
+
+#if defined(__AVX512F__)
+inline Vec<float>::type log2v(Vec<float>::type v) {
+    // as log2_array<float>: v = m 2**e, log2 m = 2 atanh(u) / ln 2
+    typedef Vec<float>::type V;
+    const V m = (V)_mm512_getmant_ps((__m512)v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    const V e = (V)_mm512_getexp_ps((__m512)v);
+    const V u = (m - 1.0f) / (m + 1.0f);
+    const V u2 = u * u;
+    V p = V{} + 1.0f / 13;
+    p = p * u2 + 1.0f / 11;
+    p = p * u2 + 1.0f / 9;
+    p = p * u2 + 1.0f / 7;
+    p = p * u2 + 1.0f / 5;
+    p = p * u2 + 1.0f / 3;
+    p = p * u2 + 1.0f;
+    return e + (2.0f * 1.4426950408889634f) * u * p;
+}
+#endif
+
+void transform_f32(int64_t J, int64_t K, const float* raw, float min_scale, const float* logits, float* scale,
+                   float* log_w, float* sig, float* w) {
+    typedef Vec<float>::type V;
+    constexpr int W = Vec<float>::width;
+    const float log2e = 1.4426950408889634f, ln2 = 0.6931471805599453f;
+    for (int64_t j = 0; j < J; ++j) {
+        const float* rj = raw + j * K;
+        const float* lj = logits + j * K;
+        float* sj = scale + j * K;
+        float* gj = sig + j * K;
+        float* oj = log_w + j * K;
+        float* wj = w + j * K;
+        int64_t k = 0;
+#if defined(__AVX512F__)
+        for (; k + W <= K; k += W) {
+            const V r = load<V>(rj + k);
+            const auto big = r > 20.0f;
+            const V e = exp2v<float>((big ? V{} : r) * log2e);  // exp(r), r <= 20
+            const V u = e + 1.0f;
+            // log1p(e) = log(u) e / (u - 1) (exact where u rounds to 1: e)
+            const V lp = u == 1.0f ? e : log2v(u) * ln2 * e / (u - 1.0f);
+            store<V>(sj + k, (big ? r : lp) + min_scale);
+            store<V>(gj + k, big ? V{} + 1.0f : e / u);
+        }
+#endif
+        for (; k < K; ++k) {
+            const float r = rj[k];
+            if (r > 20.0f) {
+                sj[k] = r + min_scale;
+                gj[k] = 1.0f;
+            } else {
+                const float e = std::exp(r);
+                sj[k] = log1p_scalar(e) + min_scale;
+                gj[k] = e / (e + 1.0f);
+            }
+        }
+        float peak = -INFINITY;
+        for (k = 0; k < K; ++k) peak = lj[k] > peak ? lj[k] : peak;
+        // every row keeps a finite logit (a neuron never loses all its components)
+        float total = 0.0f;
+        k = 0;
+#if defined(__AVX512F__)
+        V acc = V{};
+        for (; k + W <= K; k += W) {
+            V t = (load<V>(lj + k) - peak) * log2e;
+            t = t > Vec<float>::zero_weight ? t : V{} + Vec<float>::zero_weight;  // -inf: weight 0
+            acc += exp2v<float>(t);
+        }
+        total = hsum<float>(acc);
+#endif
+        for (; k < K; ++k) total += std::exp(lj[k] - peak);
+        const float lse = peak + std::log(total);
+        k = 0;
+#if defined(__AVX512F__)
+        for (; k + W <= K; k += W) {
+            const V lw = load<V>(lj + k) - lse;
+            store<V>(oj + k, lw);
+            const V t = lw * log2e;
+            store<V>(wj + k, exp2v<float>(t > Vec<float>::zero_weight ? t : V{} + Vec<float>::zero_weight));
+        }
+#endif
+        for (; k < K; ++k) {
+            oj[k] = lj[k] - lse;
+            wj[k] = std::exp(oj[k]);
+        }
+    }
+}
+
+// Backward of transform_f32: from the gradients of log_w and scale (rows of
+// length kp in grads, laid out (3, J, kp)) to those of logits and raw.
+void untransform_f32(int64_t J, int64_t K, int64_t kp, const float* grads, const float* sig, const float* w,
+                     float* grad_raw, float* grad_logits) {
+    for (int64_t j = 0; j < J; ++j) {
+        const float* g_lw = grads + j * kp;
+        const float* g_scale = grads + 2 * J * kp + j * kp;
+        float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t k = 0; k < K; ++k) total += g_lw[k];
+        const float* wj = w + j * K;
+        const float* gj = sig + j * K;
+        float* gl = grad_logits + j * K;
+        float* gr = grad_raw + j * K;
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k) {
+            gl[k] = g_lw[k] - wj[k] * total;
+            gr[k] = g_scale[k] * gj[k];
+        }
+    }
+}
+
 }  // namespace
 
 extern "C" {
+
+void ugmm_fused_transform_f32(int64_t J, int64_t K, const float* raw, double min_scale, const float* logits,
+                              float* scale, float* log_w, float* sig, float* w) {
+    transform_f32(J, K, raw, float(min_scale), logits, scale, log_w, sig, w);
+}
+
+void ugmm_fused_untransform_f32(int64_t J, int64_t K, int64_t kp, const float* grads, const float* sig,
+                                const float* w, float* grad_raw, float* grad_logits) {
+    untransform_f32(J, K, kp, grads, sig, w, grad_raw, grad_logits);
+}
 
 int ugmm_fused_width_f32() { return Vec<float>::width; }
 int ugmm_fused_width_f64() { return Vec<double>::width; }

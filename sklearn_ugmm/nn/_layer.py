@@ -6,10 +6,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import _fused
 from ._functional import (
     DEFAULT_BLOCK_ELEMENTS,
     KERNELS,
     _fused_applies,
+    _z_limit,
     fused_observed_log_density,
     ugmm_log_density,
     ugmm_observed_parts,
@@ -283,13 +285,31 @@ class UGMMLayer(nn.Module):
                 f"expected input of shape (batch, {self.in_features}), got {tuple(x.shape)}"
             )
         # N(loc | x, s^2) = N(x | loc, s^2): tied means use the same kernel
+        kernel = getattr(self, "kernel", "auto")  # layers pickled before the option
+        log_weights = None
+        if (
+            kernel != "reference"
+            and x.dtype == torch.float32
+            and type(self).log_weights is UGMMLayer.log_weights  # subclasses may mask the weights
+            and _fused_applies(x, self.component_loc, self.raw_scale, self.logits, kernel)
+        ):
+            # float32 on the fused kernel: softplus and log_softmax inside it too
+            logits = self.logits
+            if self.training and self.dropout > 0:
+                logits = logits.masked_fill(self._dropout_mask(), -math.inf)
+            out = _fused.layer_log_density(
+                x, self.component_loc, self.raw_scale, self.min_scale, logits, _z_limit(x.dtype)
+            )
+            if out is not None:
+                return out
+            log_weights = torch.log_softmax(logits, dim=1)  # distances need clipping: same dropout mask
         return ugmm_log_density(
             x,
             self.component_loc,
             self.scale,
-            self.log_weights(),
+            self.log_weights() if log_weights is None else log_weights,
             block_elements=self.block_elements,
-            kernel=getattr(self, "kernel", "auto"),  # layers pickled before the option
+            kernel=kernel,
         )
 
     def forward_observed(self, x, observed):
