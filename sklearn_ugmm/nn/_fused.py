@@ -116,6 +116,14 @@ def _bind(path):
             i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, dbl,
         ]
         getattr(lib, f"ugmm_fused_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, cint]
+        getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}").argtypes = [i64, i64, i64, ptr, ptr]
+        getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}").restype = i64
+        getattr(lib, f"ugmm_fused_sparse_setup_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr]
+        getattr(lib, f"ugmm_fused_sparse_factors_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr]
+        getattr(lib, f"ugmm_fused_sparse_backward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint]
+        getattr(lib, f"ugmm_fused_sparse_forward_{suffix}").argtypes = [
+            i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
+        ]
         getattr(lib, f"ugmm_fused_backward_{suffix}").argtypes = [
             i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
         ]
@@ -215,17 +223,61 @@ def _apply(x, loc, scale, log_weights, prepared, sig, weights):
     return _forward(x.shape[1], *prepared)[0]
 
 
+#: Fraction of inputs exactly 0 from which the forward pass takes the sparse
+#: route: the zero inputs' components as one matrix product, exponentials
+#: only for the nonzero inputs (MNIST: about 80% zeros).
+SPARSE_MIN_ZERO_FRACTION = 0.5
+
+
 def _forward(n_in, x_p, x_mask, params, bound):
-    """Kernel forward: the output (batch, out) and the log2 mixture shifts (out, batch)."""
+    """Kernel forward: the output (batch, out), the log2 mixture shifts (out, batch)
+    and, on the sparse route, what its backward pass needs (else None)."""
     n_batch = x_p.shape[0]
     n_out, _, kp = params.shape
     out = x_p.new_empty((n_batch, n_out))
     shift_t = x_p.new_empty((n_out, n_batch))  # log2 of each mixture relative to its bound
-    getattr(load(), f"ugmm_fused_forward_{_suffix(x_p.dtype)}")(
+    lib = load()
+    suffix = _suffix(x_p.dtype)
+    if x_mask is None and n_batch > 1:
+        zeros = torch.empty_like(x_p)
+        n_zero = getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}")(n_batch, n_in, kp, _ptr(x_p), _ptr(zeros))
+        if n_zero >= SPARSE_MIN_ZERO_FRACTION * n_batch * n_in:
+            width = lib.widths[x_p.dtype]
+            jp = -(-n_out // width) * width
+            e0 = x_p.new_empty((n_out, kp))
+            params_t = x_p.new_empty((kp, 3, jp))
+            getattr(lib, f"ugmm_fused_sparse_setup_{suffix}")(n_out, kp, jp, _ptr(params), _ptr(e0), _ptr(params_t))
+            zero_sums = zeros @ e0.t()
+            getattr(lib, f"ugmm_fused_sparse_forward_{suffix}")(
+                n_batch, n_out, kp, jp, _ptr(x_p), _ptr(params), _ptr(params_t), _ptr(bound), _ptr(zero_sums),
+                _ptr(out), _ptr(shift_t), _threads(n_batch * n_out * n_in),
+            )
+            return out, shift_t, (zeros, params_t)
+    getattr(lib, f"ugmm_fused_forward_{suffix}")(
         n_batch, n_out, kp, _ptr(x_p), _optional_ptr(x_mask), _ptr(params), _ptr(bound), _ptr(out),
         _ptr(shift_t), _threads(n_batch * n_out * n_in),
     )
-    return out, shift_t
+    return out, shift_t, None
+
+
+def _sparse_backward(x_p, shift_t, grad_out, zeros, params_t, n_threads):
+    """Parameter gradients (3, out, kp) on the sparse route, or None when some
+    mixture is far from its bound (the dense backward handles those)."""
+    lib = load()
+    suffix = _suffix(x_p.dtype)
+    n_batch, kp = x_p.shape
+    n_out = shift_t.shape[0]
+    jp = params_t.shape[2]
+    factor_bt = x_p.new_empty((n_batch, jp))
+    if getattr(lib, f"ugmm_fused_sparse_factors_{suffix}")(n_batch, n_out, jp, _ptr(shift_t), _ptr(grad_out),
+                                                           _ptr(factor_bt)):
+        return None
+    zero_grads = zeros.t() @ factor_bt  # (kp, jp)
+    grads_t = x_p.new_empty((kp, 3, jp))
+    getattr(lib, f"ugmm_fused_sparse_backward_{suffix}")(
+        n_batch, kp, jp, _ptr(x_p), _ptr(params_t), _ptr(factor_bt), _ptr(zero_grads), _ptr(grads_t), n_threads,
+    )
+    return grads_t[:, :, :n_out].permute(1, 2, 0)
 
 
 def _prepare(x, loc, scale, log_weights, z_lim, missing):
@@ -267,29 +319,36 @@ class _FusedLogDensity(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, loc, scale, log_weights, x_p, x_mask, params, bound, sig, weights):
         n_in = x.shape[1]
-        out, shift_t = _forward(n_in, x_p, x_mask, params, bound)
-        ctx.save_for_backward(x_p, x_mask, params, shift_t, sig, weights)
+        out, shift_t, sparse = _forward(n_in, x_p, x_mask, params, bound)
+        zeros, params_t = sparse if sparse is not None else (None, None)
+        ctx.save_for_backward(x_p, x_mask, params, shift_t, sig, weights, zeros, params_t)
         ctx.n_in = n_in
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x_p, x_mask, params, shift_t, sig, weights = ctx.saved_tensors
+        x_p, x_mask, params, shift_t, sig, weights, zeros, params_t = ctx.saved_tensors
         n_batch, kp = x_p.shape
         n_out, n_in = params.shape[0], ctx.n_in
         need_x = ctx.needs_input_grad[0]
         grad_x = x_p.new_empty((n_batch, kp)) if need_x else None
-        grads = params.new_empty((3, n_out, kp))
-        factor, offset = params.new_empty((n_out, n_batch)), params.new_empty((n_out, n_batch))
         grad_out = grad_out.contiguous()
-        getattr(load(), f"ugmm_fused_backward_{_suffix(x_p.dtype)}")(
-            n_batch, n_out, kp, _ptr(x_p), _optional_ptr(x_mask), _ptr(params), _ptr(shift_t), _ptr(grad_out),
-            _ptr(factor),
-            _ptr(offset), _ptr(grad_x) if need_x else None, _ptr(grads), _threads(n_batch * n_out * n_in),
-        )
+        n_threads = _threads(n_batch * n_out * n_in)
+        grads = None
+        if zeros is not None and not need_x:
+            grads = _sparse_backward(x_p, shift_t, grad_out, zeros, params_t, n_threads)
+        if grads is None:
+            grads = params.new_empty((3, n_out, kp))
+            factor, offset = params.new_empty((n_out, n_batch)), params.new_empty((n_out, n_batch))
+            getattr(load(), f"ugmm_fused_backward_{_suffix(x_p.dtype)}")(
+                n_batch, n_out, kp, _ptr(x_p), _optional_ptr(x_mask), _ptr(params), _ptr(shift_t),
+                _ptr(grad_out), _ptr(factor), _ptr(offset), _ptr(grad_x) if need_x else None, _ptr(grads),
+                n_threads,
+            )
         grad_logw, grad_loc, grad_scale = grads[:, :, :n_in].unbind(dim=0)
         if sig is not None:  # raw mode: to the gradients of raw_scale and logits
+            grads = grads.contiguous()
             grad_scale, grad_logw = sig.new_empty(sig.shape), sig.new_empty(sig.shape)
             load().ugmm_fused_untransform_f32(n_out, n_in, kp, _ptr(grads), _ptr(sig), _ptr(weights),
                                               _ptr(grad_scale), _ptr(grad_logw))

@@ -637,6 +637,173 @@ void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T*
 #endif
 }
 
+
+// Inputs that are mostly exactly 0 (images, sparse features): a component
+// at x = 0 does not depend on the sample, so the zero inputs' part of every
+// mixture is one matrix product, zero_sums = (x == 0) @ e0.T with
+// e0[j, k] = exp2(const[j, k] + curv[j, k] * loc[j, k]**2) (the caller
+// computes it, a GEMM), and only the nonzero inputs are exponentiated, on
+// the transposed parameters (kp, 3, jp) so that one input's components for
+// 16 (8) neurons are one vector. sparse_setup() fills e0 (J, kp) and the
+// transposed parameters from params; jp is J rounded up to the vector
+// width, the extra neurons with weight zero.
+template <typename T>
+void sparse_setup(int64_t J, int64_t kp, int64_t jp, const T* params, T* e0, T* params_t) {
+    typedef typename Vec<T>::type V;
+    constexpr int W = Vec<T>::width;
+    for (int64_t j = 0; j < J; ++j) {
+        const T* pj = params + j * 3 * kp;
+        for (int64_t k = 0; k < kp; k += W) {
+            const V l = load<V>(pj + k);
+            store<V>(e0 + j * kp + k, exp2v<T>(load<V>(pj + 2 * kp + k) + load<V>(pj + kp + k) * l * l));
+        }
+    }
+    // transposed by blocks of W neurons: W read streams, contiguous writes
+    for (int64_t j0 = 0; j0 < J; j0 += W) {
+        const int64_t nj = J - j0 < W ? J - j0 : W;
+        for (int64_t k = 0; k < kp; ++k) {
+            T* q = params_t + k * 3 * jp + j0;
+            for (int64_t f = 0; f < 3; ++f) {
+                const T* src = params + j0 * 3 * kp + f * kp + k;
+                for (int64_t i = 0; i < nj; ++i) q[f * jp + i] = src[i * 3 * kp];
+            }
+        }
+    }
+    for (int64_t k = 0; k < kp; ++k) {
+        T* q = params_t + k * 3 * jp;
+        for (int64_t j = J; j < jp; ++j) {
+            q[j] = 0;
+            q[jp + j] = 0;
+            q[2 * jp + j] = Vec<T>::zero_weight;
+        }
+    }
+}
+
+// Marks the zero inputs: zero (B, kp) gets 1 where x is exactly 0, else 0;
+// returns how many inputs among the first K columns are 0.
+template <typename T>
+int64_t sparse_zeros(int64_t B, int64_t K, int64_t kp, const T* x, T* zero) {
+    int64_t count = 0;
+    for (int64_t b = 0; b < B; ++b) {
+        const T* xb = x + b * kp;
+        T* zb = zero + b * kp;
+        int64_t c = 0;
+#pragma omp simd reduction(+ : c)
+        for (int64_t k = 0; k < kp; ++k) {
+            const bool z = xb[k] == T(0);
+            zb[k] = z ? T(1) : T(0);
+            c += (z && k < K) ? 1 : 0;
+        }
+        count += c;
+    }
+    return count;
+}
+
+// Forward for samples [b0, b1) from zero_sums (B, J) and the nonzero inputs.
+// Tiled: for a block of samples, the inputs go by chunks whose transposed
+// parameters stay in cache, each sample's sums carried from chunk to chunk.
+template <typename T>
+void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params,
+                         const T* params_t, const T* bound, const T* zero_sums, T* out, T* shift_t, int64_t b0,
+                         int64_t b1) {
+    FlushSubnormals ftz;
+    typedef typename Vec<T>::type V;
+    constexpr int W = Vec<T>::width;
+    constexpr int64_t block = 8;  // neuron vectors kept in registers
+    constexpr int64_t chunk = 64;  // inputs per chunk: 32 * 3 * jp values
+    const int64_t nb = b1 - b0;
+    std::vector<int64_t> active(nb * kp), start(nb + 1), cursor(nb);
+    std::vector<T> sums(nb * jp, T(0)), l2(jp);
+    start[0] = 0;
+    for (int64_t i = 0; i < nb; ++i) {
+        const T* xb = x + (b0 + i) * kp;
+        int64_t n = start[i];
+        for (int64_t k = 0; k < kp; ++k)
+            if (xb[k] != T(0)) active[n++] = k;
+        start[i + 1] = n;
+        cursor[i] = start[i];
+    }
+    for (int64_t k0 = 0; k0 < kp; k0 += chunk) {
+        const int64_t k1 = k0 + chunk;
+        for (int64_t i = 0; i < nb; ++i) {
+            const T* xb = x + (b0 + i) * kp;
+            int64_t a0 = cursor[i], a1 = a0;
+            while (a1 < start[i + 1] && active[a1] < k1) ++a1;
+            cursor[i] = a1;
+            if (a0 == a1) continue;
+            T* si = sums.data() + i * jp;
+            for (int64_t v0 = 0; v0 < jp; v0 += block * W) {
+                const int64_t nv = (jp - v0) / W < block ? (jp - v0) / W : block;
+                V acc[block];
+                if (nv == block) {
+#pragma GCC unroll 8
+                    for (int q = 0; q < block; ++q) acc[q] = load<V>(si + v0 + q * W);
+                    for (int64_t a = a0; a < a1; ++a) {
+                        const int64_t k = active[a];
+                        const V xv = V{} + xb[k];
+                        const T* p = params_t + k * 3 * jp + v0;
+#pragma GCC unroll 8
+                        for (int q = 0; q < block; ++q) {
+                            const V d = xv - load<V>(p + q * W);
+                            acc[q] += exp2v<T>(load<V>(p + 2 * jp + q * W) + load<V>(p + jp + q * W) * d * d);
+                        }
+                    }
+#pragma GCC unroll 8
+                    for (int q = 0; q < block; ++q) store<V>(si + v0 + q * W, acc[q]);
+                } else {
+                    for (int q = 0; q < nv; ++q) acc[q] = load<V>(si + v0 + q * W);
+                    for (int64_t a = a0; a < a1; ++a) {
+                        const int64_t k = active[a];
+                        const V xv = V{} + xb[k];
+                        const T* p = params_t + k * 3 * jp + v0;
+                        for (int q = 0; q < nv; ++q) {
+                            const V d = xv - load<V>(p + q * W);
+                            acc[q] += exp2v<T>(load<V>(p + 2 * jp + q * W) + load<V>(p + jp + q * W) * d * d);
+                        }
+                    }
+                    for (int q = 0; q < nv; ++q) store<V>(si + v0 + q * W, acc[q]);
+                }
+            }
+        }
+    }
+    for (int64_t i = 0; i < nb; ++i) {
+        const int64_t b = b0 + i;
+        const T* xb = x + b * kp;
+        T* si = sums.data() + i * jp;
+        const T* zb = zero_sums + b * J;
+        for (int64_t j = 0; j < J; ++j) si[j] += zb[j];
+        log2_array<T>(si, l2.data(), J);
+        for (int64_t j = 0; j < J; ++j) {
+            T v = l2[j];
+            // a sum below 2**-60 of the bound: redo with the exact peak, as the dense kernel
+            if (!(si[j] >= Vec<T>::tiny)) v = exact_log2_sum<T, false>(xb, nullptr, params + j * 3 * kp, kp);
+            shift_t[j * B + b] = v;
+            out[b * J + j] = (v + bound[j]) * T(0.6931471805599453094);
+        }
+    }
+}
+
+template <typename T>
+void sparse_forward(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params, const T* params_t,
+                    const T* bound, const T* zero_sums, T* out, T* shift, int n_threads) {
+    constexpr int64_t rows = 32;  // samples per tile
+    if (n_threads <= 1 || B <= rows) {
+        for (int64_t b = 0; b < B; b += rows)
+            sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, b,
+                                   b + rows < B ? b + rows : B);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+    for (int64_t b = 0; b < B; b += rows) {
+        sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, b,
+                               b + rows < B ? b + rows : B);
+    }
+#else
+    sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, 0, B);
+#endif
+}
+
 // factor and offset ((J, B) each) are scratch memory.
 template <typename T>
 void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T* params, const T* shift,
@@ -663,6 +830,127 @@ void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T
     for (int64_t v = 0; v < nv; ++v) run(v, v + 1);
 #else
     run(0, nv);
+#endif
+}
+
+// Backward of the sparse route (no gradient of x). sparse_factors() writes
+// the factors transposed, factor_bt (B, jp) = grad * 2**-shift (zero for
+// the padding neurons), and returns 1 when some mixture is far from its
+// bound (the caller then takes the dense backward, whose far-row handling
+// this route does not repeat). With zero_grads = (x == 0).T @ factor_bt
+// (kp, jp), a GEMM by the caller, the zero inputs' part of
+// sum_b R, sum_b R d and sum_b R d**2 is e0 * zero_grads times 1, -loc and
+// loc**2 (d = -loc there); sparse_backward() adds the nonzero inputs' part,
+// column by column over their nonzero rows, vectorised over neurons, and
+// writes the gradients transposed: grads_t (kp, 3, jp) holds those of
+// log_weights, loc and scale.
+template <typename T>
+int sparse_factors(int64_t B, int64_t J, int64_t jp, const T* shift_t, const T* grad, T* factor_bt) {
+    for (int64_t j = 0; j < J; ++j)
+        for (int64_t b = 0; b < B; ++b)
+            if (!(shift_t[j * B + b] > T(-60))) return 1;
+    for (int64_t b = 0; b < B; ++b) {
+        T* fb = factor_bt + b * jp;
+        for (int64_t j = 0; j < J; ++j) fb[j] = grad[b * J + j] * std::exp2(-shift_t[j * B + b]);
+        for (int64_t j = J; j < jp; ++j) fb[j] = T(0);
+    }
+    return 0;
+}
+
+template <typename T>
+void sparse_backward_columns(int64_t jp, const T* x, int64_t kp, const T* params_t, const T* factor_bt,
+                             const T* zero_grads, const int64_t* col_start, const int64_t* col_rows, T* grads_t,
+                             int64_t k0, int64_t k1) {
+    FlushSubnormals ftz;
+    typedef typename Vec<T>::type V;
+    constexpr int W = Vec<T>::width;
+    constexpr int block = 4;  // neuron vectors per pass: 12 accumulators, 12 parameters
+    const T two_ln2 = T(2.0 * 0.6931471805599453094);
+    for (int64_t k = k0; k < k1; ++k) {
+        const T* p = params_t + k * 3 * jp;
+        T* g = grads_t + k * 3 * jp;
+        for (int64_t v0 = 0; v0 < jp; v0 += block * W) {
+            const int nv = (jp - v0) / W < block ? int((jp - v0) / W) : block;
+            V l[block], c[block], s[block], a0[block], a1[block], a2[block];
+            for (int q = 0; q < nv; ++q) {
+                l[q] = load<V>(p + v0 + q * W);
+                c[q] = load<V>(p + jp + v0 + q * W);
+                s[q] = load<V>(p + 2 * jp + v0 + q * W);
+                a0[q] = a1[q] = a2[q] = V{};
+            }
+            if (nv == block) {
+                for (int64_t a = col_start[k]; a < col_start[k + 1]; ++a) {
+                    const int64_t b = col_rows[a];
+                    const V xv = V{} + x[b * kp + k];
+                    const T* f = factor_bt + b * jp + v0;
+#pragma GCC unroll 4
+                    for (int q = 0; q < block; ++q) {
+                        const V d = xv - l[q];
+                        const V r = exp2v<T>(s[q] + c[q] * d * d) * load<V>(f + q * W);
+                        const V rd = r * d;
+                        a0[q] += r;
+                        a1[q] += rd;
+                        a2[q] += rd * d;
+                    }
+                }
+            } else {
+                for (int64_t a = col_start[k]; a < col_start[k + 1]; ++a) {
+                    const int64_t b = col_rows[a];
+                    const V xv = V{} + x[b * kp + k];
+                    const T* f = factor_bt + b * jp + v0;
+                    for (int q = 0; q < nv; ++q) {
+                        const V d = xv - l[q];
+                        const V r = exp2v<T>(s[q] + c[q] * d * d) * load<V>(f + q * W);
+                        const V rd = r * d;
+                        a0[q] += r;
+                        a1[q] += rd;
+                        a2[q] += rd * d;
+                    }
+                }
+            }
+            for (int q = 0; q < nv; ++q) {
+                // the zero inputs: R = e0 * factor, d = -loc
+                const V eg = exp2v<T>(s[q] + c[q] * l[q] * l[q]) * load<V>(zero_grads + k * jp + v0 + q * W);
+                const V s0 = a0[q] + eg;
+                const V s1 = a1[q] - l[q] * eg;
+                const V s2 = a2[q] + l[q] * l[q] * eg;
+                const V inv_var = c[q] * -two_ln2;  // 1 / scale**2
+                V inv_scale;
+                for (int i = 0; i < W; ++i) inv_scale[i] = std::sqrt(inv_var[i]);
+                store<V>(g + v0 + q * W, s0);
+                store<V>(g + jp + v0 + q * W, s1 * inv_var);
+                store<V>(g + 2 * jp + v0 + q * W, (s2 * inv_var - s0) * inv_scale);
+            }
+        }
+    }
+}
+
+template <typename T>
+void sparse_backward(int64_t B, int64_t kp, int64_t jp, const T* x, const T* params_t, const T* factor_bt,
+                     const T* zero_grads, T* grads_t, int n_threads) {
+    // nonzero rows of each input column
+    std::vector<int64_t> col_start(kp + 1, 0);
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < kp; ++k) col_start[k + 1] += x[b * kp + k] != T(0);
+    for (int64_t k = 0; k < kp; ++k) col_start[k + 1] += col_start[k];
+    std::vector<int64_t> col_rows(col_start[kp] > 0 ? col_start[kp] : 1), fill(col_start.begin(), col_start.end() - 1);
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < kp; ++k)
+            if (x[b * kp + k] != T(0)) col_rows[fill[k]++] = b;
+    auto run = [&](int64_t k0, int64_t k1) {
+        sparse_backward_columns<T>(jp, x, kp, params_t, factor_bt, zero_grads, col_start.data(), col_rows.data(),
+                                   grads_t, k0, k1);
+    };
+    if (n_threads <= 1 || kp < 2) {
+        run(0, kp);
+        return;
+    }
+#ifdef _OPENMP
+    constexpr int64_t columns = 8;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+    for (int64_t k = 0; k < kp; k += columns) run(k, k + columns < kp ? k + columns : kp);
+#else
+    run(0, kp);
 #endif
 }
 
@@ -816,6 +1104,35 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
         backward<T>(B, J, kp, x, xm, params, shift, grad_out, factor, offset, grad_x, grads, n_threads);      \
     }
 
+#define UGMM_EXPORT_SPARSE(T, SUFFIX)                                                                          \
+    int64_t ugmm_fused_sparse_zeros_##SUFFIX(int64_t B, int64_t K, int64_t kp, const T* x, T* zero) {             \
+        return sparse_zeros<T>(B, K, kp, x, zero);                                                             \
+    }                                                                                                          \
+    void ugmm_fused_sparse_setup_##SUFFIX(int64_t J, int64_t kp, int64_t jp, const T* params, T* e0,            \
+                                          T* params_t) {                                                       \
+        sparse_setup<T>(J, kp, jp, params, e0, params_t);                                                      \
+    }                                                                                                          \
+    void ugmm_fused_sparse_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x,           \
+                                            const T* params, const T* params_t, const T* bound,                \
+                                            const T* zero_sums, T* out, T* shift, int n_threads) {             \
+        sparse_forward<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, n_threads);         \
+    }
+
+#define UGMM_EXPORT_SPARSE_BACKWARD(T, SUFFIX)                                                                 \
+    int ugmm_fused_sparse_factors_##SUFFIX(int64_t B, int64_t J, int64_t jp, const T* shift, const T* grad,      \
+                                           T* factor_bt) {                                                     \
+        return sparse_factors<T>(B, J, jp, shift, grad, factor_bt);                                            \
+    }                                                                                                          \
+    void ugmm_fused_sparse_backward_##SUFFIX(int64_t B, int64_t kp, int64_t jp, const T* x, const T* params_t,   \
+                                             const T* factor_bt, const T* zero_grads, T* grads_t,              \
+                                             int n_threads) {                                                  \
+        sparse_backward<T>(B, kp, jp, x, params_t, factor_bt, zero_grads, grads_t, n_threads);                 \
+    }
+
+UGMM_EXPORT_SPARSE_BACKWARD(float, f32)
+UGMM_EXPORT_SPARSE_BACKWARD(double, f64)
+UGMM_EXPORT_SPARSE(float, f32)
+UGMM_EXPORT_SPARSE(double, f64)
 UGMM_EXPORT(float, f32)
 UGMM_EXPORT(double, f64)
 
