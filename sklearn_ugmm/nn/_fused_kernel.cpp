@@ -741,11 +741,13 @@ void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* 
                     for (int64_t a = a0; a < a1; ++a) {
                         const int64_t k = active[a];
                         const V xv = V{} + xb[k];
-                        const T* p = params_t + k * 3 * jp + v0;
+                        const T* pl = params_t + k * 3 * jp + v0;  // three bases, constant offsets
+                        const T* pc = pl + jp;
+                        const T* ps = pc + jp;
 #pragma GCC unroll 8
                         for (int q = 0; q < block; ++q) {
-                            const V d = xv - load<V>(p + q * W);
-                            acc[q] += exp2v<T>(load<V>(p + 2 * jp + q * W) + load<V>(p + jp + q * W) * d * d);
+                            const V d = xv - load<V>(pl + q * W);
+                            acc[q] += exp2v<T>(load<V>(ps + q * W) + load<V>(pc + q * W) * d * d);
                         }
                     }
 #pragma GCC unroll 8
