@@ -9,6 +9,15 @@ through :mod:`ctypes`. Its threads come from the OpenMP runtime PyTorch has
 already loaded, and each call uses at most ``torch.get_num_threads()`` of
 them, fewer for small problems.
 
+Routes: the dense kernel; for inputs of which at least half are exactly 0
+(images, sparse features) the sparse route, where the zero inputs' part of
+every mixture is one matrix product and only the nonzero inputs are
+exponentiated (forward, and the parameter gradients when no input gradient
+is wanted); missing inputs (:func:`log_density`'s ``missing``) as an
+additive mask. float32 layers may pass their raw parameters
+(:func:`layer_log_density`): softplus and log_softmax then run here too.
+Calls that need no gradient create no autograd node.
+
 When no compiler is found, the build fails or the library does not load,
 :func:`load` returns None and the caller falls back to the reference kernel.
 The compiler is ``$SKLEARN_UGMM_CXX`` when set, else the first of ``c++``,
@@ -120,7 +129,9 @@ def _bind(path):
         getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}").restype = i64
         getattr(lib, f"ugmm_fused_sparse_setup_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr]
         getattr(lib, f"ugmm_fused_sparse_factors_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr]
-        getattr(lib, f"ugmm_fused_sparse_backward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint]
+        getattr(lib, f"ugmm_fused_sparse_backward_{suffix}").argtypes = [
+            i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint,
+        ]
         getattr(lib, f"ugmm_fused_sparse_forward_{suffix}").argtypes = [
             i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
         ]
@@ -273,11 +284,12 @@ def _sparse_backward(x_p, shift_t, grad_out, zeros, params_t, n_threads):
                                                            _ptr(factor_bt)):
         return None
     zero_grads = zeros.t() @ factor_bt  # (kp, jp)
-    grads_t = x_p.new_empty((kp, 3, jp))
+    grads = x_p.new_empty((3, n_out, kp))
     getattr(lib, f"ugmm_fused_sparse_backward_{suffix}")(
-        n_batch, kp, jp, _ptr(x_p), _ptr(params_t), _ptr(factor_bt), _ptr(zero_grads), _ptr(grads_t), n_threads,
+        n_batch, n_out, kp, jp, _ptr(x_p), _ptr(params_t), _ptr(factor_bt), _ptr(zero_grads), _ptr(grads),
+        n_threads,
     )
-    return grads_t[:, :, :n_out].permute(1, 2, 0)
+    return grads
 
 
 def _prepare(x, loc, scale, log_weights, z_lim, missing):
@@ -348,7 +360,6 @@ class _FusedLogDensity(torch.autograd.Function):
             )
         grad_logw, grad_loc, grad_scale = grads[:, :, :n_in].unbind(dim=0)
         if sig is not None:  # raw mode: to the gradients of raw_scale and logits
-            grads = grads.contiguous()
             grad_scale, grad_logw = sig.new_empty(sig.shape), sig.new_empty(sig.shape)
             load().ugmm_fused_untransform_f32(n_out, n_in, kp, _ptr(grads), _ptr(sig), _ptr(weights),
                                               _ptr(grad_scale), _ptr(grad_logw))

@@ -6,13 +6,17 @@
 // neuron in vector registers, one pass over the inputs; the backward pass
 // recomputes each responsibility and accumulates the gradients of x, loc,
 // scale and the log-weights, tiled over samples and input columns.
+// Also here: the sparse route for inputs that are mostly exactly 0
+// (sparse_*: the zero inputs' part as a matrix product done by the caller,
+// exponentials for the nonzero inputs only), the missing-input mask, and
+// the float layer's parameter transforms (softplus, log_softmax).
 //
 // Layout (row-major; the input axis is padded to kp, a multiple of the
 // vector width W, with components of weight zero):
 //   x        (B, kp)     inputs
 //   xm       (B, kp)     optional additive mask of missing inputs: 0 where
-//                        observed, absent_bits where missing (x holds 0
-//                        there); null when every input is observed
+//                        observed, -1e30 where missing (x holds 0 there);
+//                        null when every input is observed
 //   params   (J, 3, kp)  per neuron: loc, curv and const, where the log2
 //                        density of component k of neuron j at sample b is
 //                        const[j, k] + curv[j, k] * (x[b, k] - loc[j, k])**2,
@@ -281,8 +285,9 @@ inline T hmax(typename Vec<T>::type v) {
 }
 
 // Missing inputs (NaN in the caller's x) come as an additive mask (B, kp):
-// 0 where x[b, k] is observed, absent_bits where it is missing, so that the
-// component's log2 density drops far below exp2's range and it contributes
+// 0 where x[b, k] is observed, -1e30 (ABSENT_BITS in _fused.py) where it is
+// missing, so that the component's log2 density drops far below exp2's
+// range and it contributes
 // exactly 0 to the mixture and to every gradient (x holds 0 there, so its
 // distance stays finite). Without a mask (M false) nothing is added.
 template <bool M, typename V, typename T>
@@ -844,8 +849,7 @@ void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T
 // sum_b R, sum_b R d and sum_b R d**2 is e0 * zero_grads times 1, -loc and
 // loc**2 (d = -loc there); sparse_backward() adds the nonzero inputs' part,
 // column by column over their nonzero rows, vectorised over neurons, and
-// writes the gradients transposed: grads_t (kp, 3, jp) holds those of
-// log_weights, loc and scale.
+// writes the gradients of log_weights, loc and scale as grads (3, J, kp).
 template <typename T>
 int sparse_factors(int64_t B, int64_t J, int64_t jp, const T* shift_t, const T* grad, T* factor_bt) {
     for (int64_t j = 0; j < J; ++j)
@@ -859,18 +863,21 @@ int sparse_factors(int64_t B, int64_t J, int64_t jp, const T* shift_t, const T* 
     return 0;
 }
 
+// Columns [k0, k1) (multiples of W); gradients written (3, J, kp) through a
+// buffer of W columns, so that each neuron's row gets W contiguous values.
 template <typename T>
-void sparse_backward_columns(int64_t jp, const T* x, int64_t kp, const T* params_t, const T* factor_bt,
-                             const T* zero_grads, const int64_t* col_start, const int64_t* col_rows, T* grads_t,
-                             int64_t k0, int64_t k1) {
+void sparse_backward_columns(int64_t J, int64_t jp, const T* x, int64_t kp, const T* params_t,
+                             const T* factor_bt, const T* zero_grads, const int64_t* col_start,
+                             const int64_t* col_rows, T* grads, int64_t k0, int64_t k1) {
     FlushSubnormals ftz;
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
     constexpr int block = 4;  // neuron vectors per pass: 12 accumulators, 12 parameters
     const T two_ln2 = T(2.0 * 0.6931471805599453094);
+    std::vector<T> buffer(W * 3 * jp);
     for (int64_t k = k0; k < k1; ++k) {
         const T* p = params_t + k * 3 * jp;
-        T* g = grads_t + k * 3 * jp;
+        T* g = buffer.data() + (k % W) * 3 * jp;
         for (int64_t v0 = 0; v0 < jp; v0 += block * W) {
             const int nv = (jp - v0) / W < block ? int((jp - v0) / W) : block;
             V l[block], c[block], s[block], a0[block], a1[block], a2[block];
@@ -924,12 +931,21 @@ void sparse_backward_columns(int64_t jp, const T* x, int64_t kp, const T* params
                 store<V>(g + 2 * jp + v0 + q * W, (s2 * inv_var - s0) * inv_scale);
             }
         }
+        if (k % W == W - 1) {
+            const int64_t kb = k - (W - 1);
+            for (int64_t f = 0; f < 3; ++f)
+                for (int64_t j = 0; j < J; ++j) {
+                    T* dst = grads + (f * J + j) * kp + kb;
+                    const T* src = buffer.data() + f * jp + j;
+                    for (int i = 0; i < W; ++i) dst[i] = src[i * 3 * jp];
+                }
+        }
     }
 }
 
 template <typename T>
-void sparse_backward(int64_t B, int64_t kp, int64_t jp, const T* x, const T* params_t, const T* factor_bt,
-                     const T* zero_grads, T* grads_t, int n_threads) {
+void sparse_backward(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params_t,
+                     const T* factor_bt, const T* zero_grads, T* grads, int n_threads) {
     // nonzero rows of each input column
     std::vector<int64_t> col_start(kp + 1, 0);
     for (int64_t b = 0; b < B; ++b)
@@ -940,17 +956,17 @@ void sparse_backward(int64_t B, int64_t kp, int64_t jp, const T* x, const T* par
         for (int64_t k = 0; k < kp; ++k)
             if (x[b * kp + k] != T(0)) col_rows[fill[k]++] = b;
     auto run = [&](int64_t k0, int64_t k1) {
-        sparse_backward_columns<T>(jp, x, kp, params_t, factor_bt, zero_grads, col_start.data(), col_rows.data(),
-                                   grads_t, k0, k1);
+        sparse_backward_columns<T>(J, jp, x, kp, params_t, factor_bt, zero_grads, col_start.data(),
+                                   col_rows.data(), grads, k0, k1);
     };
     if (n_threads <= 1 || kp < 2) {
         run(0, kp);
         return;
     }
 #ifdef _OPENMP
-    constexpr int64_t columns = 8;
+    constexpr int64_t columns = Vec<T>::width;  // kp is a multiple
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
-    for (int64_t k = 0; k < kp; k += columns) run(k, k + columns < kp ? k + columns : kp);
+    for (int64_t k = 0; k < kp; k += columns) run(k, k + columns);
 #else
     run(0, kp);
 #endif
@@ -1125,10 +1141,10 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
                                            T* factor_bt) {                                                     \
         return sparse_factors<T>(B, J, jp, shift, grad, factor_bt);                                            \
     }                                                                                                          \
-    void ugmm_fused_sparse_backward_##SUFFIX(int64_t B, int64_t kp, int64_t jp, const T* x, const T* params_t,   \
-                                             const T* factor_bt, const T* zero_grads, T* grads_t,              \
-                                             int n_threads) {                                                  \
-        sparse_backward<T>(B, kp, jp, x, params_t, factor_bt, zero_grads, grads_t, n_threads);                 \
+    void ugmm_fused_sparse_backward_##SUFFIX(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x,          \
+                                             const T* params_t, const T* factor_bt, const T* zero_grads,       \
+                                             T* grads, int n_threads) {                                        \
+        sparse_backward<T>(B, J, kp, jp, x, params_t, factor_bt, zero_grads, grads, n_threads);                \
     }
 
 UGMM_EXPORT_SPARSE_BACKWARD(float, f32)
