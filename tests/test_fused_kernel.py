@@ -402,3 +402,127 @@ def test_portable_builds_match_the_formula(unbuilt_kernel, isa):
         mask = torch.zeros(3, 21, dtype=torch.bool)
         mask[:, 1::2] = True  # -inf weights
         _assert_matches_formula([x, loc, scale, logits], mask=mask, rtol=1e-10 if dtype == torch.float64 else 1e-3)
+
+
+@requires_fused
+@pytest.mark.parametrize("tie_means", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_float32_layers_transform_their_parameters_in_the_kernel(monkeypatch, tie_means, dropout):
+    # float32 layers hand raw_scale and the logits to the kernel (softplus and
+    # log_softmax inside it); against the float64 reference formula
+    calls = []
+    real = _fused.layer_log_density
+    monkeypatch.setattr(_fused, "layer_log_density", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(12)
+    layer = UGMMLayer(45, 9, dropout=dropout, tie_means=tie_means, kernel="fused", generator=g)
+    with torch.no_grad():
+        layer.logits.normal_(generator=g)
+        layer.raw_scale.normal_(generator=g)
+        layer.raw_scale[0, :3] = torch.tensor([25.0, -30.0, 19.9])  # softplus's linear and exponential ends
+        layer.logits[1, 0] = 30.0
+    twin = UGMMLayer(45, 9, dropout=dropout, tie_means=tie_means, kernel="reference", dtype=torch.float64)
+    twin.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})
+    x = torch.randn(70, 45, generator=g)
+    weight = torch.randn(70, 9, generator=g, dtype=torch.float64)
+    results = []
+    for module, inputs in ((layer, x), (twin, x.double())):
+        module.generator = torch.Generator().manual_seed(3)  # the same dropout mask
+        inputs = inputs.clone().requires_grad_()
+        out = module(inputs)
+        grads = torch.autograd.grad(out, (inputs, *module.parameters()), weight.to(out.dtype))
+        results.append((out, grads))
+    assert calls == [1]
+    (out, grads), (ref_out, ref_grads) = results
+    assert float(((out.detach().double() - ref_out.detach()).abs() / ref_out.detach().abs().clamp(min=1.0)).max()) <= 1e-5
+    for ours, ref in zip(grads, ref_grads):
+        assert bool(torch.isfinite(ours).all())
+        _assert_relative(ours, ref, 1e-5)
+    with torch.no_grad():  # inference: no autograd node
+        assert not layer(x).requires_grad
+
+
+def _sparse_inputs(n_batch, n_in, n_out, dtype, seed=0, zero_fraction=0.8):
+    x, loc, scale, logits = _inputs(n_batch, n_in, n_out, dtype, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        x.masked_fill_(torch.rand(x.shape, generator=g) < zero_fraction, 0.0)
+        x[0] = 0.0  # a row with no nonzero input
+        loc.masked_fill_(torch.rand(loc.shape, generator=g) < 0.5, 0.0)  # components at 0 too
+    return [x, loc, scale, logits]
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape", [(37, 11, 7), (3, 16, 17), (300, 33, 5), (70, 200, 130)], ids=["odd", "few-rows", "tiles", "wide"]
+)
+def test_inputs_mostly_zero_take_the_sparse_route(monkeypatch, dtype, shape):
+    calls = []
+    lib = _fused.load()
+    real = getattr(lib, f"ugmm_fused_sparse_forward_{_fused._suffix(dtype)}")
+    monkeypatch.setattr(lib, f"ugmm_fused_sparse_forward_{_fused._suffix(dtype)}",
+                        lambda *a: calls.append(1) or real(*a))
+    inputs = _sparse_inputs(*shape, dtype)
+    _assert_matches_formula(inputs)
+    assert calls
+    # and the dense route agrees with it
+    with torch.no_grad():
+        x, loc, scale, logits = inputs
+        sparse = _fused_fn(x, loc, scale, torch.log_softmax(logits, 1))
+        monkeypatch.setattr(_fused, "SPARSE_MIN_ZERO_FRACTION", 2.0)
+        dense = _fused_fn(x, loc, scale, torch.log_softmax(logits, 1))
+    torch.testing.assert_close(sparse, dense, rtol=1e-12 if dtype == torch.float64 else 1e-5, atol=0)
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_route_far_from_every_component_and_two_threads(dtype):
+    x, loc, scale, logits = _sparse_inputs(300, 40, 30, dtype, seed=13)
+    with torch.no_grad():
+        # components around 30: the zero inputs, and every input of two rows
+        # in three, are far from all of them (the exact-peak path)
+        loc += 30.0
+        x[1::3] = torch.where(x[1::3] != 0, x[1::3] + 30.0, x[1::3])
+        scale.fill_(1.0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _fused._threads(300 * 40 * 30) == 2
+        out, _ = _value_and_grads(_fused_fn, x, loc, scale, logits)
+        assert float(out.min()) < -300  # sums of 2**-400 and less of the bound
+        _assert_matches_formula([x, loc, scale, logits], rtol=1e-10 if dtype == torch.float64 else 1e-3)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("far", [False, True], ids=["near", "far"])
+@pytest.mark.parametrize("shape", [(37, 11, 7), (300, 33, 5), (70, 200, 130)], ids=["odd", "tiles", "wide"])
+def test_sparse_route_backward_without_input_gradient(monkeypatch, dtype, far, shape):
+    # data inputs (no gradient wanted): the sparse backward, unless some
+    # mixture is far from its bound
+    calls = []
+    lib = _fused.load()
+    name = f"ugmm_fused_sparse_backward_{_fused._suffix(dtype)}"
+    real = getattr(lib, name)
+    monkeypatch.setattr(lib, name, lambda *a: calls.append(1) or real(*a))
+    x, loc, scale, logits = _sparse_inputs(*shape, dtype, seed=14)
+    if far:
+        with torch.no_grad():
+            loc += 30.0
+            scale.fill_(1.0)
+    x = x.detach()
+
+    def value_and_grads(fn, x, loc, scale, logits):
+        out = fn(x, loc, scale, torch.log_softmax(logits, dim=1))
+        weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        return out.detach(), torch.autograd.grad(out, (loc, scale, logits), weight.to(out.dtype))
+
+    out, grads = value_and_grads(_fused_fn, x, loc, scale, logits)
+    ref_out, ref_grads = value_and_grads(ugmm_log_density_reference, x.double(), *_as_float64([loc, scale, logits]))
+    assert bool(calls) != far
+    rtol = 1e-10 if dtype == torch.float64 else (1e-3 if far else 1e-5)
+    assert float(((out.double() - ref_out).abs() / ref_out.abs().clamp(min=1.0)).max()) <= rtol
+    for ours, ref in zip(grads, ref_grads):
+        _assert_relative(ours, ref, rtol)

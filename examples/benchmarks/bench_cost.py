@@ -17,7 +17,9 @@ FLOPs); one training step (cross-entropy, Adam with its fused kernel as in
 the estimators, the stated batch), as the
 median over interleaved rounds of wall-clock time and of process CPU time
 (the CPU time is what to compare on a machine shared with other jobs);
-prediction time per 1000 rows (``torch.no_grad``, eval mode); and peak memory
+prediction time per 1000 rows (``torch.no_grad``, eval mode), wall and
+CPU, in float32 and (CPU) in float64, the dtype the estimators evaluate in
+(both networks converted); and peak memory
 of one training step (as in ``bench_layer.py``: a fresh subprocess per
 variant, the rise of the peak resident set size during the step). Ratios
 are to the MLP.
@@ -132,6 +134,20 @@ def make_predict(model, X):
     return predict
 
 
+def make_predict64(model, X):
+    """Prediction on a float64 copy of the model, as the estimators evaluate."""
+    import copy
+
+    twin = copy.deepcopy(model).double().eval()
+    X64 = X.double()
+
+    def predict():
+        with torch.no_grad():
+            twin(X64)
+
+    return predict
+
+
 def _timed(fn, repeats):
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(repeats):
@@ -145,13 +161,18 @@ def measure_times(name, variants, batch, predict_rows, rounds):
     jobs = {}
     for v in variants:
         model = make_model(name, v, X)
-        jobs[v] = (make_step(model, X, y, batch), make_predict(model, X[:predict_rows]))
+        jobs[v] = (
+            make_step(model, X, y, batch),
+            make_predict(model, X[:predict_rows]),
+            make_predict64(model, X[:predict_rows]),
+        )
         for fn in jobs[v]:  # warm-up: first build of the kernel, optimiser state
             fn()
-    samples = {v: {"step": [], "step_cpu": [], "predict": [], "predict_cpu": []} for v in variants}
+    samples = {v: {"step": [], "step_cpu": [], "predict": [], "predict_cpu": [], "predict64_cpu": []}
+               for v in variants}
     for _ in range(rounds):
         for v in variants:
-            step, predict = jobs[v]
+            step, predict, predict64 = jobs[v]
             wall, cpu = _timed(step, 3)
             samples[v]["step"].append(wall)
             samples[v]["step_cpu"].append(cpu)
@@ -159,6 +180,8 @@ def measure_times(name, variants, batch, predict_rows, rounds):
             # per 1000 rows
             samples[v]["predict"].append(wall * 1000 / predict_rows)
             samples[v]["predict_cpu"].append(cpu * 1000 / predict_rows)
+            _, cpu = _timed(predict64, 1)
+            samples[v]["predict64_cpu"].append(cpu * 1000 / predict_rows)
     return {v: {k: float(np.median(s)) for k, s in d.items()} for v, d in samples.items()}, origin
 
 
@@ -183,7 +206,8 @@ def print_table(name, origin, args, costs, times, peaks):
     print(f"\n{name} {shape} (data: {origin}), batch {args.batch}, torch threads {torch.get_num_threads()}, "
           f"median of {args.rounds} interleaved rounds")
     header = (f"{'variant':<18}{'params':>9}{'MFLOP/s.':>9}{'exp/s.':>8}{'step ms':>9}{'x MLP':>7}"
-              f"{'CPU ms':>8}{'x MLP':>7}{'pred ms/1k':>11}{'x MLP':>7}{'peak MiB':>9}")
+              f"{'CPU ms':>8}{'x MLP':>7}{'pred ms/1k':>11}{'x MLP':>7}{'CPU':>7}{'x MLP':>7}"
+              f"{'f64 CPU':>8}{'x MLP':>7}{'peak MiB':>9}")
     print(header)
     print("-" * len(header))
     mlp = times["mlp"]
@@ -193,6 +217,8 @@ def print_table(name, origin, args, costs, times, peaks):
         print(f"{LABELS[v]:<18}{params:>9}{flops / 1e6:>9.3f}{exps:>8}{1e3 * t['step']:>9.2f}"
               f"{t['step'] / mlp['step']:>7.1f}{1e3 * t['step_cpu']:>8.2f}{t['step_cpu'] / mlp['step_cpu']:>7.1f}"
               f"{1e3 * t['predict']:>11.2f}{t['predict'] / mlp['predict']:>7.1f}"
+              f"{1e3 * t['predict_cpu']:>7.2f}{t['predict_cpu'] / mlp['predict_cpu']:>7.1f}"
+              f"{1e3 * t['predict64_cpu']:>8.2f}{t['predict64_cpu'] / mlp['predict64_cpu']:>7.1f}"
               f"{peaks.get(v, float('nan')) / 2**20:>9.1f}")
 
 

@@ -9,6 +9,15 @@ through :mod:`ctypes`. Its threads come from the OpenMP runtime PyTorch has
 already loaded, and each call uses at most ``torch.get_num_threads()`` of
 them, fewer for small problems.
 
+Routes: the dense kernel; for inputs of which at least half are exactly 0
+(images, sparse features) the sparse route, where the zero inputs' part of
+every mixture is one matrix product and only the nonzero inputs are
+exponentiated (forward, and the parameter gradients when no input gradient
+is wanted); missing inputs (:func:`log_density`'s ``missing``) as an
+additive mask. float32 layers may pass their raw parameters
+(:func:`layer_log_density`): softplus and log_softmax then run here too.
+Calls that need no gradient create no autograd node.
+
 When no compiler is found, the build fails or the library does not load,
 :func:`load` returns None and the caller falls back to the reference kernel.
 The compiler is ``$SKLEARN_UGMM_CXX`` when set, else the first of ``c++``,
@@ -115,10 +124,22 @@ def _bind(path):
         getattr(lib, f"ugmm_fused_prepare_{suffix}").argtypes = [
             i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, dbl,
         ]
-        getattr(lib, f"ugmm_fused_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint]
-        getattr(lib, f"ugmm_fused_backward_{suffix}").argtypes = [
-            i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
+        getattr(lib, f"ugmm_fused_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, cint]
+        getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}").argtypes = [i64, i64, i64, ptr, ptr]
+        getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}").restype = i64
+        getattr(lib, f"ugmm_fused_sparse_setup_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr]
+        getattr(lib, f"ugmm_fused_sparse_factors_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr]
+        getattr(lib, f"ugmm_fused_sparse_backward_{suffix}").argtypes = [
+            i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint,
         ]
+        getattr(lib, f"ugmm_fused_sparse_forward_{suffix}").argtypes = [
+            i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
+        ]
+        getattr(lib, f"ugmm_fused_backward_{suffix}").argtypes = [
+            i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
+        ]
+    lib.ugmm_fused_transform_f32.argtypes = [i64, i64, ptr, dbl, ptr, ptr, ptr, ptr, ptr]
+    lib.ugmm_fused_untransform_f32.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr]
     lib.widths = {torch.float32: lib.ugmm_fused_width_f32(), torch.float64: lib.ugmm_fused_width_f64()}
     return lib
 
@@ -150,17 +171,129 @@ def _ptr(t):
     return ctypes.c_void_p(t.data_ptr())
 
 
+def _optional_ptr(t):
+    return None if t is None else _ptr(t)
+
+
+#: What the missing-input mask adds to a component's log2 density: far below
+#: exp2's range (the component is exactly 0), finite in float32 and float64
+#: even added to the log2 of a zero weight.
+ABSENT_BITS = -1e30
+
+
 def _suffix(dtype):
     return "f32" if dtype == torch.float32 else "f64"
 
 
-def log_density(x, loc, scale, log_weights, z_lim):
+def log_density(x, loc, scale, log_weights, z_lim, missing=None):
     """The layer log-density on the fused kernel, or None when distances need clipping.
 
     ``x``, ``loc``, ``scale`` and ``log_weights`` are CPU tensors of one
     dtype, float32 or float64, of shapes (batch, in) and (out, in); ``loc``
     may be an expanded view. :func:`load` must have returned the library.
+
+    ``missing``, a bool tensor of the shape of ``x`` (or None), marks inputs
+    whose components are left out of every neuron's mixture for that sample
+    (not renormalised: the mixture sum over the other components); ``x`` may
+    hold anything there, NaN included, and gets a zero gradient there.
     """
+    prepared = _prepare(x, loc, scale, log_weights, z_lim, missing)
+    if prepared is None:
+        return None
+    return _apply(x, loc, scale, log_weights, prepared, None, None)
+
+
+def layer_log_density(x, loc, raw_scale, min_scale, logits, z_lim):
+    """:func:`log_density` of a layer from its raw parameters (float32 only).
+
+    ``scale = min_scale + softplus(raw_scale)`` and ``log_weights =
+    log_softmax(logits)`` (``logits`` may hold -inf: dropped components) are
+    computed in the kernel library, and the backward pass returns the
+    gradients of ``raw_scale`` and ``logits`` directly: two autograd nodes
+    and four PyTorch kernels fewer per layer and step. None when distances
+    need clipping.
+    """
+    lib = load()
+    n_out, n_in = logits.shape
+    with torch.no_grad():
+        raw_d = raw_scale.detach().contiguous()
+        logits_d = logits.detach().contiguous()
+        scale, log_w, sig, weights = (raw_d.new_empty((n_out, n_in)) for _ in range(4))
+        lib.ugmm_fused_transform_f32(n_out, n_in, _ptr(raw_d), float(min_scale), _ptr(logits_d), _ptr(scale),
+                                     _ptr(log_w), _ptr(sig), _ptr(weights))
+    prepared = _prepare(x, loc, scale, log_w, z_lim, None)
+    if prepared is None:
+        return None
+    return _apply(x, loc, raw_scale, logits, prepared, sig, weights)
+
+
+def _apply(x, loc, scale, log_weights, prepared, sig, weights):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, loc, scale, log_weights)):
+        return _FusedLogDensity.apply(x, loc, scale, log_weights, *prepared, sig, weights)
+    # inference: no autograd node, nothing kept for a backward pass
+    return _forward(x.shape[1], *prepared)[0]
+
+
+#: Fraction of inputs exactly 0 from which the forward pass takes the sparse
+#: route: the zero inputs' components as one matrix product, exponentials
+#: only for the nonzero inputs (MNIST: about 80% zeros).
+SPARSE_MIN_ZERO_FRACTION = 0.5
+
+
+def _forward(n_in, x_p, x_mask, params, bound):
+    """Kernel forward: the output (batch, out), the log2 mixture shifts (out, batch)
+    and, on the sparse route, what its backward pass needs (else None)."""
+    n_batch = x_p.shape[0]
+    n_out, _, kp = params.shape
+    out = x_p.new_empty((n_batch, n_out))
+    shift_t = x_p.new_empty((n_out, n_batch))  # log2 of each mixture relative to its bound
+    lib = load()
+    suffix = _suffix(x_p.dtype)
+    if x_mask is None and n_batch > 1:
+        zeros = torch.empty_like(x_p)
+        n_zero = getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}")(n_batch, n_in, kp, _ptr(x_p), _ptr(zeros))
+        if n_zero >= SPARSE_MIN_ZERO_FRACTION * n_batch * n_in:
+            width = lib.widths[x_p.dtype]
+            jp = -(-n_out // width) * width
+            e0 = x_p.new_empty((n_out, kp))
+            params_t = x_p.new_empty((kp, 3, jp))
+            getattr(lib, f"ugmm_fused_sparse_setup_{suffix}")(n_out, kp, jp, _ptr(params), _ptr(e0), _ptr(params_t))
+            zero_sums = zeros @ e0.t()
+            getattr(lib, f"ugmm_fused_sparse_forward_{suffix}")(
+                n_batch, n_out, kp, jp, _ptr(x_p), _ptr(params), _ptr(params_t), _ptr(bound), _ptr(zero_sums),
+                _ptr(out), _ptr(shift_t), _threads(n_batch * n_out * n_in),
+            )
+            return out, shift_t, (zeros, params_t)
+    getattr(lib, f"ugmm_fused_forward_{suffix}")(
+        n_batch, n_out, kp, _ptr(x_p), _optional_ptr(x_mask), _ptr(params), _ptr(bound), _ptr(out),
+        _ptr(shift_t), _threads(n_batch * n_out * n_in),
+    )
+    return out, shift_t, None
+
+
+def _sparse_backward(x_p, shift_t, grad_out, zeros, params_t, n_threads):
+    """Parameter gradients (3, out, kp) on the sparse route, or None when some
+    mixture is far from its bound (the dense backward handles those)."""
+    lib = load()
+    suffix = _suffix(x_p.dtype)
+    n_batch, kp = x_p.shape
+    n_out = shift_t.shape[0]
+    jp = params_t.shape[2]
+    factor_bt = x_p.new_empty((n_batch, jp))
+    if getattr(lib, f"ugmm_fused_sparse_factors_{suffix}")(n_batch, n_out, jp, _ptr(shift_t), _ptr(grad_out),
+                                                           _ptr(factor_bt)):
+        return None
+    zero_grads = zeros.t() @ factor_bt  # (kp, jp)
+    grads = x_p.new_empty((3, n_out, kp))
+    getattr(lib, f"ugmm_fused_sparse_backward_{suffix}")(
+        n_batch, n_out, kp, jp, _ptr(x_p), _ptr(params_t), _ptr(factor_bt), _ptr(zero_grads), _ptr(grads),
+        n_threads,
+    )
+    return grads
+
+
+def _prepare(x, loc, scale, log_weights, z_lim, missing):
+    """x_p, x_mask, params and bound for the kernel, or None when distances need clipping."""
     lib = load()
     n_batch, n_in = x.shape
     n_out = log_weights.shape[0]
@@ -168,6 +301,12 @@ def log_density(x, loc, scale, log_weights, z_lim):
     kp = -(-n_in // width) * width
     with torch.no_grad():
         x_p = x.detach().contiguous()
+        x_mask = None
+        if missing is not None:
+            x_p = x_p.masked_fill(missing, 0.0)
+            x_mask = torch.zeros_like(x_p).masked_fill_(missing, ABSENT_BITS)
+            if kp != n_in:
+                x_mask = torch.nn.functional.pad(x_mask, (0, kp - n_in))
         if kp != n_in:
             x_p = torch.nn.functional.pad(x_p, (0, kp - n_in))
         loc_d = loc.detach()
@@ -181,39 +320,49 @@ def log_density(x, loc, scale, log_weights, z_lim):
         )
     if clip:
         return None
-    return _FusedLogDensity.apply(x, loc, scale, log_weights, x_p, params, bound)
+    return x_p, x_mask, params, bound
 
 
 class _FusedLogDensity(torch.autograd.Function):
+    """The kernel as an autograd node; with ``sig`` and ``weights`` (raw mode)
+    its third and fourth inputs are ``raw_scale`` and ``logits`` instead of
+    ``scale`` and ``log_weights``."""
+
     @staticmethod
-    def forward(ctx, x, loc, scale, log_weights, x_p, params, bound):
-        n_batch, n_in = x.shape
-        n_out, _, kp = params.shape
-        out = x.new_empty((n_batch, n_out))
-        shift_t = x.new_empty((n_out, n_batch))  # log2 of each mixture relative to its bound
-        forward_fn = getattr(load(), f"ugmm_fused_forward_{_suffix(x.dtype)}")
-        forward_fn(n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(bound), _ptr(out), _ptr(shift_t),
-                   _threads(n_batch * n_out * n_in))
-        ctx.save_for_backward(x_p, params, shift_t)
+    def forward(ctx, x, loc, scale, log_weights, x_p, x_mask, params, bound, sig, weights):
+        n_in = x.shape[1]
+        out, shift_t, sparse = _forward(n_in, x_p, x_mask, params, bound)
+        zeros, params_t = sparse if sparse is not None else (None, None)
+        ctx.save_for_backward(x_p, x_mask, params, shift_t, sig, weights, zeros, params_t)
         ctx.n_in = n_in
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x_p, params, shift_t = ctx.saved_tensors
+        x_p, x_mask, params, shift_t, sig, weights, zeros, params_t = ctx.saved_tensors
         n_batch, kp = x_p.shape
         n_out, n_in = params.shape[0], ctx.n_in
         need_x = ctx.needs_input_grad[0]
         grad_x = x_p.new_empty((n_batch, kp)) if need_x else None
-        grads = params.new_empty((3, n_out, kp))
-        factor, offset = params.new_empty((n_out, n_batch)), params.new_empty((n_out, n_batch))
         grad_out = grad_out.contiguous()
-        getattr(load(), f"ugmm_fused_backward_{_suffix(x_p.dtype)}")(
-            n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(shift_t), _ptr(grad_out), _ptr(factor),
-            _ptr(offset), _ptr(grad_x) if need_x else None, _ptr(grads), _threads(n_batch * n_out * n_in),
-        )
+        n_threads = _threads(n_batch * n_out * n_in)
+        grads = None
+        if zeros is not None and not need_x:
+            grads = _sparse_backward(x_p, shift_t, grad_out, zeros, params_t, n_threads)
+        if grads is None:
+            grads = params.new_empty((3, n_out, kp))
+            factor, offset = params.new_empty((n_out, n_batch)), params.new_empty((n_out, n_batch))
+            getattr(load(), f"ugmm_fused_backward_{_suffix(x_p.dtype)}")(
+                n_batch, n_out, kp, _ptr(x_p), _optional_ptr(x_mask), _ptr(params), _ptr(shift_t),
+                _ptr(grad_out), _ptr(factor), _ptr(offset), _ptr(grad_x) if need_x else None, _ptr(grads),
+                n_threads,
+            )
         grad_logw, grad_loc, grad_scale = grads[:, :, :n_in].unbind(dim=0)
+        if sig is not None:  # raw mode: to the gradients of raw_scale and logits
+            grad_scale, grad_logw = sig.new_empty(sig.shape), sig.new_empty(sig.shape)
+            load().ugmm_fused_untransform_f32(n_out, n_in, kp, _ptr(grads), _ptr(sig), _ptr(weights),
+                                              _ptr(grad_scale), _ptr(grad_logw))
         if need_x:
             grad_x = grad_x[:, :n_in]
         needs = ctx.needs_input_grad
@@ -222,6 +371,9 @@ class _FusedLogDensity(torch.autograd.Function):
             grad_loc if needs[1] else None,
             grad_scale if needs[2] else None,
             grad_logw if needs[3] else None,
+            None,
+            None,
+            None,
             None,
             None,
             None,

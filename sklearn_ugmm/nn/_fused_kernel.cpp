@@ -6,10 +6,17 @@
 // neuron in vector registers, one pass over the inputs; the backward pass
 // recomputes each responsibility and accumulates the gradients of x, loc,
 // scale and the log-weights, tiled over samples and input columns.
+// Also here: the sparse route for inputs that are mostly exactly 0
+// (sparse_*: the zero inputs' part as a matrix product done by the caller,
+// exponentials for the nonzero inputs only), the missing-input mask, and
+// the float layer's parameter transforms (softplus, log_softmax).
 //
 // Layout (row-major; the input axis is padded to kp, a multiple of the
 // vector width W, with components of weight zero):
 //   x        (B, kp)     inputs
+//   xm       (B, kp)     optional additive mask of missing inputs: 0 where
+//                        observed, -1e30 where missing (x holds 0 there);
+//                        null when every input is observed
 //   params   (J, 3, kp)  per neuron: loc, curv and const, where the log2
 //                        density of component k of neuron j at sample b is
 //                        const[j, k] + curv[j, k] * (x[b, k] - loc[j, k])**2,
@@ -25,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -150,6 +158,9 @@ inline typename Vec<T>::type exp2v(typename Vec<T>::type t) {
 // float, one instruction fewer: f = t - floor(t) in [0, 1) by vreduceps,
 // and scalef multiplies by 2**floor(t) itself. Minimax polynomial of degree
 // 5 for 2**f on [0, 1) (relative error 8e-8, 1.6e-7 evaluated in float).
+// (A table-driven version as for double below has one operation more per
+// vector and measured no faster: the float kernel is bound by the total
+// count of vector operations, not by the multiply-adds.)
 template <>
 inline Vec<float>::type exp2v<float>(Vec<float>::type t) {
     typedef Vec<float>::type V;
@@ -163,6 +174,41 @@ inline Vec<float>::type exp2v<float>(Vec<float>::type t) {
     return times_exp2(p, t);
 }
 #endif
+
+// Table-driven exp2 for double (AVX-512): t = n + r with n a multiple of
+// 1/16 and |r| <= 1/32; 2**n = 2**floor(n) * 2**frac(n), the first by
+// scalef, the second from a 16-entry table indexed by the low mantissa bits
+// of t + magic (vpermt2pd); 2**r by its Taylor series to degree 7
+// (relative error 1.2e-18). Per vector three additions, one permute and 8
+// multiply-adds instead of a rounding, a subtraction and 13 multiply-adds
+// (the double forward pass is 17% faster). For t below -2**47 the table
+// index is not meaningful, but the result is then exactly 0 (scalef), as
+// for the stand-in of a zero weight.
+template <>
+inline Vec<double>::type exp2v<double>(Vec<double>::type t) {
+    typedef Vec<double>::type V;
+    alignas(64) static const double table[16] = {
+        1.0, 1.0442737824274138403, 1.0905077326652576592, 1.1387886347566916537,
+        1.1892071150027210667, 1.2418578120734840486, 1.2968395546510096659, 1.3542555469368927282,
+        1.4142135623730950488, 1.4768261459394993114, 1.5422108254079408236, 1.6104903319492543082,
+        1.6817928305074290861, 1.7562521603732994831, 1.8340080864093424635, 1.9152065613971472939};
+    const __m512d lo = _mm512_load_pd(table);
+    const __m512d hi = _mm512_load_pd(table + 8);
+    const V magic = V{} + 422212465065984.0;  // 1.5 * 2**48: t + magic rounds t to a multiple of 1/16
+    const V y = t + magic;
+    const V n = y - magic;
+    const V r = t - n;
+    const V base = (V)_mm512_permutex2var_pd(lo, _mm512_castpd_si512((__m512d)y), hi);
+    // (2**r - 1) / r, Taylor to degree 6 in r
+    V q = V{} + 1.5252733804059838e-05;
+    q = q * r + 0.00015403530393381606;
+    q = q * r + 0.0013333558146428441;
+    q = q * r + 0.009618129107628477;
+    q = q * r + 0.055504108664821576;
+    q = q * r + 0.2402265069591007;
+    q = q * r + 0.6931471805599453;
+    return times_exp2(base + base * (r * q), n);
+}
 #else
 template <typename T>
 inline typename Vec<T>::type exp2v(typename Vec<T>::type t) {
@@ -238,10 +284,26 @@ inline T hmax(typename Vec<T>::type v) {
     return m;
 }
 
+// Missing inputs (NaN in the caller's x) come as an additive mask (B, kp):
+// 0 where x[b, k] is observed, -1e30 (ABSENT_BITS in _fused.py) where it is
+// missing, so that the component's log2 density drops far below exp2's
+// range and it contributes
+// exactly 0 to the mixture and to every gradient (x holds 0 there, so its
+// distance stays finite). Without a mask (M false) nothing is added.
+template <bool M, typename V, typename T>
+inline V masked(V t, const T* m) {
+    if constexpr (M) {
+        return t + load<V>(m);
+    } else {
+        (void)m;
+        return t;
+    }
+}
+
 // log2 of the mixture of neuron j at one sample, relative to bound[j],
 // with an exact maximum: used when the bounded sum underflows.
-template <typename T>
-T exact_log2_sum(const T* xb, const T* pj, int64_t kp) {
+template <typename T, bool M>
+T exact_log2_sum(const T* xb, const T* mb, const T* pj, int64_t kp) {
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
     const T* loc = pj;
@@ -250,14 +312,14 @@ T exact_log2_sum(const T* xb, const T* pj, int64_t kp) {
     V mx = V{} - INFINITY;
     for (int64_t k = 0; k < kp; k += W) {
         const V d = load<V>(xb + k) - load<V>(loc + k);
-        const V t = load<V>(cst + k) + load<V>(curv + k) * d * d;
+        const V t = masked<M, V>(load<V>(cst + k) + load<V>(curv + k) * d * d, mb + k);
         mx = t > mx ? t : mx;
     }
     const T peak = hmax<T>(mx);
     V acc = V{};
     for (int64_t k = 0; k < kp; k += W) {
         const V d = load<V>(xb + k) - load<V>(loc + k);
-        V t = load<V>(cst + k) + load<V>(curv + k) * d * d - peak;
+        V t = masked<M, V>(load<V>(cst + k) + load<V>(curv + k) * d * d, mb + k) - peak;
         t = t < T(0) ? t : V{};
         acc += exp2v<T>(t);
     }
@@ -269,9 +331,9 @@ T exact_log2_sum(const T* xb, const T* pj, int64_t kp) {
 // pass, shift_t (J, B): the log2 of each mixture relative to its bound, from
 // the same rounded components, so that the backward responsibilities stay
 // <= 1 (and the dominant one 1) even when log-densities are huge.
-template <typename T>
-void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* bound,
-                     T* out, T* shift_t, int64_t j0, int64_t j1) {
+template <typename T, bool M>
+void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T* params,
+                     const T* bound, T* out, T* shift_t, int64_t j0, int64_t j1) {
     FlushSubnormals ftz;
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
@@ -290,6 +352,10 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
                 const T* x1 = x0 + kp;
                 const T* x2 = x1 + kp;
                 const T* x3 = x2 + kp;
+                const T* m0 = M ? xm + b * kp : nullptr;
+                const T* m1 = m0 + kp;
+                const T* m2 = m1 + kp;
+                const T* m3 = m2 + kp;
                 V a0 = V{}, a1 = V{}, a2 = V{}, a3 = V{};
                 for (int64_t k = 0; k < kp; k += W) {
                     const V l = load<V>(loc + k);
@@ -297,13 +363,13 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
                     const V s = load<V>(cst + k);
                     V d;
                     d = load<V>(x0 + k) - l;
-                    a0 += exp2v<T>(s + c * d * d);
+                    a0 += exp2v<T>(masked<M, V>(s + c * d * d, m0 + k));
                     d = load<V>(x1 + k) - l;
-                    a1 += exp2v<T>(s + c * d * d);
+                    a1 += exp2v<T>(masked<M, V>(s + c * d * d, m1 + k));
                     d = load<V>(x2 + k) - l;
-                    a2 += exp2v<T>(s + c * d * d);
+                    a2 += exp2v<T>(masked<M, V>(s + c * d * d, m2 + k));
                     d = load<V>(x3 + k) - l;
-                    a3 += exp2v<T>(s + c * d * d);
+                    a3 += exp2v<T>(masked<M, V>(s + c * d * d, m3 + k));
                 }
                 sums[b - b0] = hsum<T>(a0);
                 sums[b - b0 + 1] = hsum<T>(a1);
@@ -312,10 +378,11 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
             }
             for (; b < b1; ++b) {
                 const T* xb = x + b * kp;
+                const T* mb = M ? xm + b * kp : nullptr;
                 V a = V{};
                 for (int64_t k = 0; k < kp; k += W) {
                     const V d = load<V>(xb + k) - load<V>(loc + k);
-                    a += exp2v<T>(load<V>(cst + k) + load<V>(curv + k) * d * d);
+                    a += exp2v<T>(masked<M, V>(load<V>(cst + k) + load<V>(curv + k) * d * d, mb + k));
                 }
                 sums[b - b0] = hsum<T>(a);
             }
@@ -324,7 +391,7 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
             for (b = b0; b < b1; ++b) {
                 // a sum below 2**-60 of the bound: too far from every
                 // component for the bound, redo with the exact peak
-                if (!(sums[b - b0] >= Vec<T>::tiny)) l2[b - b0] = exact_log2_sum<T>(x + b * kp, pj, kp);
+                if (!(sums[b - b0] >= Vec<T>::tiny)) l2[b - b0] = exact_log2_sum<T, M>(x + b * kp, M ? xm + b * kp : nullptr, pj, kp);
                 out[b * J + j] = (l2[b - b0] + bound[j]) * T(0.6931471805599453094);
             }
         }
@@ -336,9 +403,9 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
 // bound (the common case) gets factor = grad * 2**-shift and offset 0, so
 // R = exp2(component) * factor; a far row gets factor = grad and
 // offset = shift, so R = exp2(component - offset) * grad. factor 0 marks
-// rows to skip.
+// rows to skip. any_far[j] says whether neuron j has a far row at all.
 template <typename T>
-void backward_factors(int64_t B, int64_t J, const T* shift_t, const T* grad, T* factor, T* offset) {
+void backward_factors(int64_t B, int64_t J, const T* shift_t, const T* grad, T* factor, T* offset, char* any_far) {
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
     for (int64_t j = 0; j < J; ++j) {
@@ -346,6 +413,7 @@ void backward_factors(int64_t B, int64_t J, const T* shift_t, const T* grad, T* 
         T* fj = factor + j * B;
         T* oj = offset + j * B;
         int64_t b = 0;
+        V far_lanes = V{};
         for (; b + W <= B; b += W) {
             const V s = load<V>(sh + b);
             V g;
@@ -354,22 +422,26 @@ void backward_factors(int64_t B, int64_t J, const T* shift_t, const T* grad, T* 
             const V near = s > T(-60) ? s : V{};  // far lanes are not exponentiated
             store<V>(fj + b, far ? g : g * exp2v<T>(-near));
             store<V>(oj + b, far ? s : V{});
+            far_lanes += far ? V{} + T(1) : V{};
         }
+        bool any = hsum<T>(far_lanes) != T(0);
         for (; b < B; ++b) {
             const T g = grad[b * J + j];
             const bool far = !(sh[b] > T(-60));
             fj[b] = far ? g : g * std::exp2(-sh[b]);
             oj[b] = far ? sh[b] : T(0);
+            any = any || far;
         }
+        any_far[j] = any;
     }
 }
 
 // Backward for the input columns [v0 * W, v1 * W), every neuron and sample.
 // Threads own disjoint columns of grad_x and of the parameter gradients, so
 // nothing is reduced across threads.
-template <typename T, bool NEED_X>
-void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* factor_t,
-                      const T* offset_t, T* grad_x, T* grads, int64_t v0, int64_t v1) {
+template <typename T, bool NEED_X, bool M>
+void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T* params, const T* factor_t,
+                      const T* offset_t, const char* any_far, T* grad_x, T* grads, int64_t v0, int64_t v1) {
     FlushSubnormals ftz;
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
@@ -391,11 +463,55 @@ void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* par
                 const T* factor = factor_t + j * B;
                 const T* offset = offset_t + j * B;
                 V s0 = V{}, s1 = V{}, s2 = V{};  // sum_b R, sum_b R d, sum_b R d**2
-                for (int64_t b = b0; b < b1; ++b) {
+                if (!any_far[j]) {
+                    // every row near its bound (the common case): no offsets,
+                    // and a zero factor gives R = 0 without a branch; two
+                    // samples per iteration, in separate accumulators
+                    V u0 = V{}, u1 = V{}, u2 = V{};
+                    int64_t b = b0;
+                    for (; b + 2 <= b1; b += 2) {
+                        const V da = load<V>(x + b * kp + k) - l;
+                        const V db = load<V>(x + (b + 1) * kp + k) - l;
+                        const V ta = masked<M, V>(s + c * da * da, M ? xm + b * kp + k : nullptr);
+                        const V tb = masked<M, V>(s + c * db * db, M ? xm + (b + 1) * kp + k : nullptr);
+                        const V ra = exp2v<T>(ta) * factor[b];
+                        const V rb = exp2v<T>(tb) * factor[b + 1];
+                        const V rda = ra * da;
+                        const V rdb = rb * db;
+                        s0 += ra;
+                        u0 += rb;
+                        s1 += rda;
+                        u1 += rdb;
+                        s2 += rda * da;
+                        u2 += rdb * db;
+                        if (NEED_X) {
+                            T* gxa = grad_x + b * kp + k;
+                            T* gxb = gxa + kp;
+                            store<V>(gxa, load<V>(gxa) + rda * neg_inv_var);
+                            store<V>(gxb, load<V>(gxb) + rdb * neg_inv_var);
+                        }
+                    }
+                    for (; b < b1; ++b) {
+                        const V d = load<V>(x + b * kp + k) - l;
+                        const V t = masked<M, V>(s + c * d * d, M ? xm + b * kp + k : nullptr);
+                        const V r = exp2v<T>(t) * factor[b];
+                        const V rd = r * d;
+                        s0 += r;
+                        s1 += rd;
+                        s2 += rd * d;
+                        if (NEED_X) {
+                            T* gx = grad_x + b * kp + k;
+                            store<V>(gx, load<V>(gx) + rd * neg_inv_var);
+                        }
+                    }
+                    s0 += u0;
+                    s1 += u1;
+                    s2 += u2;
+                } else for (int64_t b = b0; b < b1; ++b) {
                     const T f = factor[b];
                     if (f == T(0)) continue;
                     const V d = load<V>(x + b * kp + k) - l;
-                    V t = s + c * d * d;
+                    V t = masked<M, V>(s + c * d * d, M ? xm + b * kp + k : nullptr);
                     if (offset[b] != T(0)) {
                         t -= offset[b];
                         t = t < T(0) ? t : V{};  // rounding at huge magnitudes must not give R > 1
@@ -501,10 +617,16 @@ int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* lo
 }
 
 template <typename T>
-void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* bound, T* out,
-             T* shift, int n_threads) {
+void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T* params, const T* bound,
+             T* out, T* shift, int n_threads) {
+    auto run = [&](int64_t j0, int64_t j1) {
+        if (xm)
+            forward_neurons<T, true>(B, J, kp, x, xm, params, bound, out, shift, j0, j1);
+        else
+            forward_neurons<T, false>(B, J, kp, x, xm, params, bound, out, shift, j0, j1);
+    };
     if (n_threads <= 1 || J < 2) {
-        forward_neurons<T>(B, J, kp, x, params, bound, out, shift, 0, J);
+        run(0, J);
         return;
     }
 #ifdef _OPENMP
@@ -513,24 +635,198 @@ void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, cons
     constexpr int64_t neurons = 4;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
     for (int64_t j = 0; j < J; j += neurons) {
-        forward_neurons<T>(B, J, kp, x, params, bound, out, shift, j, j + neurons < J ? j + neurons : J);
+        run(j, j + neurons < J ? j + neurons : J);
     }
 #else
-    forward_neurons<T>(B, J, kp, x, params, bound, out, shift, 0, J);
+    run(0, J);
+#endif
+}
+
+
+// Inputs that are mostly exactly 0 (images, sparse features): a component
+// at x = 0 does not depend on the sample, so the zero inputs' part of every
+// mixture is one matrix product, zero_sums = (x == 0) @ e0.T with
+// e0[j, k] = exp2(const[j, k] + curv[j, k] * loc[j, k]**2) (the caller
+// computes it, a GEMM), and only the nonzero inputs are exponentiated, on
+// the transposed parameters (kp, 3, jp) so that one input's components for
+// 16 (8) neurons are one vector. sparse_setup() fills e0 (J, kp) and the
+// transposed parameters from params; jp is J rounded up to the vector
+// width, the extra neurons with weight zero.
+template <typename T>
+void sparse_setup(int64_t J, int64_t kp, int64_t jp, const T* params, T* e0, T* params_t) {
+    typedef typename Vec<T>::type V;
+    constexpr int W = Vec<T>::width;
+    for (int64_t j = 0; j < J; ++j) {
+        const T* pj = params + j * 3 * kp;
+        for (int64_t k = 0; k < kp; k += W) {
+            const V l = load<V>(pj + k);
+            store<V>(e0 + j * kp + k, exp2v<T>(load<V>(pj + 2 * kp + k) + load<V>(pj + kp + k) * l * l));
+        }
+    }
+    // transposed by blocks of W neurons: W read streams, contiguous writes
+    for (int64_t j0 = 0; j0 < J; j0 += W) {
+        const int64_t nj = J - j0 < W ? J - j0 : W;
+        for (int64_t k = 0; k < kp; ++k) {
+            T* q = params_t + k * 3 * jp + j0;
+            for (int64_t f = 0; f < 3; ++f) {
+                const T* src = params + j0 * 3 * kp + f * kp + k;
+                for (int64_t i = 0; i < nj; ++i) q[f * jp + i] = src[i * 3 * kp];
+            }
+        }
+    }
+    for (int64_t k = 0; k < kp; ++k) {
+        T* q = params_t + k * 3 * jp;
+        for (int64_t j = J; j < jp; ++j) {
+            q[j] = 0;
+            q[jp + j] = 0;
+            q[2 * jp + j] = Vec<T>::zero_weight;
+        }
+    }
+}
+
+// Marks the zero inputs: zero (B, kp) gets 1 where x is exactly 0, else 0;
+// returns how many inputs among the first K columns are 0.
+template <typename T>
+int64_t sparse_zeros(int64_t B, int64_t K, int64_t kp, const T* x, T* zero) {
+    int64_t count = 0;
+    for (int64_t b = 0; b < B; ++b) {
+        const T* xb = x + b * kp;
+        T* zb = zero + b * kp;
+        int64_t c = 0;
+#pragma omp simd reduction(+ : c)
+        for (int64_t k = 0; k < kp; ++k) {
+            const bool z = xb[k] == T(0);
+            zb[k] = z ? T(1) : T(0);
+            c += (z && k < K) ? 1 : 0;
+        }
+        count += c;
+    }
+    return count;
+}
+
+// Forward for samples [b0, b1) from zero_sums (B, J) and the nonzero inputs.
+// Tiled: for a block of samples, the inputs go by chunks whose transposed
+// parameters stay in cache, each sample's sums carried from chunk to chunk.
+template <typename T>
+void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params,
+                         const T* params_t, const T* bound, const T* zero_sums, T* out, T* shift_t, int64_t b0,
+                         int64_t b1) {
+    FlushSubnormals ftz;
+    typedef typename Vec<T>::type V;
+    constexpr int W = Vec<T>::width;
+    constexpr int64_t block = 8;  // neuron vectors kept in registers
+    constexpr int64_t chunk = 64;  // inputs per chunk: 32 * 3 * jp values
+    const int64_t nb = b1 - b0;
+    std::vector<int64_t> active(nb * kp), start(nb + 1), cursor(nb);
+    std::vector<T> sums(nb * jp, T(0)), l2(jp);
+    start[0] = 0;
+    for (int64_t i = 0; i < nb; ++i) {
+        const T* xb = x + (b0 + i) * kp;
+        int64_t n = start[i];
+        for (int64_t k = 0; k < kp; ++k)
+            if (xb[k] != T(0)) active[n++] = k;
+        start[i + 1] = n;
+        cursor[i] = start[i];
+    }
+    for (int64_t k0 = 0; k0 < kp; k0 += chunk) {
+        const int64_t k1 = k0 + chunk;
+        for (int64_t i = 0; i < nb; ++i) {
+            const T* xb = x + (b0 + i) * kp;
+            int64_t a0 = cursor[i], a1 = a0;
+            while (a1 < start[i + 1] && active[a1] < k1) ++a1;
+            cursor[i] = a1;
+            if (a0 == a1) continue;
+            T* si = sums.data() + i * jp;
+            for (int64_t v0 = 0; v0 < jp; v0 += block * W) {
+                const int64_t nv = (jp - v0) / W < block ? (jp - v0) / W : block;
+                V acc[block];
+                if (nv == block) {
+#pragma GCC unroll 8
+                    for (int q = 0; q < block; ++q) acc[q] = load<V>(si + v0 + q * W);
+                    for (int64_t a = a0; a < a1; ++a) {
+                        const int64_t k = active[a];
+                        const V xv = V{} + xb[k];
+                        const T* pl = params_t + k * 3 * jp + v0;  // three bases, constant offsets
+                        const T* pc = pl + jp;
+                        const T* ps = pc + jp;
+#pragma GCC unroll 8
+                        for (int q = 0; q < block; ++q) {
+                            const V d = xv - load<V>(pl + q * W);
+                            acc[q] += exp2v<T>(load<V>(ps + q * W) + load<V>(pc + q * W) * d * d);
+                        }
+                    }
+#pragma GCC unroll 8
+                    for (int q = 0; q < block; ++q) store<V>(si + v0 + q * W, acc[q]);
+                } else {
+                    for (int q = 0; q < nv; ++q) acc[q] = load<V>(si + v0 + q * W);
+                    for (int64_t a = a0; a < a1; ++a) {
+                        const int64_t k = active[a];
+                        const V xv = V{} + xb[k];
+                        const T* p = params_t + k * 3 * jp + v0;
+                        for (int q = 0; q < nv; ++q) {
+                            const V d = xv - load<V>(p + q * W);
+                            acc[q] += exp2v<T>(load<V>(p + 2 * jp + q * W) + load<V>(p + jp + q * W) * d * d);
+                        }
+                    }
+                    for (int q = 0; q < nv; ++q) store<V>(si + v0 + q * W, acc[q]);
+                }
+            }
+        }
+    }
+    for (int64_t i = 0; i < nb; ++i) {
+        const int64_t b = b0 + i;
+        const T* xb = x + b * kp;
+        T* si = sums.data() + i * jp;
+        const T* zb = zero_sums + b * J;
+        for (int64_t j = 0; j < J; ++j) si[j] += zb[j];
+        log2_array<T>(si, l2.data(), J);
+        for (int64_t j = 0; j < J; ++j) {
+            T v = l2[j];
+            // a sum below 2**-60 of the bound: redo with the exact peak, as the dense kernel
+            if (!(si[j] >= Vec<T>::tiny)) v = exact_log2_sum<T, false>(xb, nullptr, params + j * 3 * kp, kp);
+            shift_t[j * B + b] = v;
+            out[b * J + j] = (v + bound[j]) * T(0.6931471805599453094);
+        }
+    }
+}
+
+template <typename T>
+void sparse_forward(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params, const T* params_t,
+                    const T* bound, const T* zero_sums, T* out, T* shift, int n_threads) {
+    constexpr int64_t rows = 32;  // samples per tile
+    if (n_threads <= 1 || B <= rows) {
+        for (int64_t b = 0; b < B; b += rows)
+            sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, b,
+                                   b + rows < B ? b + rows : B);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+    for (int64_t b = 0; b < B; b += rows) {
+        sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, b,
+                               b + rows < B ? b + rows : B);
+    }
+#else
+    sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, 0, B);
 #endif
 }
 
 // factor and offset ((J, B) each) are scratch memory.
 template <typename T>
-void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* shift,
+void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T* params, const T* shift,
               const T* grad_out, T* factor, T* offset, T* grad_x, T* grads, int n_threads) {
-    backward_factors<T>(B, J, shift, grad_out, factor, offset);
+    std::vector<char> any_far(J);
+    backward_factors<T>(B, J, shift, grad_out, factor, offset, any_far.data());
     const int64_t nv = kp / Vec<T>::width;
     auto run = [&](int64_t v0, int64_t v1) {
-        if (grad_x)
-            backward_columns<T, true>(B, J, kp, x, params, factor, offset, grad_x, grads, v0, v1);
+        if (grad_x && xm)
+            backward_columns<T, true, true>(B, J, kp, x, xm, params, factor, offset, any_far.data(), grad_x, grads, v0, v1);
+        else if (grad_x)
+            backward_columns<T, true, false>(B, J, kp, x, xm, params, factor, offset, any_far.data(), grad_x, grads, v0, v1);
+        else if (xm)
+            backward_columns<T, false, true>(B, J, kp, x, xm, params, factor, offset, any_far.data(), grad_x, grads, v0, v1);
         else
-            backward_columns<T, false>(B, J, kp, x, params, factor, offset, grad_x, grads, v0, v1);
+            backward_columns<T, false, false>(B, J, kp, x, xm, params, factor, offset, any_far.data(), grad_x, grads, v0, v1);
     };
     if (n_threads <= 1 || nv < 2) {
         run(0, nv);
@@ -544,9 +840,268 @@ void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, con
 #endif
 }
 
+// Backward of the sparse route (no gradient of x). sparse_factors() writes
+// the factors transposed, factor_bt (B, jp) = grad * 2**-shift (zero for
+// the padding neurons), and returns 1 when some mixture is far from its
+// bound (the caller then takes the dense backward, whose far-row handling
+// this route does not repeat). With zero_grads = (x == 0).T @ factor_bt
+// (kp, jp), a GEMM by the caller, the zero inputs' part of
+// sum_b R, sum_b R d and sum_b R d**2 is e0 * zero_grads times 1, -loc and
+// loc**2 (d = -loc there); sparse_backward() adds the nonzero inputs' part,
+// column by column over their nonzero rows, vectorised over neurons, and
+// writes the gradients of log_weights, loc and scale as grads (3, J, kp).
+template <typename T>
+int sparse_factors(int64_t B, int64_t J, int64_t jp, const T* shift_t, const T* grad, T* factor_bt) {
+    for (int64_t j = 0; j < J; ++j)
+        for (int64_t b = 0; b < B; ++b)
+            if (!(shift_t[j * B + b] > T(-60))) return 1;
+    for (int64_t b = 0; b < B; ++b) {
+        T* fb = factor_bt + b * jp;
+        for (int64_t j = 0; j < J; ++j) fb[j] = grad[b * J + j] * std::exp2(-shift_t[j * B + b]);
+        for (int64_t j = J; j < jp; ++j) fb[j] = T(0);
+    }
+    return 0;
+}
+
+// Columns [k0, k1) (multiples of W); gradients written (3, J, kp) through a
+// buffer of W columns, so that each neuron's row gets W contiguous values.
+template <typename T>
+void sparse_backward_columns(int64_t J, int64_t jp, const T* x, int64_t kp, const T* params_t,
+                             const T* factor_bt, const T* zero_grads, const int64_t* col_start,
+                             const int64_t* col_rows, T* grads, int64_t k0, int64_t k1) {
+    FlushSubnormals ftz;
+    typedef typename Vec<T>::type V;
+    constexpr int W = Vec<T>::width;
+    constexpr int block = 4;  // neuron vectors per pass: 12 accumulators, 12 parameters
+    const T two_ln2 = T(2.0 * 0.6931471805599453094);
+    std::vector<T> buffer(W * 3 * jp);
+    for (int64_t k = k0; k < k1; ++k) {
+        const T* p = params_t + k * 3 * jp;
+        T* g = buffer.data() + (k % W) * 3 * jp;
+        for (int64_t v0 = 0; v0 < jp; v0 += block * W) {
+            const int nv = (jp - v0) / W < block ? int((jp - v0) / W) : block;
+            V l[block], c[block], s[block], a0[block], a1[block], a2[block];
+            for (int q = 0; q < nv; ++q) {
+                l[q] = load<V>(p + v0 + q * W);
+                c[q] = load<V>(p + jp + v0 + q * W);
+                s[q] = load<V>(p + 2 * jp + v0 + q * W);
+                a0[q] = a1[q] = a2[q] = V{};
+            }
+            if (nv == block) {
+                for (int64_t a = col_start[k]; a < col_start[k + 1]; ++a) {
+                    const int64_t b = col_rows[a];
+                    const V xv = V{} + x[b * kp + k];
+                    const T* f = factor_bt + b * jp + v0;
+#pragma GCC unroll 4
+                    for (int q = 0; q < block; ++q) {
+                        const V d = xv - l[q];
+                        const V r = exp2v<T>(s[q] + c[q] * d * d) * load<V>(f + q * W);
+                        const V rd = r * d;
+                        a0[q] += r;
+                        a1[q] += rd;
+                        a2[q] += rd * d;
+                    }
+                }
+            } else {
+                for (int64_t a = col_start[k]; a < col_start[k + 1]; ++a) {
+                    const int64_t b = col_rows[a];
+                    const V xv = V{} + x[b * kp + k];
+                    const T* f = factor_bt + b * jp + v0;
+                    for (int q = 0; q < nv; ++q) {
+                        const V d = xv - l[q];
+                        const V r = exp2v<T>(s[q] + c[q] * d * d) * load<V>(f + q * W);
+                        const V rd = r * d;
+                        a0[q] += r;
+                        a1[q] += rd;
+                        a2[q] += rd * d;
+                    }
+                }
+            }
+            for (int q = 0; q < nv; ++q) {
+                // the zero inputs: R = e0 * factor, d = -loc
+                const V eg = exp2v<T>(s[q] + c[q] * l[q] * l[q]) * load<V>(zero_grads + k * jp + v0 + q * W);
+                const V s0 = a0[q] + eg;
+                const V s1 = a1[q] - l[q] * eg;
+                const V s2 = a2[q] + l[q] * l[q] * eg;
+                const V inv_var = c[q] * -two_ln2;  // 1 / scale**2
+                V inv_scale;
+                for (int i = 0; i < W; ++i) inv_scale[i] = std::sqrt(inv_var[i]);
+                store<V>(g + v0 + q * W, s0);
+                store<V>(g + jp + v0 + q * W, s1 * inv_var);
+                store<V>(g + 2 * jp + v0 + q * W, (s2 * inv_var - s0) * inv_scale);
+            }
+        }
+        if (k % W == W - 1) {
+            const int64_t kb = k - (W - 1);
+            for (int64_t f = 0; f < 3; ++f)
+                for (int64_t j = 0; j < J; ++j) {
+                    T* dst = grads + (f * J + j) * kp + kb;
+                    const T* src = buffer.data() + f * jp + j;
+                    for (int i = 0; i < W; ++i) dst[i] = src[i * 3 * jp];
+                }
+        }
+    }
+}
+
+template <typename T>
+void sparse_backward(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params_t,
+                     const T* factor_bt, const T* zero_grads, T* grads, int n_threads) {
+    // nonzero rows of each input column
+    std::vector<int64_t> col_start(kp + 1, 0);
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < kp; ++k) col_start[k + 1] += x[b * kp + k] != T(0);
+    for (int64_t k = 0; k < kp; ++k) col_start[k + 1] += col_start[k];
+    std::vector<int64_t> col_rows(col_start[kp] > 0 ? col_start[kp] : 1), fill(col_start.begin(), col_start.end() - 1);
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < kp; ++k)
+            if (x[b * kp + k] != T(0)) col_rows[fill[k]++] = b;
+    auto run = [&](int64_t k0, int64_t k1) {
+        sparse_backward_columns<T>(J, jp, x, kp, params_t, factor_bt, zero_grads, col_start.data(),
+                                   col_rows.data(), grads, k0, k1);
+    };
+    if (n_threads <= 1 || kp < 2) {
+        run(0, kp);
+        return;
+    }
+#ifdef _OPENMP
+    constexpr int64_t columns = Vec<T>::width;  // kp is a multiple
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+    for (int64_t k = 0; k < kp; k += columns) run(k, k + columns);
+#else
+    run(0, kp);
+#endif
+}
+
+
+// The layer's parameter transforms, for float: scale = min_scale +
+// softplus(raw) (torch's threshold 20: raw itself above it) and log_w =
+// log_softmax(logits) per row (-inf logits, dropped components, give -inf),
+// with what their backward needs: sig = d softplus / d raw and w =
+// softmax(logits). Vectorised on AVX-512; one pass over (J, K).
+inline float log1p_scalar(float e) { return std::log1p(e); }
+
+#if defined(__AVX512F__)
+inline Vec<float>::type log2v(Vec<float>::type v) {
+    // as log2_array<float>: v = m 2**e, log2 m = 2 atanh(u) / ln 2
+    typedef Vec<float>::type V;
+    const V m = (V)_mm512_getmant_ps((__m512)v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    const V e = (V)_mm512_getexp_ps((__m512)v);
+    const V u = (m - 1.0f) / (m + 1.0f);
+    const V u2 = u * u;
+    V p = V{} + 1.0f / 13;
+    p = p * u2 + 1.0f / 11;
+    p = p * u2 + 1.0f / 9;
+    p = p * u2 + 1.0f / 7;
+    p = p * u2 + 1.0f / 5;
+    p = p * u2 + 1.0f / 3;
+    p = p * u2 + 1.0f;
+    return e + (2.0f * 1.4426950408889634f) * u * p;
+}
+#endif
+
+void transform_f32(int64_t J, int64_t K, const float* raw, float min_scale, const float* logits, float* scale,
+                   float* log_w, float* sig, float* w) {
+    typedef Vec<float>::type V;
+    constexpr int W = Vec<float>::width;
+    const float log2e = 1.4426950408889634f, ln2 = 0.6931471805599453f;
+    for (int64_t j = 0; j < J; ++j) {
+        const float* rj = raw + j * K;
+        const float* lj = logits + j * K;
+        float* sj = scale + j * K;
+        float* gj = sig + j * K;
+        float* oj = log_w + j * K;
+        float* wj = w + j * K;
+        int64_t k = 0;
+#if defined(__AVX512F__)
+        for (; k + W <= K; k += W) {
+            const V r = load<V>(rj + k);
+            const auto big = r > 20.0f;
+            const V e = exp2v<float>((big ? V{} : r) * log2e);  // exp(r), r <= 20
+            const V u = e + 1.0f;
+            // log1p(e) = log(u) e / (u - 1) (exact where u rounds to 1: e)
+            const V lp = u == 1.0f ? e : log2v(u) * ln2 * e / (u - 1.0f);
+            store<V>(sj + k, (big ? r : lp) + min_scale);
+            store<V>(gj + k, big ? V{} + 1.0f : e / u);
+        }
+#endif
+        for (; k < K; ++k) {
+            const float r = rj[k];
+            if (r > 20.0f) {
+                sj[k] = r + min_scale;
+                gj[k] = 1.0f;
+            } else {
+                const float e = std::exp(r);
+                sj[k] = log1p_scalar(e) + min_scale;
+                gj[k] = e / (e + 1.0f);
+            }
+        }
+        float peak = -INFINITY;
+        for (k = 0; k < K; ++k) peak = lj[k] > peak ? lj[k] : peak;
+        // every row keeps a finite logit (a neuron never loses all its components)
+        float total = 0.0f;
+        k = 0;
+#if defined(__AVX512F__)
+        V acc = V{};
+        for (; k + W <= K; k += W) {
+            V t = (load<V>(lj + k) - peak) * log2e;
+            t = t > Vec<float>::zero_weight ? t : V{} + Vec<float>::zero_weight;  // -inf: weight 0
+            acc += exp2v<float>(t);
+        }
+        total = hsum<float>(acc);
+#endif
+        for (; k < K; ++k) total += std::exp(lj[k] - peak);
+        const float lse = peak + std::log(total);
+        k = 0;
+#if defined(__AVX512F__)
+        for (; k + W <= K; k += W) {
+            const V lw = load<V>(lj + k) - lse;
+            store<V>(oj + k, lw);
+            const V t = lw * log2e;
+            store<V>(wj + k, exp2v<float>(t > Vec<float>::zero_weight ? t : V{} + Vec<float>::zero_weight));
+        }
+#endif
+        for (; k < K; ++k) {
+            oj[k] = lj[k] - lse;
+            wj[k] = std::exp(oj[k]);
+        }
+    }
+}
+
+// Backward of transform_f32: from the gradients of log_w and scale (rows of
+// length kp in grads, laid out (3, J, kp)) to those of logits and raw.
+void untransform_f32(int64_t J, int64_t K, int64_t kp, const float* grads, const float* sig, const float* w,
+                     float* grad_raw, float* grad_logits) {
+    for (int64_t j = 0; j < J; ++j) {
+        const float* g_lw = grads + j * kp;
+        const float* g_scale = grads + 2 * J * kp + j * kp;
+        float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t k = 0; k < K; ++k) total += g_lw[k];
+        const float* wj = w + j * K;
+        const float* gj = sig + j * K;
+        float* gl = grad_logits + j * K;
+        float* gr = grad_raw + j * K;
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k) {
+            gl[k] = g_lw[k] - wj[k] * total;
+            gr[k] = g_scale[k] * gj[k];
+        }
+    }
+}
+
 }  // namespace
 
 extern "C" {
+
+void ugmm_fused_transform_f32(int64_t J, int64_t K, const float* raw, double min_scale, const float* logits,
+                              float* scale, float* log_w, float* sig, float* w) {
+    transform_f32(J, K, raw, float(min_scale), logits, scale, log_w, sig, w);
+}
+
+void ugmm_fused_untransform_f32(int64_t J, int64_t K, int64_t kp, const float* grads, const float* sig,
+                                const float* w, float* grad_raw, float* grad_logits) {
+    untransform_f32(J, K, kp, grads, sig, w, grad_raw, grad_logits);
+}
 
 int ugmm_fused_width_f32() { return Vec<float>::width; }
 int ugmm_fused_width_f64() { return Vec<double>::width; }
@@ -557,16 +1112,45 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
                                     T* params, T* bound, double z_lim) {                                      \
         return prepare<T>(B, J, K, kp, x, loc, loc_sj, loc_sk, scale, log_weights, params, bound, z_lim);     \
     }                                                                                                          \
-    void ugmm_fused_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,           \
-                                     const T* bound, T* out, T* shift, int n_threads) {                       \
-        forward<T>(B, J, kp, x, params, bound, out, shift, n_threads);                                              \
+    void ugmm_fused_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm,               \
+                                     const T* params, const T* bound, T* out, T* shift, int n_threads) {      \
+        forward<T>(B, J, kp, x, xm, params, bound, out, shift, n_threads);                                    \
     }                                                                                                          \
-    void ugmm_fused_backward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,          \
-                                      const T* shift, const T* grad_out, T* factor, T* offset, T* grad_x,     \
-                                      T* grads, int n_threads) {                                              \
-        backward<T>(B, J, kp, x, params, shift, grad_out, factor, offset, grad_x, grads, n_threads);              \
+    void ugmm_fused_backward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm,              \
+                                      const T* params, const T* shift, const T* grad_out, T* factor,          \
+                                      T* offset, T* grad_x, T* grads, int n_threads) {                        \
+        backward<T>(B, J, kp, x, xm, params, shift, grad_out, factor, offset, grad_x, grads, n_threads);      \
     }
 
+#define UGMM_EXPORT_SPARSE(T, SUFFIX)                                                                          \
+    int64_t ugmm_fused_sparse_zeros_##SUFFIX(int64_t B, int64_t K, int64_t kp, const T* x, T* zero) {             \
+        return sparse_zeros<T>(B, K, kp, x, zero);                                                             \
+    }                                                                                                          \
+    void ugmm_fused_sparse_setup_##SUFFIX(int64_t J, int64_t kp, int64_t jp, const T* params, T* e0,            \
+                                          T* params_t) {                                                       \
+        sparse_setup<T>(J, kp, jp, params, e0, params_t);                                                      \
+    }                                                                                                          \
+    void ugmm_fused_sparse_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x,           \
+                                            const T* params, const T* params_t, const T* bound,                \
+                                            const T* zero_sums, T* out, T* shift, int n_threads) {             \
+        sparse_forward<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, n_threads);         \
+    }
+
+#define UGMM_EXPORT_SPARSE_BACKWARD(T, SUFFIX)                                                                 \
+    int ugmm_fused_sparse_factors_##SUFFIX(int64_t B, int64_t J, int64_t jp, const T* shift, const T* grad,      \
+                                           T* factor_bt) {                                                     \
+        return sparse_factors<T>(B, J, jp, shift, grad, factor_bt);                                            \
+    }                                                                                                          \
+    void ugmm_fused_sparse_backward_##SUFFIX(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x,          \
+                                             const T* params_t, const T* factor_bt, const T* zero_grads,       \
+                                             T* grads, int n_threads) {                                        \
+        sparse_backward<T>(B, J, kp, jp, x, params_t, factor_bt, zero_grads, grads, n_threads);                \
+    }
+
+UGMM_EXPORT_SPARSE_BACKWARD(float, f32)
+UGMM_EXPORT_SPARSE_BACKWARD(double, f64)
+UGMM_EXPORT_SPARSE(float, f32)
+UGMM_EXPORT_SPARSE(double, f64)
 UGMM_EXPORT(float, f32)
 UGMM_EXPORT(double, f64)
 
