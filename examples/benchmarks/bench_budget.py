@@ -43,11 +43,11 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     X_train, y_train, X_test, y_test = load_mnist()
     X_train, y_train, X_test, y_test = X_train[:N_TRAIN], y_train[:N_TRAIN], X_test[:N_TEST], y_test[:N_TEST]
-    params = dict(hidden_layer_sizes=(128, 64), max_iter=EPOCHS, early_stopping=False, standardize=False)
+    params = dict(hidden_layer_sizes=(128, 64), max_iter=EPOCHS, early_stopping=False, standardize=False, random_state=0)
     for item in args.set:
         key, _, value = item.partition("=")
         params[key] = parse_value(value)
-    clf = UGMMClassifier(random_state=0, **params)
+    clf = UGMMClassifier(**params)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
