@@ -428,11 +428,17 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     _requires_y = True
     _fit_allows_nan = True
 
-    def _objective(self, n_features, classes):
+    def _objective(self, n_features, classes, fitted=False):
+        resolved = getattr(self, "resolved_params_", None) if fitted else None
+        if resolved is not None and "hidden_layer_sizes" in resolved:
+            # the fitted network's sizes, even if the "auto" formula has changed since it was saved
+            sizes = tuple(resolved["hidden_layer_sizes"])
+        else:
+            sizes = self._hidden_sizes(n_features, len(classes))
         return make_classifier_objective(
             self.objective,
             n_features,
-            self._hidden_sizes(n_features, len(classes)),
+            sizes,
             len(classes),
             dropout=self.dropout,
             tie_means=self.tie_means,

@@ -124,7 +124,7 @@ def _network_size_floor(estimator):
     hyperparameters that describe a huge or very deep network before that
     network is built.
     """
-    return estimator._objective(estimator._n_network_inputs(), getattr(estimator, "classes_", None)).size_floor()
+    return estimator._fitted_objective().size_floor()
 
 
 # ---------------------------------------------------------------------- encoding

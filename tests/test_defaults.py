@@ -78,3 +78,21 @@ def test_generative_iris_holds_on_other_splits(split_seed):
         warnings.simplefilter("ignore", ConvergenceWarning)
         score = cross_val_score(UGMMClassifier(objective="generative", random_state=0), X, y, cv=cv).mean()
     assert score >= 0.95
+
+
+def test_a_saved_auto_architecture_loads_after_the_formula_changes(tmp_path, monkeypatch):
+    from sklearn_ugmm import _classifier, load_model, save_model
+
+    X, y = load_iris(return_X_y=True)
+    clf = UGMMClassifier(max_iter=2, n_iter_no_change=np.inf, random_state=0).fit(X, y)
+    save_model(clf, tmp_path / "clf.ugmm")
+    # a later version that sizes "auto" differently still loads (and continues) the saved network
+    monkeypatch.setattr(_classifier, "AUTO_MIN_WIDTH", 16)
+    assert _classifier.auto_hidden_layer_sizes(4, 3) == (24,)
+    loaded = load_model(tmp_path / "clf.ugmm")
+    assert loaded.resolved_params_["hidden_layer_sizes"] == (64,)
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=1e-6, atol=1e-9)
+    loaded.partial_fit(X, y)
+    assert [layer.out_features for layer in loaded.module_.layers] == [64, 3]
+    # a new fit uses the formula of its time
+    assert UGMMClassifier(max_iter=1, n_iter_no_change=np.inf).fit(X, y).resolved_params_["hidden_layer_sizes"] == (24,)
