@@ -142,8 +142,12 @@ class BaseUGMM(BaseEstimator):
                 setattr(self, name, value)
 
     # ------------------------------------------------------------------ what each estimator supplies
-    def _objective(self, n_features, classes):
-        """The objective object for ``n_features`` inputs (and ``classes``)."""
+    def _objective(self, n_features, classes, fitted=False):
+        """The objective object for ``n_features`` inputs (and ``classes``).
+
+        ``fitted``: of the fitted network (its "auto" architecture as
+        ``resolved_params_`` recorded it), not of a new fit.
+        """
         raise NotImplementedError
 
     def _targets(self, y, classes, *, continuing, incremental):
@@ -162,7 +166,7 @@ class BaseUGMM(BaseEstimator):
         X, y, features, encoder = self._validated(X, y, reset=not continuing)
         y_index, classes = self._targets(y, classes, continuing=continuing, incremental=incremental)
         sample_weight = self._check_weights(sample_weight, X, y, classes, incremental=incremental)
-        objective = self._objective(X.shape[1] if encoder is None else encoder.n_outputs_, classes)
+        objective = self._objective(X.shape[1] if encoder is None else encoder.n_outputs_, classes, fitted=continuing)
         if continuing and incremental:
             rng, generator, device = None, _copy_generator(self.net_), self.device_
         else:
@@ -321,8 +325,15 @@ class BaseUGMM(BaseEstimator):
         encoder = _encoder_of(self)
         return int(self.n_features_in_) if encoder is None else encoder.n_outputs_
 
-    def _hidden_sizes(self):
+    def _hidden_sizes(self, n_inputs=None, n_outputs=None):
+        """The hidden layer sizes as a tuple; "auto" (where allowed) for ``n_inputs`` and ``n_outputs``.
+
+        Without the shapes, "auto" stays "auto" (checking the parameters of
+        a saved model).
+        """
         sizes = self.hidden_layer_sizes
+        if isinstance(sizes, str) and sizes == "auto":
+            return sizes if n_inputs is None else self._auto_hidden_sizes(n_inputs, n_outputs)
         sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
         if any(not isinstance(s, Integral) or s < 1 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes}.")
@@ -353,6 +364,8 @@ class BaseUGMM(BaseEstimator):
                 UserWarning,
             )
         resolved["batch_size"] = int(min(resolved["batch_size"], n_train))
+        if "hidden_layer_sizes" in resolved:
+            resolved["hidden_layer_sizes"] = tuple(objective.hidden_sizes)
         resolved["n_train"] = int(n_train)
         return resolved
 
@@ -472,7 +485,7 @@ class BaseUGMM(BaseEstimator):
         (:func:`training_tensor_layout`) before reading them. Expects
         ``n_features_in_``, ``resolved_params_`` (and ``classes_``) to be set.
         """
-        objective = self._objective(self._n_network_inputs(), getattr(self, "classes_", None))
+        objective = self._fitted_objective()
         # local generators for the throwaway initial values: the global one stays untouched
         generator = torch.Generator()
         module = objective.new_module(torch.Generator())
@@ -500,7 +513,7 @@ class BaseUGMM(BaseEstimator):
         return self.scaler_.scale_
 
     def _fitted_objective(self):
-        return self._objective(self._n_network_inputs(), getattr(self, "classes_", None))
+        return self._objective(self._n_network_inputs(), getattr(self, "classes_", None), fitted=True)
 
     def __getstate__(self):
         # a copy: the state may be this estimator's own __dict__

@@ -15,7 +15,47 @@ from ._base import BaseUGMM, _network_features
 from ._objectives import make_classifier_objective
 from ._preprocessing import categorical_mask
 
-__all__ = ["UGMMClassifier"]
+__all__ = ["UGMMClassifier", "auto_hidden_layer_sizes"]
+
+#: ``hidden_layer_sizes="auto"``: neurons per class, and the bounds of the first layer's width
+AUTO_NEURONS_PER_CLASS, AUTO_MIN_WIDTH, AUTO_MAX_WIDTH = 8, 64, 256
+
+
+def auto_hidden_layer_sizes(n_inputs, n_classes):
+    """The hidden layers of ``UGMMClassifier(hidden_layer_sizes="auto")``.
+
+    One hidden layer of ``width = clip(8 * n_classes, 64, 256)`` neurons.
+    A uGMM neuron is a mixture -- it scores an input by the best matching
+    of its components, an OR over its inputs -- and each class's output
+    neuron is a mixture over the hidden neurons, so a class needs several
+    hidden neurons of its own (its modes): the width grows with the number
+    of classes. The number of inputs does not enter: each hidden neuron has
+    one component per input, so its size grows with the inputs by itself
+    (a second layer, ``(128, 64)``, did not pay on the tuning half of
+    ``examples/benchmarks/bench_suite.py``: +0.07 points of accuracy, a
+    worse log-loss, three times the fit time).
+
+    Parameters
+    ----------
+    n_inputs : int
+        Network inputs: the features, one per category for categorical ones.
+    n_classes : int
+        Number of classes.
+
+    Returns
+    -------
+    sizes : tuple of int
+
+    Examples
+    --------
+    >>> from sklearn_ugmm._classifier import auto_hidden_layer_sizes
+    >>> auto_hidden_layer_sizes(4, 3)
+    (64,)
+    >>> auto_hidden_layer_sizes(16, 26)
+    (208,)
+    """
+    width = int(np.clip(AUTO_NEURONS_PER_CLASS * n_classes, AUTO_MIN_WIDTH, AUTO_MAX_WIDTH))
+    return (width,)
 
 
 def class_weights(class_weight, classes, y, *, incremental=False):
@@ -87,8 +127,13 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
 
     Parameters
     ----------
-    hidden_layer_sizes : array-like of int or int, default=(64,)
-        Neurons in each hidden uGMM layer.
+    hidden_layer_sizes : array-like of int, int or "auto", default="auto"
+        Neurons in each hidden uGMM layer. "auto" is one layer of
+        ``clip(8 * n_classes, 64, 256)`` neurons
+        (:func:`~sklearn_ugmm._classifier.auto_hidden_layer_sizes`): each
+        class's output neuron is a mixture over the hidden neurons, so the
+        width grows with the number of classes (64 up to 8 classes, 80 for
+        10, 208 for 26). The value used is in ``resolved_params_``.
     objective : {"discriminative", "generative"}, default="discriminative"
         "discriminative": one output neuron per class, trained with
         cross-entropy on their log-densities. "generative": the paper's joint
@@ -107,7 +152,14 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         discriminative objective; it is 0 (off) for the generative one, whose
         log-density objective needs sharp components.
     batch_size : int or "auto", default="auto"
-        Minibatch size; "auto" is ``min(200, n_samples)``.
+        Minibatch size. "auto" is ``min(n_train, clip(n_train // 10, 32,
+        200))`` for the discriminative objective, where ``n_train`` is the
+        number of rows trained on (after the validation split): about 10
+        steps per epoch on small data, so that the stopping rule's patience
+        of ``n_iter_no_change`` epochs is not a handful of steps, and
+        200-row batches from 2,000 rows on. It is ``min(200, n_train)`` for
+        the generative objective, whose joint density overfits with small
+        batches.
     learning_rate : {"constant", "adaptive"}, default="constant"
         Learning-rate schedule, MLPClassifier's name. "constant" keeps
         ``learning_rate_init``. "adaptive" multiplies the rate by 0.3 each
@@ -139,10 +191,15 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Horizon, in epochs, of a moving average of the weights (Polyak
         averaging): validation, early stopping and the fitted model use the
         average while training continues from the current weights, which
-        smooths out the noise of a lively learning rate. 1 turns it off
-        (better with a schedule that decays the rate to zero). "auto" is 10
-        for the discriminative and 1 for the generative objective, which it
-        does not help. Applies in ``fit``, not in ``partial_fit``.
+        smooths out the noise of a lively learning rate. The horizon grows
+        with the epochs run: in epoch ``e`` of a fit (1, 2, ...) it is
+        ``min(averaging_epochs, max(1, e / 2))``, so the average never reaches
+        back further than about the last half of the epochs run, and a
+        short fit (``max_iter=8``) is not held back by its first epochs'
+        weights. 1 turns it off (better with a schedule that decays the rate
+        to zero). "auto" is 10 for the discriminative and 1 for the
+        generative objective, which it does not help. Applies in ``fit``,
+        not in ``partial_fit``.
     dropout : float, default=0.0
         Probability of removing each mixture component during training.
     tie_means : bool, default=False
@@ -252,7 +309,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         ``scaler_.mean_`` and ``scaler_.scale_``.
     resolved_params_ : dict
         The values this fit used for the parameters that can be "auto"
-        (``learning_rate_init``, ``batch_size``, ``precision_penalty``,
+        (``hidden_layer_sizes``, ``learning_rate_init``, ``batch_size``, ``precision_penalty``,
         ``averaging_epochs``, ``standardize``), and ``n_train``, the rows
         trained on (after the validation split) that ``batch_size`` and the
         precision penalty depend on. ``partial_fit`` keeps those of its
@@ -272,6 +329,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
 
     _parameter_constraints: dict = {
         **BaseUGMM._parameter_constraints,
+        "hidden_layer_sizes": [StrOptions({"auto"}), *BaseUGMM._parameter_constraints["hidden_layer_sizes"]],
         "objective": [StrOptions({"discriminative", "generative"})],
         "learning_rate_init": [StrOptions({"auto"}), *BaseUGMM._parameter_constraints["learning_rate_init"]],
         "tie_means": ["boolean"],
@@ -285,7 +343,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
 
     def __init__(
         self,
-        hidden_layer_sizes=(64,),
+        hidden_layer_sizes="auto",
         *,
         objective="discriminative",
         alpha=1e-4,
@@ -364,20 +422,31 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         """
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
-    _auto_parameters = ("learning_rate_init", "batch_size", "precision_penalty", "averaging_epochs", "standardize")
+    _auto_parameters = (
+        "hidden_layer_sizes", "learning_rate_init", "batch_size", "precision_penalty", "averaging_epochs", "standardize",
+    )
     _requires_y = True
     _fit_allows_nan = True
 
-    def _objective(self, n_features, classes):
+    def _objective(self, n_features, classes, fitted=False):
+        resolved = getattr(self, "resolved_params_", None) if fitted else None
+        if resolved is not None and "hidden_layer_sizes" in resolved:
+            # the fitted network's sizes, even if the "auto" formula has changed since it was saved
+            sizes = tuple(resolved["hidden_layer_sizes"])
+        else:
+            sizes = self._hidden_sizes(n_features, len(classes))
         return make_classifier_objective(
             self.objective,
             n_features,
-            self._hidden_sizes(),
+            sizes,
             len(classes),
             dropout=self.dropout,
             tie_means=self.tie_means,
             kernel=self.kernel,
         )
+
+    def _auto_hidden_sizes(self, n_inputs, n_classes):
+        return auto_hidden_layer_sizes(n_inputs, n_classes)
 
     def _targets(self, y, classes, *, continuing, incremental):
         check_classification_targets(y)

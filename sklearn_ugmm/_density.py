@@ -238,7 +238,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         """
         return self._fit(X, None, sample_weight, incremental=True)
 
-    def _objective(self, n_features, classes=None):
+    def _objective(self, n_features, classes=None, fitted=False):
         return DensityObjective(
             n_features,
             self._hidden_sizes(),

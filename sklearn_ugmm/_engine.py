@@ -157,12 +157,21 @@ class PenalisedNet(NeuralNet):
         return loss
 
 
+#: How fast the weight average's horizon grows: at most this many epochs per epoch run.
+AVERAGING_RAMP = 0.5
+
+
 class WeightAveraging(Callback):
     """Validate, stop and finish on an exponential moving average of the weights.
 
     After every training step the average moves towards the current weights,
-    so that each epoch it covers ``1 / horizon`` of the distance (Polyak
-    averaging with a horizon of about ``horizon`` epochs). The average, not
+    so that each epoch it covers ``1 / h`` of the distance (Polyak averaging
+    with a horizon of about ``h`` epochs). The horizon grows with the epochs
+    run: in epoch ``e`` (1, 2, ...) it is ``h = min(horizon, max(1, e *
+    ramp))``, so the average never reaches back much further than the last
+    ``1 / ramp`` of the epochs run -- a short fit is not held back by the
+    weights of its first epochs (``h = 1`` makes the average the current
+    weights). The average, not
     the last step's weights, is what the validation pass scores, what the
     other callbacks see at the end of each epoch (early stopping keeps and
     restores it) and what the net holds when training ends. The next epoch
@@ -171,14 +180,17 @@ class WeightAveraging(Callback):
     Parameters
     ----------
     horizon : float
-        Epochs the average spans; more than 1.
+        Epochs the average spans at most; more than 1.
     steps_per_epoch : int
         Optimiser steps per epoch.
+    ramp : float, default=AVERAGING_RAMP
+        The horizon in epoch ``e`` is at most ``e * ramp``.
     """
 
-    def __init__(self, horizon, steps_per_epoch):
+    def __init__(self, horizon, steps_per_epoch, ramp=None):
         self.horizon = horizon
         self.steps_per_epoch = steps_per_epoch
+        self.ramp = ramp
 
     def initialize(self):
         self._average = None
@@ -188,10 +200,18 @@ class WeightAveraging(Callback):
     def on_train_begin(self, net, **kwargs):
         self._average = [p.detach().clone() for p in net.module_.parameters()]
         self._current = None
-        self._weight = 1.0 - (1.0 - 1.0 / self.horizon) ** (1.0 / max(self.steps_per_epoch, 1))
+        self._epoch = 0
+
+    def epoch_horizon(self, epoch):
+        """The horizon (epochs) of the average during epoch ``epoch`` (1, 2, ...) of this fit."""
+        ramp = AVERAGING_RAMP if self.ramp is None else self.ramp
+        return min(self.horizon, max(1.0, epoch * ramp))
 
     def on_epoch_begin(self, net, **kwargs):
         self._use_current(net)
+        self._epoch += 1
+        horizon = self.epoch_horizon(self._epoch)
+        self._weight = 1.0 - (1.0 - 1.0 / horizon) ** (1.0 / max(self.steps_per_epoch, 1))
 
     def on_batch_begin(self, net, training=False, **kwargs):
         if not training:

@@ -47,6 +47,37 @@ def label_values(n_classes):
     return ((index - index.mean()) / max(index.std(), 1.0)).astype(np.float32)
 
 
+#: ``batch_size="auto"`` of the classifier: about this many steps per epoch, in batches of these bounds
+AUTO_STEPS_PER_EPOCH, AUTO_MIN_BATCH, AUTO_MAX_BATCH = 10, 32, 200
+
+
+def auto_batch_size(n_train):
+    """The classifier's ``batch_size="auto"``: ``min(n_train, clip(n_train // 10, 32, 200))``.
+
+    About 10 optimiser steps per epoch for small data (at least 32 rows a
+    batch), 200-row batches from 2,000 training rows on. With a fixed
+    200-row batch a data set of 200 rows had one step per epoch, and the
+    stopping rule's patience of ``n_iter_no_change`` epochs was a handful
+    of steps: small data sets stopped while they still underfitted.
+
+    Parameters
+    ----------
+    n_train : int
+        Rows trained on (after the validation split).
+
+    Returns
+    -------
+    batch_size : int
+
+    Examples
+    --------
+    >>> from sklearn_ugmm._objectives import auto_batch_size
+    >>> [auto_batch_size(n) for n in (20, 200, 1000, 10000)]
+    [20, 32, 100, 200]
+    """
+    return int(min(n_train, np.clip(n_train // AUTO_STEPS_PER_EPOCH, AUTO_MIN_BATCH, AUTO_MAX_BATCH)))
+
+
 class _ClassifierObjective:
     """What the two classifier objectives share: labels, the class-score metrics, the defaults."""
 
@@ -75,7 +106,7 @@ class _ClassifierObjective:
 
     def auto_values(self, n_train):
         """The value of each "auto" parameter for ``n_train`` training rows."""
-        return {**self.auto, "batch_size": min(200, n_train)}
+        return {**self.auto, "batch_size": auto_batch_size(n_train), "hidden_layer_sizes": tuple(self.hidden_sizes)}
 
     def penalty(self, strength, n_train):
         """``penalty(module)`` added to the training loss, or None: a prior worth ``strength`` samples."""
@@ -142,6 +173,15 @@ class GenerativeObjective(_ClassifierObjective):
     #: "auto" values: the generative joint score is itself a log-density that needs
     #: sharp components, and neither averaging nor the power transform helped it
     auto = {"learning_rate_init": 1e-2, "averaging_epochs": None, "precision_penalty": 0.0, "standardize": True}
+
+    def auto_values(self, n_train):
+        """The value of each "auto" parameter for ``n_train`` training rows.
+
+        ``batch_size`` is ``min(200, n_train)``: with the small batches of
+        :func:`auto_batch_size` the joint density overfits and its class
+        scores suffer (iris, 5-fold CV, 3 seeds: 0.787 with 32-row batches).
+        """
+        return {**super().auto_values(n_train), "batch_size": min(AUTO_MAX_BATCH, n_train)}
 
     def _network_io(self):
         return self.n_features + 1, 1

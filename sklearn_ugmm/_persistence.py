@@ -124,7 +124,7 @@ def _network_size_floor(estimator):
     hyperparameters that describe a huge or very deep network before that
     network is built.
     """
-    return estimator._objective(estimator._n_network_inputs(), getattr(estimator, "classes_", None)).size_floor()
+    return estimator._fitted_objective().size_floor()
 
 
 # ---------------------------------------------------------------------- encoding
@@ -555,6 +555,11 @@ def _set_fitted_metadata(estimator, fitted):
 def _resolved_params(resolved, estimator):
     """The saved ``resolved_params_``: the estimator's "auto" parameters and ``n_train``, each valid."""
     expected = {*estimator._auto_parameters, "n_train"}
+    if isinstance(resolved, dict) and "hidden_layer_sizes" in expected and "hidden_layer_sizes" not in resolved:
+        # a file from before hidden_layer_sizes="auto": its sizes are the parameter's
+        sizes = estimator._hidden_sizes()
+        if isinstance(sizes, tuple):
+            resolved = {**resolved, "hidden_layer_sizes": sizes}
     if not isinstance(resolved, dict) or set(resolved) != expected:
         raise ValueError(f"resolved_params_ must hold {sorted(expected)}")
     for name in ("batch_size", "n_train"):
@@ -564,6 +569,13 @@ def _resolved_params(resolved, estimator):
         raise ValueError("resolved learning_rate_init must be positive and finite")
     if not (isinstance(resolved["standardize"], bool) or resolved["standardize"] == "yeo-johnson"):
         raise ValueError(f"resolved standardize={resolved['standardize']!r} is not valid")
+    if "hidden_layer_sizes" in resolved:
+        sizes = resolved["hidden_layer_sizes"]
+        if not isinstance(sizes, (tuple, list)):
+            raise ValueError("resolved hidden_layer_sizes must be a list of layer sizes")
+        for size in sizes:
+            _check_number(size, "hidden_layer_sizes", integer=True, minimum=1)
+        resolved["hidden_layer_sizes"] = tuple(sizes)
     if "precision_penalty" in resolved:
         _check_number(resolved["precision_penalty"], "precision_penalty", minimum=0)
     if "averaging_epochs" in resolved:

