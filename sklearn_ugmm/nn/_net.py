@@ -88,6 +88,7 @@ class UGMMNet(GeneratorMixin, nn.Module):
         Returns
         -------
         self : UGMMNet
+            The network itself.
         """
         if not 0.0 <= p < 1.0:
             raise ValueError(f"input dropout must be in [0, 1), got {p}")
