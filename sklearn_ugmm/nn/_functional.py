@@ -378,6 +378,62 @@ def _fused_applies(x, loc, scale, log_weights, kernel):
     return True
 
 
+def fused_observed_log_density(x, observed, loc, scale, log_weights):
+    """Layer output over each sample's observed inputs, on the fused kernel.
+
+    The fused counterpart of :meth:`UGMMLayer.forward_observed`'s formula::
+
+        out[b, j] = logsumexp_{k observed}( log_weights[j, k] + log N(x[b, k] | loc[j, k], scale[j, k]^2) )
+                    - logsumexp_{k observed} log_weights[j, k]
+
+    The kernel leaves the missing inputs' components out of its online sum
+    (``x`` may hold NaN there: it is never read into a result, and gets a zero
+    gradient); the renormaliser is ``log(observed @ exp(log_weights).T)``, a
+    matrix product with its gradient through autograd, and 0 for complete
+    rows. Where that mass falls below ``2**-60`` (weights far below the
+    neuron's largest) it is recomputed as an exact log-sum-exp.
+
+    The caller must have checked that the fused kernel applies
+    (:func:`_fused_applies`) and that every sample has an observed input.
+
+    Returns
+    -------
+    out : Tensor of shape (batch, out), or None
+        None when distances need clipping (use the reference path).
+    redo : bool Tensor of shape (batch,), or None
+        Rows where some neuron keeps no observed component with a nonzero
+        weight (dropout removed them all): their ``out`` is meaningless and
+        the caller must compute them with its own rule. None when there are none.
+    """
+    missing = ~observed
+    numerator = _fused.log_density(x, loc, scale, log_weights, _z_limit(x.dtype), missing=missing)
+    if numerator is None:
+        return None, None
+    complete = observed.all(dim=1)
+    if bool(complete.all()):
+        return numerator, None
+    obs = observed.to(x.dtype)
+    live = torch.isfinite(log_weights)
+    redo = None
+    if not bool(live.all()):
+        lost = (obs @ live.to(x.dtype).t()) == 0
+        if bool(lost.any()):
+            redo = lost.any(dim=1)
+    mass = obs @ log_weights.exp().t()
+    tiny = 2.0**-_SAFE_BITS
+    log_mass = mass.clamp(min=tiny).log()
+    far = (mass < tiny) & ~complete[:, None]
+    if redo is not None:
+        far &= ~redo[:, None]
+    far = far.any(dim=1)
+    if bool(far.any()):
+        rows = far.nonzero().squeeze(1)
+        exact = torch.logsumexp(log_weights.masked_fill(missing[rows][:, None, :], -math.inf), dim=-1)
+        log_mass = log_mass.index_put((rows,), exact)
+    log_mass = torch.where(complete[:, None], torch.zeros_like(log_mass), log_mass)
+    return numerator - log_mass, redo
+
+
 def ugmm_observed_parts(x, keep, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK_ELEMENTS):
     """The two sums of a uGMM layer restricted, per sample, to some components.
 

@@ -115,9 +115,9 @@ def _bind(path):
         getattr(lib, f"ugmm_fused_prepare_{suffix}").argtypes = [
             i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, dbl,
         ]
-        getattr(lib, f"ugmm_fused_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint]
+        getattr(lib, f"ugmm_fused_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, cint]
         getattr(lib, f"ugmm_fused_backward_{suffix}").argtypes = [
-            i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
+            i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
         ]
     lib.widths = {torch.float32: lib.ugmm_fused_width_f32(), torch.float64: lib.ugmm_fused_width_f64()}
     return lib
@@ -150,16 +150,31 @@ def _ptr(t):
     return ctypes.c_void_p(t.data_ptr())
 
 
+def _optional_ptr(t):
+    return None if t is None else _ptr(t)
+
+
+#: What the missing-input mask adds to a component's log2 density: far below
+#: exp2's range (the component is exactly 0), finite in float32 and float64
+#: even added to the log2 of a zero weight.
+ABSENT_BITS = -1e30
+
+
 def _suffix(dtype):
     return "f32" if dtype == torch.float32 else "f64"
 
 
-def log_density(x, loc, scale, log_weights, z_lim):
+def log_density(x, loc, scale, log_weights, z_lim, missing=None):
     """The layer log-density on the fused kernel, or None when distances need clipping.
 
     ``x``, ``loc``, ``scale`` and ``log_weights`` are CPU tensors of one
     dtype, float32 or float64, of shapes (batch, in) and (out, in); ``loc``
     may be an expanded view. :func:`load` must have returned the library.
+
+    ``missing``, a bool tensor of the shape of ``x`` (or None), marks inputs
+    whose components are left out of every neuron's mixture for that sample
+    (not renormalised: the mixture sum over the other components); ``x`` may
+    hold anything there, NaN included, and gets a zero gradient there.
     """
     lib = load()
     n_batch, n_in = x.shape
@@ -168,6 +183,12 @@ def log_density(x, loc, scale, log_weights, z_lim):
     kp = -(-n_in // width) * width
     with torch.no_grad():
         x_p = x.detach().contiguous()
+        x_mask = None
+        if missing is not None:
+            x_p = x_p.masked_fill(missing, 0.0)
+            x_mask = torch.zeros_like(x_p).masked_fill_(missing, ABSENT_BITS)
+            if kp != n_in:
+                x_mask = torch.nn.functional.pad(x_mask, (0, kp - n_in))
         if kp != n_in:
             x_p = torch.nn.functional.pad(x_p, (0, kp - n_in))
         loc_d = loc.detach()
@@ -181,27 +202,27 @@ def log_density(x, loc, scale, log_weights, z_lim):
         )
     if clip:
         return None
-    return _FusedLogDensity.apply(x, loc, scale, log_weights, x_p, params, bound)
+    return _FusedLogDensity.apply(x, loc, scale, log_weights, x_p, x_mask, params, bound)
 
 
 class _FusedLogDensity(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, loc, scale, log_weights, x_p, params, bound):
+    def forward(ctx, x, loc, scale, log_weights, x_p, x_mask, params, bound):
         n_batch, n_in = x.shape
         n_out, _, kp = params.shape
         out = x.new_empty((n_batch, n_out))
         shift_t = x.new_empty((n_out, n_batch))  # log2 of each mixture relative to its bound
         forward_fn = getattr(load(), f"ugmm_fused_forward_{_suffix(x.dtype)}")
-        forward_fn(n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(bound), _ptr(out), _ptr(shift_t),
-                   _threads(n_batch * n_out * n_in))
-        ctx.save_for_backward(x_p, params, shift_t)
+        forward_fn(n_batch, n_out, kp, _ptr(x_p), _optional_ptr(x_mask), _ptr(params), _ptr(bound), _ptr(out),
+                   _ptr(shift_t), _threads(n_batch * n_out * n_in))
+        ctx.save_for_backward(x_p, x_mask, params, shift_t)
         ctx.n_in = n_in
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x_p, params, shift_t = ctx.saved_tensors
+        x_p, x_mask, params, shift_t = ctx.saved_tensors
         n_batch, kp = x_p.shape
         n_out, n_in = params.shape[0], ctx.n_in
         need_x = ctx.needs_input_grad[0]
@@ -210,7 +231,8 @@ class _FusedLogDensity(torch.autograd.Function):
         factor, offset = params.new_empty((n_out, n_batch)), params.new_empty((n_out, n_batch))
         grad_out = grad_out.contiguous()
         getattr(load(), f"ugmm_fused_backward_{_suffix(x_p.dtype)}")(
-            n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(shift_t), _ptr(grad_out), _ptr(factor),
+            n_batch, n_out, kp, _ptr(x_p), _optional_ptr(x_mask), _ptr(params), _ptr(shift_t), _ptr(grad_out),
+            _ptr(factor),
             _ptr(offset), _ptr(grad_x) if need_x else None, _ptr(grads), _threads(n_batch * n_out * n_in),
         )
         grad_logw, grad_loc, grad_scale = grads[:, :, :n_in].unbind(dim=0)
@@ -222,6 +244,7 @@ class _FusedLogDensity(torch.autograd.Function):
             grad_loc if needs[1] else None,
             grad_scale if needs[2] else None,
             grad_logw if needs[3] else None,
+            None,
             None,
             None,
             None,

@@ -10,6 +10,9 @@
 // Layout (row-major; the input axis is padded to kp, a multiple of the
 // vector width W, with components of weight zero):
 //   x        (B, kp)     inputs
+//   xm       (B, kp)     optional additive mask of missing inputs: 0 where
+//                        observed, absent_bits where missing (x holds 0
+//                        there); null when every input is observed
 //   params   (J, 3, kp)  per neuron: loc, curv and const, where the log2
 //                        density of component k of neuron j at sample b is
 //                        const[j, k] + curv[j, k] * (x[b, k] - loc[j, k])**2,
@@ -238,10 +241,25 @@ inline T hmax(typename Vec<T>::type v) {
     return m;
 }
 
+// Missing inputs (NaN in the caller's x) come as an additive mask (B, kp):
+// 0 where x[b, k] is observed, absent_bits where it is missing, so that the
+// component's log2 density drops far below exp2's range and it contributes
+// exactly 0 to the mixture and to every gradient (x holds 0 there, so its
+// distance stays finite). Without a mask (M false) nothing is added.
+template <bool M, typename V, typename T>
+inline V masked(V t, const T* m) {
+    if constexpr (M) {
+        return t + load<V>(m);
+    } else {
+        (void)m;
+        return t;
+    }
+}
+
 // log2 of the mixture of neuron j at one sample, relative to bound[j],
 // with an exact maximum: used when the bounded sum underflows.
-template <typename T>
-T exact_log2_sum(const T* xb, const T* pj, int64_t kp) {
+template <typename T, bool M>
+T exact_log2_sum(const T* xb, const T* mb, const T* pj, int64_t kp) {
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
     const T* loc = pj;
@@ -250,14 +268,14 @@ T exact_log2_sum(const T* xb, const T* pj, int64_t kp) {
     V mx = V{} - INFINITY;
     for (int64_t k = 0; k < kp; k += W) {
         const V d = load<V>(xb + k) - load<V>(loc + k);
-        const V t = load<V>(cst + k) + load<V>(curv + k) * d * d;
+        const V t = masked<M, V>(load<V>(cst + k) + load<V>(curv + k) * d * d, mb + k);
         mx = t > mx ? t : mx;
     }
     const T peak = hmax<T>(mx);
     V acc = V{};
     for (int64_t k = 0; k < kp; k += W) {
         const V d = load<V>(xb + k) - load<V>(loc + k);
-        V t = load<V>(cst + k) + load<V>(curv + k) * d * d - peak;
+        V t = masked<M, V>(load<V>(cst + k) + load<V>(curv + k) * d * d, mb + k) - peak;
         t = t < T(0) ? t : V{};
         acc += exp2v<T>(t);
     }
@@ -269,9 +287,9 @@ T exact_log2_sum(const T* xb, const T* pj, int64_t kp) {
 // pass, shift_t (J, B): the log2 of each mixture relative to its bound, from
 // the same rounded components, so that the backward responsibilities stay
 // <= 1 (and the dominant one 1) even when log-densities are huge.
-template <typename T>
-void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* bound,
-                     T* out, T* shift_t, int64_t j0, int64_t j1) {
+template <typename T, bool M>
+void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T* params,
+                     const T* bound, T* out, T* shift_t, int64_t j0, int64_t j1) {
     FlushSubnormals ftz;
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
@@ -290,6 +308,10 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
                 const T* x1 = x0 + kp;
                 const T* x2 = x1 + kp;
                 const T* x3 = x2 + kp;
+                const T* m0 = M ? xm + b * kp : nullptr;
+                const T* m1 = m0 + kp;
+                const T* m2 = m1 + kp;
+                const T* m3 = m2 + kp;
                 V a0 = V{}, a1 = V{}, a2 = V{}, a3 = V{};
                 for (int64_t k = 0; k < kp; k += W) {
                     const V l = load<V>(loc + k);
@@ -297,13 +319,13 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
                     const V s = load<V>(cst + k);
                     V d;
                     d = load<V>(x0 + k) - l;
-                    a0 += exp2v<T>(s + c * d * d);
+                    a0 += exp2v<T>(masked<M, V>(s + c * d * d, m0 + k));
                     d = load<V>(x1 + k) - l;
-                    a1 += exp2v<T>(s + c * d * d);
+                    a1 += exp2v<T>(masked<M, V>(s + c * d * d, m1 + k));
                     d = load<V>(x2 + k) - l;
-                    a2 += exp2v<T>(s + c * d * d);
+                    a2 += exp2v<T>(masked<M, V>(s + c * d * d, m2 + k));
                     d = load<V>(x3 + k) - l;
-                    a3 += exp2v<T>(s + c * d * d);
+                    a3 += exp2v<T>(masked<M, V>(s + c * d * d, m3 + k));
                 }
                 sums[b - b0] = hsum<T>(a0);
                 sums[b - b0 + 1] = hsum<T>(a1);
@@ -312,10 +334,11 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
             }
             for (; b < b1; ++b) {
                 const T* xb = x + b * kp;
+                const T* mb = M ? xm + b * kp : nullptr;
                 V a = V{};
                 for (int64_t k = 0; k < kp; k += W) {
                     const V d = load<V>(xb + k) - load<V>(loc + k);
-                    a += exp2v<T>(load<V>(cst + k) + load<V>(curv + k) * d * d);
+                    a += exp2v<T>(masked<M, V>(load<V>(cst + k) + load<V>(curv + k) * d * d, mb + k));
                 }
                 sums[b - b0] = hsum<T>(a);
             }
@@ -324,7 +347,7 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
             for (b = b0; b < b1; ++b) {
                 // a sum below 2**-60 of the bound: too far from every
                 // component for the bound, redo with the exact peak
-                if (!(sums[b - b0] >= Vec<T>::tiny)) l2[b - b0] = exact_log2_sum<T>(x + b * kp, pj, kp);
+                if (!(sums[b - b0] >= Vec<T>::tiny)) l2[b - b0] = exact_log2_sum<T, M>(x + b * kp, M ? xm + b * kp : nullptr, pj, kp);
                 out[b * J + j] = (l2[b - b0] + bound[j]) * T(0.6931471805599453094);
             }
         }
@@ -367,8 +390,8 @@ void backward_factors(int64_t B, int64_t J, const T* shift_t, const T* grad, T* 
 // Backward for the input columns [v0 * W, v1 * W), every neuron and sample.
 // Threads own disjoint columns of grad_x and of the parameter gradients, so
 // nothing is reduced across threads.
-template <typename T, bool NEED_X>
-void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* factor_t,
+template <typename T, bool NEED_X, bool M>
+void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T* params, const T* factor_t,
                       const T* offset_t, T* grad_x, T* grads, int64_t v0, int64_t v1) {
     FlushSubnormals ftz;
     typedef typename Vec<T>::type V;
@@ -395,7 +418,7 @@ void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* par
                     const T f = factor[b];
                     if (f == T(0)) continue;
                     const V d = load<V>(x + b * kp + k) - l;
-                    V t = s + c * d * d;
+                    V t = masked<M, V>(s + c * d * d, M ? xm + b * kp + k : nullptr);
                     if (offset[b] != T(0)) {
                         t -= offset[b];
                         t = t < T(0) ? t : V{};  // rounding at huge magnitudes must not give R > 1
@@ -501,10 +524,16 @@ int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* lo
 }
 
 template <typename T>
-void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* bound, T* out,
-             T* shift, int n_threads) {
+void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T* params, const T* bound,
+             T* out, T* shift, int n_threads) {
+    auto run = [&](int64_t j0, int64_t j1) {
+        if (xm)
+            forward_neurons<T, true>(B, J, kp, x, xm, params, bound, out, shift, j0, j1);
+        else
+            forward_neurons<T, false>(B, J, kp, x, xm, params, bound, out, shift, j0, j1);
+    };
     if (n_threads <= 1 || J < 2) {
-        forward_neurons<T>(B, J, kp, x, params, bound, out, shift, 0, J);
+        run(0, J);
         return;
     }
 #ifdef _OPENMP
@@ -513,24 +542,28 @@ void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, cons
     constexpr int64_t neurons = 4;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
     for (int64_t j = 0; j < J; j += neurons) {
-        forward_neurons<T>(B, J, kp, x, params, bound, out, shift, j, j + neurons < J ? j + neurons : J);
+        run(j, j + neurons < J ? j + neurons : J);
     }
 #else
-    forward_neurons<T>(B, J, kp, x, params, bound, out, shift, 0, J);
+    run(0, J);
 #endif
 }
 
 // factor and offset ((J, B) each) are scratch memory.
 template <typename T>
-void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* shift,
+void backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T* params, const T* shift,
               const T* grad_out, T* factor, T* offset, T* grad_x, T* grads, int n_threads) {
     backward_factors<T>(B, J, shift, grad_out, factor, offset);
     const int64_t nv = kp / Vec<T>::width;
     auto run = [&](int64_t v0, int64_t v1) {
-        if (grad_x)
-            backward_columns<T, true>(B, J, kp, x, params, factor, offset, grad_x, grads, v0, v1);
+        if (grad_x && xm)
+            backward_columns<T, true, true>(B, J, kp, x, xm, params, factor, offset, grad_x, grads, v0, v1);
+        else if (grad_x)
+            backward_columns<T, true, false>(B, J, kp, x, xm, params, factor, offset, grad_x, grads, v0, v1);
+        else if (xm)
+            backward_columns<T, false, true>(B, J, kp, x, xm, params, factor, offset, grad_x, grads, v0, v1);
         else
-            backward_columns<T, false>(B, J, kp, x, params, factor, offset, grad_x, grads, v0, v1);
+            backward_columns<T, false, false>(B, J, kp, x, xm, params, factor, offset, grad_x, grads, v0, v1);
     };
     if (n_threads <= 1 || nv < 2) {
         run(0, nv);
@@ -557,14 +590,14 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
                                     T* params, T* bound, double z_lim) {                                      \
         return prepare<T>(B, J, K, kp, x, loc, loc_sj, loc_sk, scale, log_weights, params, bound, z_lim);     \
     }                                                                                                          \
-    void ugmm_fused_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,           \
-                                     const T* bound, T* out, T* shift, int n_threads) {                       \
-        forward<T>(B, J, kp, x, params, bound, out, shift, n_threads);                                              \
+    void ugmm_fused_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm,               \
+                                     const T* params, const T* bound, T* out, T* shift, int n_threads) {      \
+        forward<T>(B, J, kp, x, xm, params, bound, out, shift, n_threads);                                    \
     }                                                                                                          \
-    void ugmm_fused_backward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,          \
-                                      const T* shift, const T* grad_out, T* factor, T* offset, T* grad_x,     \
-                                      T* grads, int n_threads) {                                              \
-        backward<T>(B, J, kp, x, params, shift, grad_out, factor, offset, grad_x, grads, n_threads);              \
+    void ugmm_fused_backward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm,              \
+                                      const T* params, const T* shift, const T* grad_out, T* factor,          \
+                                      T* offset, T* grad_x, T* grads, int n_threads) {                        \
+        backward<T>(B, J, kp, x, xm, params, shift, grad_out, factor, offset, grad_x, grads, n_threads);      \
     }
 
 UGMM_EXPORT(float, f32)

@@ -6,7 +6,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._functional import DEFAULT_BLOCK_ELEMENTS, KERNELS, ugmm_log_density, ugmm_observed_parts
+from ._functional import (
+    DEFAULT_BLOCK_ELEMENTS,
+    KERNELS,
+    _fused_applies,
+    fused_observed_log_density,
+    ugmm_log_density,
+    ugmm_observed_parts,
+)
 
 __all__ = ["UGMMLayer"]
 
@@ -295,9 +302,13 @@ class UGMMLayer(nn.Module):
             out[b, j] = logsumexp_{k observed}( log w[j, k] + log N(x[b, k] | loc[j, k], scale[j, k]**2) )
                         - logsumexp_{k observed} log w[j, k]
 
-        Samples with every input observed go through :meth:`forward`'s
-        kernel (the fused one where it applies); the others through the
-        plain, row-blocked formula (:func:`~sklearn_ugmm.nn.ugmm_observed_parts`).
+        Where the fused kernel applies (see
+        :func:`~sklearn_ugmm.nn.ugmm_log_density`'s ``kernel``) every sample
+        goes through it, missing inputs left out of its sums, with the
+        renormaliser computed as ``log(observed @ weights.T)``. Otherwise
+        samples with every input observed go through :meth:`forward`'s
+        kernel and the others through the plain, row-blocked formula
+        (:func:`~sklearn_ugmm.nn.ugmm_observed_parts`), the reference.
         In training mode the components removed by dropout are dropped
         too, with one dropout mask for the whole batch; a neuron that would
         be left with no component for a sample keeps all its observed ones.
@@ -324,6 +335,17 @@ class UGMMLayer(nn.Module):
         if not bool(observed.any(dim=1).all()):
             raise ValueError("every sample needs at least one observed input")
         log_weights = self.log_weights()
+        kernel = getattr(self, "kernel", "auto")  # layers pickled before the option
+        if kernel != "reference" and _fused_applies(x, self.component_loc, self.scale, log_weights, kernel):
+            out, redo = fused_observed_log_density(x, observed, self.component_loc, self.scale, log_weights)
+            if out is not None:
+                if redo is not None:
+                    out = out.index_put((redo,), self._observed_plain(x[redo], observed[redo], log_weights))
+                return out
+        return self._observed_plain(x, observed, log_weights)
+
+    def _observed_plain(self, x, observed, log_weights):
+        """:meth:`forward_observed` with the plain formula for rows that miss inputs."""
         complete = observed.all(dim=1)
         out = x.new_empty((x.shape[0], self.out_features))
         if bool(complete.any()):
