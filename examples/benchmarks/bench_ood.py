@@ -185,13 +185,16 @@ def print_table(results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="*", default=list(CASES), choices=CASES)
+    parser.add_argument("cases", nargs="*", default=list(CASES), help=f"any of {', '.join(CASES)} (default: all)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--n-train", type=int, default=10000, help="MNIST training images (a seeded subsample)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs on MNIST, for both models")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--table", action="store_true", help="only print the table of the results so far")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
     args.results.mkdir(parents=True, exist_ok=True)
     results = {}
     for case in args.cases:
