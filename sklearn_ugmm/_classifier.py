@@ -95,11 +95,12 @@ def missing_fraction(X):
     X = np.asarray(X)
     if X.size == 0:
         return 0.0
-    missing = np.isnan(X) if X.dtype.kind == "f" else pd_isna(X)
+    missing = np.isnan(X) if X.dtype.kind == "f" else _isna(X)
+    # below 1 (input_dropout must be) even for a pathological table of all-missing rows, which fit refuses later
     return float(min(missing.mean(), 0.99))
 
 
-def pd_isna(X):
+def _isna(X):
     """Missing entries of an object array (None, NaN, pandas' NA and NaT)."""
     import pandas as pd
 

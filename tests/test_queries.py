@@ -511,3 +511,11 @@ def test_classifier_input_dropout_helps_with_missing_test_entries():
     # measured: accuracy 0.798 -> 0.955, log-loss 0.509 -> 0.169
     assert aware.score(X_test, y_test) > plain.score(X_test, y_test) + 0.08
     assert log_loss(y_test, aware.predict_proba(X_test)) < 0.5 * log_loss(y_test, plain.predict_proba(X_test))
+
+
+def test_missing_fraction_counts_nan_and_missing_raw_categories():
+    from sklearn_ugmm._classifier import missing_fraction
+
+    assert missing_fraction(np.array([[1.0, np.nan], [np.nan, np.nan]])) == 0.75
+    assert missing_fraction(np.array([["a", None], [np.nan, "b"]], dtype=object)) == 0.5
+    assert missing_fraction(np.ones((3, 2))) == 0.0
