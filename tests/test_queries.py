@@ -519,3 +519,17 @@ def test_missing_fraction_counts_nan_and_missing_raw_categories():
     assert missing_fraction(np.array([[1.0, np.nan], [np.nan, np.nan]])) == 0.75
     assert missing_fraction(np.array([["a", None], [np.nan, "b"]], dtype=object)) == 0.5
     assert missing_fraction(np.ones((3, 2))) == 0.0
+
+
+def test_classifier_input_dropout_survives_save_and_load(iris, tmp_path):
+    from sklearn_ugmm import load_model, save_model
+
+    X, y = iris
+    clf = UGMMClassifier(input_dropout=0.3, **FAST).fit(X, y)
+    save_model(clf, tmp_path / "model.ugmm")
+    restored = load_model(tmp_path / "model.ugmm")
+    assert restored.resolved_params_["input_dropout"] == 0.3 and restored.module_.input_dropout == 0.3
+    # continued training draws the same input-dropout masks from the restored generator
+    clf.partial_fit(X, y)
+    restored.partial_fit(X, y)
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
