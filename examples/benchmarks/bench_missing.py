@@ -196,6 +196,8 @@ def table(sets, models, fractions, results_dir):
     """Print the mean over the sets (those with every model done) and the per-set tables."""
     for regime in ("both", "test"):
         regime_models = [m for m in models if m in REGIME_MODELS[regime]]
+        if not regime_models:
+            continue
         for f in fractions:
             rows = {}
             for name in sets:
