@@ -149,7 +149,7 @@ def _save(path, results):
     tmp.replace(path)
 
 
-def work_plan(sets, models, fractions):
+def work_plan(sets, models, fractions, regimes=("both", "test")):
     """(set, regime, fractions) in order of priority: both at 30%, test, both at the other fractions."""
     plan = []
     if 0.3 in fractions:
@@ -158,12 +158,12 @@ def work_plan(sets, models, fractions):
     others = tuple(f for f in fractions if f != 0.3)
     if others:
         plan += [(s, "both", others) for s in sets]
-    return plan
+    return [step for step in plan if step[1] in regimes]
 
 
-def run(sets, models, fractions, n_splits, results_dir, verbose=True):
+def run(sets, models, fractions, n_splits, results_dir, verbose=True, regimes=("both", "test")):
     results_dir.mkdir(parents=True, exist_ok=True)
-    for name, regime, cell_fractions in work_plan(sets, models, fractions):
+    for name, regime, cell_fractions in work_plan(sets, models, fractions, regimes):
         try:
             X, y = load_dataset(name)
         except (FileNotFoundError, ValueError) as exc:
@@ -220,12 +220,13 @@ def main(argv=None):
     parser.add_argument("sets", nargs="*", default=list(ALL_SETS))
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS)
     parser.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
+    parser.add_argument("--regimes", nargs="+", default=["both", "test"], choices=["both", "test"])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--table", action="store_true", help="only print the tables of the results so far")
     args = parser.parse_args(argv)
     if not args.table:
-        run(args.sets, args.models, args.fractions, args.folds, args.results)
+        run(args.sets, args.models, args.fractions, args.folds, args.results, regimes=args.regimes)
     table(args.sets, args.models, args.fractions, args.results)
 
 
