@@ -179,7 +179,7 @@ class BaseUGMM(BaseEstimator):
         if continuing and incremental:
             resolved = dict(self.resolved_params_)
         else:
-            resolved = self._resolve_params(objective, len(train_idx))
+            resolved = self._resolve_params(objective, len(train_idx), X[train_idx])
             if continuing:
                 resolved["standardize"] = self.resolved_params_["standardize"]
         if self.verbose and not incremental:
@@ -200,6 +200,7 @@ class BaseUGMM(BaseEstimator):
             with initialisation_limit(self.n_threads):
                 objective.initialise(module, torch.as_tensor(_missing_as_zero(X_train[seen])), y_seen, generator, rng)
         module.set_generator(generator)
+        self._configure_module(module, objective, resolved)
         # train
         net = self._make_net(objective, module, resolved, generator, device, validation, adaptive=not incremental)
         n_before = self._train(
@@ -350,9 +351,12 @@ class BaseUGMM(BaseEstimator):
             raise ValueError("sample_weight must have at least one positive entry; all weights are zero.")
         return normalised_weights(sample_weight)
 
-    def _resolve_params(self, objective, n_train):
-        """Every "auto" parameter's value for this fit, with ``n_train`` (the rows trained on)."""
-        auto = objective.auto_values(n_train)
+    def _resolve_params(self, objective, n_train, X_train=None):
+        """Every "auto" parameter's value for this fit, with ``n_train`` (the rows trained on).
+
+        ``X_train``: the validated training rows, for values that depend on the data.
+        """
+        auto = {**objective.auto_values(n_train), **self._data_auto_values(X_train)}
         resolved = {}
         for name in self._auto_parameters:
             value = getattr(self, name)
@@ -368,6 +372,13 @@ class BaseUGMM(BaseEstimator):
             resolved["hidden_layer_sizes"] = tuple(objective.hidden_sizes)
         resolved["n_train"] = int(n_train)
         return resolved
+
+    def _data_auto_values(self, X_train):
+        """"auto" values that depend on the training rows (none in the base)."""
+        return {}
+
+    def _configure_module(self, module, objective, resolved):
+        """Set the resolved training options that live on the module (none in the base)."""
 
     def _lr_patience(self):
         """Epochs without progress before ``learning_rate="adaptive"`` cuts the rate."""
@@ -490,6 +501,7 @@ class BaseUGMM(BaseEstimator):
         generator = torch.Generator()
         module = objective.new_module(torch.Generator())
         module.set_generator(generator)
+        self._configure_module(module, objective, self.resolved_params_)
         net = self._make_net(objective, module, self.resolved_params_, generator, device)
         return net.initialize()
 

@@ -112,6 +112,41 @@ def class_weights(class_weight, classes, y, *, incremental=False):
     return np.asarray(per_class, dtype=np.float64)[np.searchsorted(labels, y)]
 
 
+def missing_fraction(X):
+    """Fraction of the entries of ``X`` that are missing (NaN, or None in raw categorical columns).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        Validated data: floats, or objects with raw categorical values.
+
+    Returns
+    -------
+    fraction : float
+        In [0, 1); a fit refuses rows with nothing observed, so it is below 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ugmm._classifier import missing_fraction
+    >>> missing_fraction(np.array([[1.0, np.nan], [3.0, 4.0]]))
+    0.25
+    """
+    X = np.asarray(X)
+    if X.size == 0:
+        return 0.0
+    missing = np.isnan(X) if X.dtype.kind == "f" else _isna(X)
+    # below 1 (input_dropout must be) even for a pathological table of all-missing rows, which fit refuses later
+    return float(min(missing.mean(), 0.99))
+
+
+def _isna(X):
+    """Missing entries of an object array (None, NaN, pandas' NA and NaT)."""
+    import pandas as pd
+
+    return np.asarray(pd.isna(X), dtype=bool)
+
+
 class UGMMClassifier(ClassifierMixin, BaseUGMM):
     """Classifier over a uGMM-NN (univariate Gaussian mixture model neural network).
 
@@ -202,6 +237,19 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         not in ``partial_fit``.
     dropout : float, default=0.0
         Probability of removing each mixture component during training.
+    input_dropout : float or "auto", default="auto"
+        Missingness-aware training: the probability of treating each
+        observed input entry of each training sample as missing. In every
+        training step an independent mask per sample drops entries, and the
+        first layer drops their components and renormalises over the
+        sample's remaining inputs, exactly as it does for NaN; the hidden
+        layers are unaffected, and prediction never drops anything. It
+        teaches the network to classify from incomplete rows. "auto" is the
+        fraction of missing (NaN) entries in the training data: 0 (off) for
+        complete data, where training is unchanged; when complete training
+        data will meet missing values at prediction, set it to about the
+        expected missing fraction. Rows with missing inputs take a slower
+        path than complete ones, so a positive value slows training.
     tie_means : bool, default=False
         The paper's parameter tying: component means are the incoming
         activations and each neuron learns where to evaluate its mixture.
@@ -310,7 +358,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     resolved_params_ : dict
         The values this fit used for the parameters that can be "auto"
         (``hidden_layer_sizes``, ``learning_rate_init``, ``batch_size``, ``precision_penalty``,
-        ``averaging_epochs``, ``standardize``), and ``n_train``, the rows
+        ``averaging_epochs``, ``standardize``, ``input_dropout``), and ``n_train``, the rows
         trained on (after the validation split) that ``batch_size`` and the
         precision penalty depend on. ``partial_fit`` keeps those of its
         first call.
@@ -335,6 +383,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         "tie_means": ["boolean"],
         "kernel": [StrOptions({"auto", "fused", "reference"})],
         "precision_penalty": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
+        "input_dropout": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="left")],
         "averaging_epochs": [StrOptions({"auto"}), Interval(Real, 1, None, closed="left")],
         "standardize": ["boolean", StrOptions({"yeo-johnson", "auto"})],
         "class_weight": [dict, StrOptions({"balanced"}), None],
@@ -358,6 +407,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         n_iter_no_change=20,
         averaging_epochs="auto",
         dropout=0.0,
+        input_dropout="auto",
         tie_means=False,
         kernel="auto",
         standardize="auto",
@@ -423,7 +473,8 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
     _auto_parameters = (
-        "hidden_layer_sizes", "learning_rate_init", "batch_size", "precision_penalty", "averaging_epochs", "standardize",
+        "hidden_layer_sizes", "learning_rate_init", "batch_size", "precision_penalty", "averaging_epochs",
+        "standardize", "input_dropout",
     )
     _requires_y = True
     _fit_allows_nan = True
@@ -447,6 +498,13 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
 
     def _auto_hidden_sizes(self, n_inputs, n_classes):
         return auto_hidden_layer_sizes(n_inputs, n_classes)
+
+    def _data_auto_values(self, X_train):
+        return {"input_dropout": missing_fraction(X_train)}
+
+    def _configure_module(self, module, objective, resolved):
+        # the generative objective's label input (after the features) is never dropped
+        module.set_input_dropout(resolved["input_dropout"], n_inputs=objective.n_features)
 
     def _targets(self, y, classes, *, continuing, incremental):
         check_classification_targets(y)

@@ -560,6 +560,8 @@ def _resolved_params(resolved, estimator):
         sizes = estimator._hidden_sizes()
         if isinstance(sizes, tuple):
             resolved = {**resolved, "hidden_layer_sizes": sizes}
+    if isinstance(resolved, dict) and "input_dropout" in expected and "input_dropout" not in resolved:
+        resolved = {**resolved, "input_dropout": 0.0}  # saved before the option existed: it had none
     if not isinstance(resolved, dict) or set(resolved) != expected:
         raise ValueError(f"resolved_params_ must hold {sorted(expected)}")
     for name in ("batch_size", "n_train"):
@@ -578,6 +580,10 @@ def _resolved_params(resolved, estimator):
         resolved["hidden_layer_sizes"] = tuple(sizes)
     if "precision_penalty" in resolved:
         _check_number(resolved["precision_penalty"], "precision_penalty", minimum=0)
+    if "input_dropout" in resolved:
+        _check_number(resolved["input_dropout"], "input_dropout", minimum=0)
+        if not resolved["input_dropout"] < 1:
+            raise ValueError("resolved input_dropout must be below 1")
     if "averaging_epochs" in resolved:
         _check_number(resolved["averaging_epochs"], "averaging_epochs", minimum=0, optional=True)
     return resolved

@@ -1,5 +1,6 @@
 """The MNIST benchmark script: its augmentation and a smoke run on synthetic data."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -131,3 +132,37 @@ def test_suite_rule_reserved_sets_and_halves():
     assert abs(len(tuning) - len(reporting)) <= 1
     # the split is fixed: the same halves every time
     assert bench_suite.halves(sets) == halves
+
+
+def test_bench_missing_masks_and_a_resumable_run(tmp_path):
+    import bench_missing
+
+    X = np.random.default_rng(0).normal(size=(400, 3))
+    masked = bench_missing.with_missing(X, 0.5, seed=3)
+    missing = np.isnan(masked)
+    assert 0.4 < missing.mean() < 0.5  # about half, less the entries kept so every row has one
+    assert not missing.all(axis=1).any()
+    np.testing.assert_array_equal(masked[~missing], X[~missing])
+    np.testing.assert_array_equal(bench_missing.with_missing(X, 0.5, seed=3), masked, strict=True)
+    bench_missing.run(["iris"], ["hgb"], [0.3], 2, tmp_path, verbose=False)
+    saved = {path.name: path.read_text() for path in tmp_path.glob("*.json")}
+    assert set(saved) == {"iris__both.json", "iris__test.json"}
+    cell = json.loads(saved["iris__both.json"])["hgb|0.3"]
+    assert len(cell["accuracy"]) == 2 and all(0.5 < a <= 1 for a in cell["accuracy"])
+    bench_missing.run(["iris"], ["hgb"], [0.3], 2, tmp_path, verbose=False)  # resumes: nothing to do
+    assert {path.name: path.read_text() for path in tmp_path.glob("*.json")} == saved
+
+
+def test_bench_ood_mlp_logits_are_the_softmax_inputs():
+    import bench_ood
+    from scipy.special import softmax
+    from sklearn.datasets import load_iris
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_iris(return_X_y=True)
+    mlp = make_pipeline(StandardScaler(), MLPClassifier((8,), max_iter=50, random_state=0))
+    with pytest.warns(Warning):  # 50 iterations do not converge
+        mlp.fit(X, y)
+    np.testing.assert_allclose(softmax(bench_ood.mlp_logits(mlp, X), axis=1), mlp.predict_proba(X), rtol=1e-10)

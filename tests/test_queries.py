@@ -403,3 +403,133 @@ def test_classifier_partial_fit_and_dropout_train_on_missing_values(iris, object
     clf.partial_fit(X_train, y)
     assert clf.n_iter_ == 2 and np.all(np.isfinite(clf.loss_curve_))
     assert np.all(np.isfinite(clf.predict_log_proba(X_train)))
+
+
+# ---------------------------------------------------------------- missingness-aware training: input_dropout
+def _spy_first_layer(net, seen):
+    original = net.layers[0].forward_observed
+
+    def spy(x, observed):
+        seen.append(observed.clone())
+        return original(x, observed)
+
+    net.layers[0].forward_observed = spy
+
+
+def test_input_dropout_drops_first_layer_inputs_in_training_only():
+    from sklearn_ugmm.nn import UGMMNet
+
+    net = UGMMNet(6, (5,), 3, generator=torch.Generator().manual_seed(0))
+    net.set_input_dropout(0.5)
+    seen, later = [], []
+    _spy_first_layer(net, seen)
+    net.layers[1].register_forward_pre_hook(lambda module, args: later.append(args[0].clone()))
+    x = torch.randn(400, 6)
+    x[0, 2] = float("nan")
+    net.train()
+    out = net(x)
+    assert len(seen) == 1 and torch.isfinite(out).all()
+    observed = seen[0]
+    assert not observed[0, 2]  # a missing entry stays missing
+    assert observed.any(dim=1).all()  # every row keeps an input
+    assert 0.4 < 1 - observed.float().mean() < 0.6  # about half the entries dropped
+    # the hidden layer gets complete activations: nothing is dropped after the first layer
+    assert torch.isfinite(later[0]).all()
+    # the dropped entries are handled exactly like NaN
+    x_nan = x.masked_fill(~observed, float("nan"))
+    net.eval()
+    torch.testing.assert_close(net.layers[0].forward_observed(x_nan, observed), later[0])
+    # eval mode (inference): nothing dropped, the complete rows take the plain forward
+    seen.clear()
+    complete = torch.randn(50, 6)
+    expected = net.layers[1](net.layers[0](complete))
+    torch.testing.assert_close(net(complete), expected)
+    assert seen == []
+
+
+def test_input_dropout_spares_inputs_after_n_inputs_and_reproduces_with_the_generator():
+    from sklearn_ugmm.nn import UGMMNet
+
+    masks = []
+    for _ in range(2):
+        net = UGMMNet(4, (3,), 1, generator=torch.Generator().manual_seed(1)).set_input_dropout(0.9, n_inputs=3)
+        net.set_generator(torch.Generator().manual_seed(7))
+        seen = []
+        _spy_first_layer(net, seen)
+        net.train()
+        net(torch.randn(300, 4))
+        masks.append(seen[0])
+    assert masks[0][:, 3].all()  # the label input is never dropped
+    assert (~masks[0][:, :3]).float().mean() > 0.8
+    assert torch.equal(masks[0], masks[1])
+    with pytest.raises(ValueError, match="input dropout"):
+        UGMMNet(4, (3,), 1).set_input_dropout(1.0)
+
+
+def test_classifier_input_dropout_auto_is_the_training_missing_fraction(iris):
+    X, y = iris
+    complete = UGMMClassifier(**dict(FAST, max_iter=2, early_stopping=False)).fit(X, y)
+    assert complete.resolved_params_["input_dropout"] == 0.0 and complete.module_.input_dropout == 0.0
+    X_holes = _holes(X, 0.3, seed=0)
+    clf = UGMMClassifier(**dict(FAST, max_iter=2, early_stopping=False)).fit(X_holes, y)
+    assert clf.input_dropout == "auto"  # the parameter is left as given
+    assert clf.resolved_params_["input_dropout"] == pytest.approx(np.isnan(X_holes).mean())
+    assert clf.module_.input_dropout == clf.resolved_params_["input_dropout"] > 0.2
+    fixed = UGMMClassifier(input_dropout=0.4, objective="generative", **dict(FAST, max_iter=2)).fit(X, y)
+    assert fixed.resolved_params_["input_dropout"] == 0.4
+    assert fixed.module_.input_dropout_inputs == X.shape[1]  # not the generative label input
+    with pytest.raises(ValueError, match="input_dropout"):
+        UGMMClassifier(input_dropout=1.0).fit(X, y)
+
+
+def test_classifier_input_dropout_is_reproducible_and_leaves_global_rng_alone(iris):
+    X, y = iris
+    params = dict(FAST, input_dropout=0.3)
+    state = torch.get_rng_state()
+    first = UGMMClassifier(**params).fit(X, y).predict_proba(X)
+    assert torch.equal(torch.get_rng_state(), state)
+    np.testing.assert_array_equal(UGMMClassifier(**params).fit(X, y).predict_proba(X), first)
+    without = UGMMClassifier(**FAST).fit(X, y).predict_proba(X)
+    assert not np.allclose(without, first)  # the dropout changed training
+    other_seed = UGMMClassifier(**dict(params, random_state=1)).fit(X, y).predict_proba(X)
+    assert not np.allclose(other_seed, first)
+
+
+# the model without input dropout trains to max_iter on wine with the defaults (its validation loss keeps improving)
+@pytest.mark.filterwarnings("ignore:Stochastic optimizer:sklearn.exceptions.ConvergenceWarning")
+def test_classifier_input_dropout_helps_with_missing_test_entries():
+    # wine, trained on complete rows, scored with 40% of the test entries missing
+    from sklearn.datasets import load_wine
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_wine(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.5, random_state=0, stratify=y)
+    X_test = _holes(X_test, 0.4, seed=2)
+    plain = UGMMClassifier(random_state=0).fit(X_train, y_train)
+    aware = UGMMClassifier(input_dropout=0.4, random_state=0).fit(X_train, y_train)
+    # measured: accuracy 0.798 -> 0.955, log-loss 0.509 -> 0.169
+    assert aware.score(X_test, y_test) > plain.score(X_test, y_test) + 0.08
+    assert log_loss(y_test, aware.predict_proba(X_test)) < 0.5 * log_loss(y_test, plain.predict_proba(X_test))
+
+
+def test_missing_fraction_counts_nan_and_missing_raw_categories():
+    from sklearn_ugmm._classifier import missing_fraction
+
+    assert missing_fraction(np.array([[1.0, np.nan], [np.nan, np.nan]])) == 0.75
+    assert missing_fraction(np.array([["a", None], [np.nan, "b"]], dtype=object)) == 0.5
+    assert missing_fraction(np.ones((3, 2))) == 0.0
+
+
+def test_classifier_input_dropout_survives_save_and_load(iris, tmp_path):
+    from sklearn_ugmm import load_model, save_model
+
+    X, y = iris
+    clf = UGMMClassifier(input_dropout=0.3, **FAST).fit(X, y)
+    save_model(clf, tmp_path / "model.ugmm")
+    restored = load_model(tmp_path / "model.ugmm")
+    assert restored.resolved_params_["input_dropout"] == 0.3 and restored.module_.input_dropout == 0.3
+    # continued training draws the same input-dropout masks from the restored generator
+    clf.partial_fit(X, y)
+    restored.partial_fit(X, y)
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))

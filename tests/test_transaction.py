@@ -341,6 +341,7 @@ def test_resolved_auto_parameters_are_visible_after_fit(iris, capsys):
         "precision_penalty": 150.0,
         "averaging_epochs": 10.0,
         "standardize": "yeo-johnson",
+        "input_dropout": 0.0,
         "n_train": 135,
     }
     generative = UGMMClassifier(**dict(CLF, objective="generative", batch_size=20, verbose=1)).fit(X, y)

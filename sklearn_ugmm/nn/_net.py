@@ -62,6 +62,56 @@ class UGMMNet(GeneratorMixin, nn.Module):
         self.layers = nn.ModuleList(
             UGMMLayer(n_in, n_out, **layer_options) for n_in, n_out in zip(sizes[:-1], sizes[1:])
         )
+        self.input_dropout = 0.0
+        self.input_dropout_inputs = None
+
+    def set_input_dropout(self, p, n_inputs=None):
+        """Drop each observed input of each training sample with probability ``p``.
+
+        In training mode every forward call draws, from the first layer's
+        generator, an independent Bernoulli(``p``) mask over the observed
+        entries of the batch (among the first ``n_inputs`` inputs; all when
+        None) and treats the dropped entries as missing: the first layer
+        drops their components and renormalises over the sample's remaining
+        inputs, exactly as for a NaN (see :meth:`forward`). A sample keeps at
+        least one observed input. The hidden layers are unaffected, and in
+        eval mode (inference) nothing is dropped.
+
+        Parameters
+        ----------
+        p : float in [0, 1)
+            Probability of dropping each observed input entry.
+        n_inputs : int or None, default=None
+            Only the first ``n_inputs`` inputs may be dropped (the
+            generative classifier's label input is never dropped).
+
+        Returns
+        -------
+        self : UGMMNet
+            The network itself.
+        """
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"input dropout must be in [0, 1), got {p}")
+        self.input_dropout = float(p)
+        self.input_dropout_inputs = None if n_inputs is None else int(n_inputs)
+        return self
+
+    def _input_dropout_mask(self, missing):
+        """Entries of the batch dropped by input dropout (never a missing one; every row keeps one input)."""
+        generator = self.layers[0].generator
+        device = generator.device if generator is not None else missing.device
+        u = torch.rand(missing.shape, generator=generator, device=device).to(missing.device)
+        observed = ~missing
+        drop = (u < self.input_dropout) & observed
+        if self.input_dropout_inputs is not None:
+            drop[:, self.input_dropout_inputs :] = False
+        lost = ~(observed & ~drop).any(dim=1)
+        if bool(lost.any()):
+            # a row that would lose every input keeps its observed one with the largest draw
+            best = u.masked_fill(missing, -1.0).argmax(dim=1)
+            keep = torch.nn.functional.one_hot(best, u.shape[1]).bool() & lost[:, None]
+            drop &= ~keep
+        return drop
 
     @property
     def n_inputs(self):
@@ -77,7 +127,8 @@ class UGMMNet(GeneratorMixin, nn.Module):
         NaN in ``x`` marks a missing input: the first layer drops its
         components and renormalises each neuron over the observed inputs
         (:meth:`UGMMLayer.forward_observed`); every sample needs at least
-        one observed input.
+        one observed input. In training mode, input dropout
+        (:meth:`set_input_dropout`) removes more inputs the same way.
 
         Parameters
         ----------
@@ -90,6 +141,8 @@ class UGMMNet(GeneratorMixin, nn.Module):
             Log-density of each output neuron.
         """
         missing = torch.isnan(x)
+        if self.training and getattr(self, "input_dropout", 0.0) > 0:  # modules pickled before the option
+            missing = missing | self._input_dropout_mask(missing)
         if bool(missing.any()):
             x = self.layers[0].forward_observed(x, ~missing)
         else:
