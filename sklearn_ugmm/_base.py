@@ -228,7 +228,7 @@ class BaseUGMM(BaseEstimator):
         ``KeyboardInterrupt`` when interrupted before completing an epoch.
 
         A ``fit`` that ends with a training loss higher than it started with
-        (by more than ``tol``), or with the same output for every (distinct)
+        (by more than ``tol`` and 1%: :func:`divergence`), or with the same output for every (distinct)
         training row, diverged: the network gets back the weights it had when
         the fit started, with a ConvergenceWarning. It is still a completed
         fit, committed as such.
@@ -660,14 +660,23 @@ def training_loss(module, per_sample_loss, X, packed):
     return loss, outputs.double().cpu().numpy()
 
 
+#: Relative rise of the training loss (at least this much absolutely) beyond which a fit diverged.
+DIVERGENCE_MARGIN = 0.01
+
+
 def divergence(start_loss, end_loss, outputs, X, tol=0.0):
     """Why a fit diverged (a sentence), or an empty string if it did not.
 
     It did if it ended with a training loss higher than it started with by
-    more than ``tol`` (or not finite), or if its outputs are the same for
-    every row although the rows differ (a network collapsed to a constant).
+    more than ``tol`` and more than :data:`DIVERGENCE_MARGIN` (relative to
+    the start, at least that much in absolute terms), or not finite, or if
+    its outputs are the same for every row although the rows differ (a
+    network collapsed to a constant). The margin keeps the last-epoch noise
+    of a short fit from a good data-driven start (a rise of 0.2-0.4%) from
+    counting as divergence.
     """
-    if not end_loss <= start_loss + tol:
+    margin = max(tol, DIVERGENCE_MARGIN * max(1.0, abs(start_loss)))
+    if not end_loss <= start_loss + margin:
         return f"the training loss ended at {end_loss:.6g}, higher than it started ({start_loss:.6g})"
     outputs = outputs.reshape(len(outputs), -1)
     spread = np.ptp(outputs, axis=0)

@@ -61,6 +61,12 @@ def test_divergence_rule():
     assert "higher" in divergence(0.5, 0.6, varied, X)
     assert divergence(0.5, 0.6, varied, X, tol=0.2) == ""
     assert "higher" in divergence(0.5, np.nan, varied, X)
+    # the noise of a short fit's last epochs is not divergence: 1% of the start, at least 0.01
+    assert divergence(0.691898, 0.694331, varied, X) == ""
+    assert divergence(2.0975, 2.1067, varied, X) == ""
+    assert "higher" in divergence(2.0975, 2.13, varied, X)
+    assert "higher" in divergence(-0.001, 0.0095, varied, X)
+    assert divergence(-0.001, 0.0085, varied, X) == ""
     assert "same for every" in divergence(1.0, 0.69, np.full((4, 2), 0.5), X)
     # identical rows may well give identical outputs
     assert divergence(1.0, 0.69, np.full((4, 2), 0.5), np.ones((4, 2))) == ""
