@@ -254,25 +254,28 @@ inline void log2_array(const T* s, T* l2, int64_t n) {
 }
 
 #if defined(__AVX512F__)
+inline Vec<float>::type log2v(Vec<float>::type v) {
+    // log2 of one vector, as described above
+    typedef Vec<float>::type V;
+    const V m = (V)_mm512_getmant_ps((__m512)v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    const V e = (V)_mm512_getexp_ps((__m512)v);
+    const V u = (m - 1.0f) / (m + 1.0f);
+    const V u2 = u * u;
+    V p = V{} + 1.0f / 13;
+    p = p * u2 + 1.0f / 11;
+    p = p * u2 + 1.0f / 9;
+    p = p * u2 + 1.0f / 7;
+    p = p * u2 + 1.0f / 5;
+    p = p * u2 + 1.0f / 3;
+    p = p * u2 + 1.0f;
+    return e + (2.0f * 1.4426950408889634f) * u * p;
+}
+
 template <>
 inline void log2_array<float>(const float* s, float* l2, int64_t n) {
     typedef Vec<float>::type V;
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 v = _mm512_loadu_ps(s + i);
-        const V m = (V)_mm512_getmant_ps(v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
-        const V e = (V)_mm512_getexp_ps(v);
-        const V u = (m - 1.0f) / (m + 1.0f);
-        const V u2 = u * u;
-        V p = V{} + 1.0f / 13;
-        p = p * u2 + 1.0f / 11;
-        p = p * u2 + 1.0f / 9;
-        p = p * u2 + 1.0f / 7;
-        p = p * u2 + 1.0f / 5;
-        p = p * u2 + 1.0f / 3;
-        p = p * u2 + 1.0f;
-        _mm512_storeu_ps(l2 + i, (__m512)(e + (2.0f * 1.4426950408889634f) * u * p));
-    }
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(l2 + i, (__m512)log2v((V)_mm512_loadu_ps(s + i)));
     for (; i < n; ++i) l2[i] = std::log2(s[i]);
 }
 #endif
@@ -980,24 +983,6 @@ void sparse_backward(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, c
 // softmax(logits). Vectorised on AVX-512; one pass over (J, K).
 inline float log1p_scalar(float e) { return std::log1p(e); }
 
-#if defined(__AVX512F__)
-inline Vec<float>::type log2v(Vec<float>::type v) {
-    // as log2_array<float>: v = m 2**e, log2 m = 2 atanh(u) / ln 2
-    typedef Vec<float>::type V;
-    const V m = (V)_mm512_getmant_ps((__m512)v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
-    const V e = (V)_mm512_getexp_ps((__m512)v);
-    const V u = (m - 1.0f) / (m + 1.0f);
-    const V u2 = u * u;
-    V p = V{} + 1.0f / 13;
-    p = p * u2 + 1.0f / 11;
-    p = p * u2 + 1.0f / 9;
-    p = p * u2 + 1.0f / 7;
-    p = p * u2 + 1.0f / 5;
-    p = p * u2 + 1.0f / 3;
-    p = p * u2 + 1.0f;
-    return e + (2.0f * 1.4426950408889634f) * u * p;
-}
-#endif
 
 void transform_f32(int64_t J, int64_t K, const float* raw, float min_scale, const float* logits, float* scale,
                    float* log_w, float* sig, float* w) {
