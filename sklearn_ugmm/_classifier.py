@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import BaseUGMM, _network_features
 from ._objectives import make_classifier_objective
-from ._preprocessing import categorical_mask
+from ._preprocessing import categorical_mask, missing_entries
 
 __all__ = ["UGMMClassifier", "auto_hidden_layer_sizes"]
 
@@ -135,16 +135,9 @@ def missing_fraction(X):
     X = np.asarray(X)
     if X.size == 0:
         return 0.0
-    missing = np.isnan(X) if X.dtype.kind == "f" else _isna(X)
+    missing = np.isnan(X) if X.dtype.kind == "f" else missing_entries(X)
     # below 1 (input_dropout must be) even for a pathological table of all-missing rows, which fit refuses later
     return float(min(missing.mean(), 0.99))
-
-
-def _isna(X):
-    """Missing entries of an object array (None, NaN, pandas' NA and NaT)."""
-    import pandas as pd
-
-    return np.asarray(pd.isna(X), dtype=bool)
 
 
 class UGMMClassifier(ClassifierMixin, BaseUGMM):

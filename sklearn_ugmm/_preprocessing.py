@@ -453,6 +453,13 @@ def _column_name(feature_names, j):
     return f"{feature_names[j]!r}" if feature_names is not None else f"{j}"
 
 
+def missing_entries(values):
+    """Where raw values (any shape, objects included) are missing: None, NaN, ``pd.NA`` or ``NaT``."""
+    import pandas as pd
+
+    return np.asarray(pd.isna(values), dtype=bool)
+
+
 class CategoricalEncoder:
     """One input per category for the categorical columns; numeric columns pass through as float64.
 
@@ -530,9 +537,7 @@ class CategoricalEncoder:
     @staticmethod
     def _values_and_missing(values):
         """The column's values as objects, and where they are missing (None, NaN, ``pd.NA``)."""
-        import pandas as pd
-
-        return np.asarray(values, dtype=object), np.asarray(pd.isna(values), dtype=bool)
+        return np.asarray(values, dtype=object), missing_entries(values)
 
     @property
     def n_outputs_(self):
