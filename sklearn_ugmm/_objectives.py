@@ -84,13 +84,26 @@ class _ClassifierObjective:
     #: history entry that early stopping watches (lower is better)
     validation_monitor = "valid_loss"
 
-    def __init__(self, n_features, hidden_sizes, n_classes, *, dropout, tie_means, kernel="auto"):
+    #: ``output_layer="auto"``: the output neurons this objective trains best with
+    auto_output_layer = "mixture"
+    #: the output layers the objective can train
+    output_layers = ("mixture", "product")
+
+    def __init__(self, n_features, hidden_sizes, n_classes, *, dropout, tie_means, kernel="auto", output_layer="auto"):
         self.n_features = n_features
         self.hidden_sizes = hidden_sizes
         self.n_classes = n_classes
         self.dropout = dropout
         self.tie_means = tie_means
         self.kernel = kernel
+        if output_layer == "auto":
+            output_layer = self.auto_output_layer
+        if output_layer not in self.output_layers:
+            raise ValueError(
+                f"output_layer={output_layer!r} is not available with the {self.name} objective; "
+                f"use one of {self.output_layers}."
+            )
+        self.output_layer = output_layer
 
     def new_module(self, generator):
         return self._net(*self._network_io(), generator)
@@ -106,7 +119,12 @@ class _ClassifierObjective:
 
     def auto_values(self, n_train):
         """The value of each "auto" parameter for ``n_train`` training rows."""
-        return {**self.auto, "batch_size": auto_batch_size(n_train), "hidden_layer_sizes": tuple(self.hidden_sizes)}
+        return {
+            **self.auto,
+            "batch_size": auto_batch_size(n_train),
+            "hidden_layer_sizes": tuple(self.hidden_sizes),
+            "output_layer": self.output_layer,
+        }
 
     def penalty(self, strength, n_train):
         """``penalty(module)`` added to the training loss, or None: a prior worth ``strength`` samples."""
@@ -123,6 +141,7 @@ class _ClassifierObjective:
             tie_means=self.tie_means,
             kernel=self.kernel,
             generator=generator,
+            output_layer=self.output_layer,
         )
 
     def validation_score(self, module, X, packed):
@@ -140,6 +159,12 @@ class _ClassifierObjective:
 
 class DiscriminativeObjective(_ClassifierObjective):
     """One output neuron per class, trained with cross-entropy on their log-densities."""
+
+    name = "discriminative"
+    #: Gaussian product output neurons (a weighted naive Bayes over the last
+    #: hidden layer) sum the evidence of the hidden neurons; chosen on the
+    #: tuning half of bench_suite.py (see UGMMClassifier's ``output_layer``)
+    auto_output_layer = "product"
 
     #: "auto" values, measured best with the other defaults: the power transform,
     #: weight averaging and the precision penalty help the class scores
@@ -169,6 +194,10 @@ class DiscriminativeObjective(_ClassifierObjective):
 
 class GenerativeObjective(_ClassifierObjective):
     """The paper's joint model: the label is an extra input and one root neuron scores (x, label)."""
+
+    name = "generative"
+    #: the root is the joint score of (x, label): a mixture, as in the paper
+    output_layers = ("mixture",)
 
     #: "auto" values: the generative joint score is itself a log-density that needs
     #: sharp components, and neither averaging nor the power transform helped it
@@ -209,10 +238,15 @@ class GenerativeObjective(_ClassifierObjective):
         return module.score_states(padded, index=X.shape[1], states=states)
 
 
-def make_classifier_objective(objective, n_features, hidden_sizes, n_classes, *, dropout, tie_means, kernel="auto"):
+def make_classifier_objective(
+    objective, n_features, hidden_sizes, n_classes, *, dropout, tie_means, kernel="auto", output_layer="auto"
+):
     """The objective object named by ``UGMMClassifier(objective=...)``."""
     cls = {"discriminative": DiscriminativeObjective, "generative": GenerativeObjective}[objective]
-    return cls(n_features, hidden_sizes, n_classes, dropout=dropout, tie_means=tie_means, kernel=kernel)
+    return cls(
+        n_features, hidden_sizes, n_classes, dropout=dropout, tie_means=tie_means, kernel=kernel,
+        output_layer=output_layer,
+    )
 
 
 class DensityObjective:

@@ -487,6 +487,8 @@ def _estimator_from_meta(meta_json, path):
         raise ValueError(f"{path} holds an unknown estimator {meta['estimator']!r}.")
     cls = registry[meta["estimator"]]
     params, fitted = meta["params"], meta["fitted"]
+    if isinstance(params, dict) and "output_layer" in cls().get_params(deep=False) and "output_layer" not in params:
+        params = {**params, "output_layer": "mixture"}  # saved before the option: the paper's output neurons
     if not isinstance(params, dict) or set(params) != set(cls().get_params(deep=False)):
         raise ValueError(f"{path}: the saved parameters are not those of {cls.__name__}.")
     if not isinstance(fitted, dict):
@@ -560,6 +562,8 @@ def _resolved_params(resolved, estimator):
         sizes = estimator._hidden_sizes()
         if isinstance(sizes, tuple):
             resolved = {**resolved, "hidden_layer_sizes": sizes}
+    if isinstance(resolved, dict) and "output_layer" in expected and "output_layer" not in resolved:
+        resolved = {**resolved, "output_layer": "mixture"}  # saved before the option existed
     if isinstance(resolved, dict) and "input_dropout" in expected and "input_dropout" not in resolved:
         resolved = {**resolved, "input_dropout": 0.0}  # saved before the option existed: it had none
     if not isinstance(resolved, dict) or set(resolved) != expected:
@@ -578,6 +582,8 @@ def _resolved_params(resolved, estimator):
         for size in sizes:
             _check_number(size, "hidden_layer_sizes", integer=True, minimum=1)
         resolved["hidden_layer_sizes"] = tuple(sizes)
+    if "output_layer" in resolved and resolved["output_layer"] not in ("mixture", "product"):
+        raise ValueError(f"resolved output_layer={resolved['output_layer']!r} is not valid")
     if "precision_penalty" in resolved:
         _check_number(resolved["precision_penalty"], "precision_penalty", minimum=0)
     if "input_dropout" in resolved:

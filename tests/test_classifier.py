@@ -359,9 +359,10 @@ def test_keyboard_interrupt_keeps_last_completed_epoch(iris, early_stopping):
                 raise KeyboardInterrupt
 
     clf = UGMMClassifier(
-        # no weight averaging: then the best validation epoch is the first, which tells the two rules apart
+        # no weight averaging and mixture outputs: then the best validation epoch is the first,
+        # which tells the two rules apart
         **dict(FAST, batch_size=50, early_stopping=early_stopping, standardize=True, averaging_epochs=1,
-               callbacks=[Interrupt()])
+               output_layer="mixture", callbacks=[Interrupt()])
     )
     with pytest.warns(UserWarning, match="interrupted.*epoch 3.*last completed epoch \\(2\\)"):
         clf.fit(X, y)

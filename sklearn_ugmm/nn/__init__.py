@@ -4,6 +4,7 @@ from ._functional import DEFAULT_BLOCK_ELEMENTS, ugmm_log_density, ugmm_log_dens
 from ._autoregressive import AutoregressiveUGMM, MaskedUGMMLayer
 from ._layer import UGMMLayer
 from ._net import UGMMNet
+from ._product import UGMMProductLayer, product_log_density
 
 __all__ = [
     "AutoregressiveUGMM",
@@ -11,6 +12,8 @@ __all__ = [
     "MaskedUGMMLayer",
     "UGMMLayer",
     "UGMMNet",
+    "UGMMProductLayer",
+    "product_log_density",
     "ugmm_log_density",
     "ugmm_log_density_reference",
     "ugmm_observed_parts",

@@ -8,8 +8,12 @@ from torch import nn
 
 from ._functional import _HALF_LOG_2PI, ugmm_log_density, ugmm_observed_parts
 from ._layer import GeneratorMixin, UGMMLayer
+from ._product import UGMMProductLayer
 
-__all__ = ["INIT_MAX_SAMPLES", "UGMMNet", "evenly_spaced_rows"]
+__all__ = ["INIT_MAX_SAMPLES", "OUTPUT_LAYERS", "UGMMNet", "evenly_spaced_rows"]
+
+#: The choices of ``output_layer``: the output neurons' layer class.
+OUTPUT_LAYERS = {"mixture": UGMMLayer, "product": UGMMProductLayer}
 
 #: Rows the data-dependent initialisations compute their statistics on.
 INIT_MAX_SAMPLES = 4096
@@ -34,6 +38,10 @@ class UGMMNet(GeneratorMixin, nn.Module):
         Neurons in each hidden layer (may be empty).
     n_outputs : int
         Neurons in the output layer.
+    output_layer : {"mixture", "product"}, default="mixture"
+        The output neurons: uGMM mixtures, as in the paper, or Gaussian
+        products (:class:`UGMMProductLayer`), which sum the evidence of
+        their inputs.
     **layer_options
         Passed to every :class:`UGMMLayer` (``dropout``, ``tie_means``,
         ``min_scale``, ``block_elements``, ``kernel``, ``generator``,
@@ -42,6 +50,8 @@ class UGMMNet(GeneratorMixin, nn.Module):
     Attributes
     ----------
     layers : nn.ModuleList of UGMMLayer
+        The hidden layers, then the output layer (a :class:`UGMMProductLayer`
+        with ``output_layer="product"``).
 
     Examples
     --------
@@ -56,11 +66,14 @@ class UGMMNet(GeneratorMixin, nn.Module):
     torch.Size([10, 2, 3])
     """
 
-    def __init__(self, n_inputs, hidden_layer_sizes, n_outputs, **layer_options):
+    def __init__(self, n_inputs, hidden_layer_sizes, n_outputs, *, output_layer="mixture", **layer_options):
         super().__init__()
+        if output_layer not in OUTPUT_LAYERS:
+            raise ValueError(f"output_layer must be one of {sorted(OUTPUT_LAYERS)}, got {output_layer!r}")
         sizes = [int(n_inputs), *(int(h) for h in hidden_layer_sizes), int(n_outputs)]
+        classes = [UGMMLayer] * (len(sizes) - 2) + [OUTPUT_LAYERS[output_layer]]
         self.layers = nn.ModuleList(
-            UGMMLayer(n_in, n_out, **layer_options) for n_in, n_out in zip(sizes[:-1], sizes[1:])
+            cls(n_in, n_out, **layer_options) for cls, n_in, n_out in zip(classes, sizes[:-1], sizes[1:])
         )
         self.input_dropout = 0.0
         self.input_dropout_inputs = None
@@ -195,6 +208,8 @@ class UGMMNet(GeneratorMixin, nn.Module):
         if not -n_inputs <= index < n_inputs:
             raise IndexError(f"index {index} out of range for {n_inputs} inputs")
         index = index % n_inputs
+        if isinstance(self.layers[0], UGMMProductLayer):
+            raise ValueError("score_states needs a mixture first layer (a hidden layer, or output_layer='mixture')")
         states = torch.as_tensor(states, dtype=X.dtype, device=X.device).reshape(-1)
         n_batch, n_states = X.shape[0], states.shape[0]
 
