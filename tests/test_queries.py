@@ -509,11 +509,11 @@ def test_classifier_input_dropout_helps_with_missing_test_entries():
     seeds = (0, 1, 2)
     plain = [UGMMClassifier(random_state=seed).fit(X_train, y_train) for seed in seeds]
     aware = [UGMMClassifier(input_dropout=0.4, random_state=seed).fit(X_train, y_train) for seed in seeds]
-    # measured over model seeds 0-2 (defaults of 0fc5fcd): accuracy 0.835 -> 0.948, log-loss 0.429 -> 0.171
-    # (seed 0 alone: 0.910 -> 0.944)
+    # measured over model seeds 0-2 (defaults of 0fc5fcd, mixture outputs): accuracy 0.835 -> 0.948,
+    # log-loss 0.429 -> 0.171; with the product outputs of f06aa69: 0.869 -> 0.940, 0.427 -> 0.167
     accuracy = [np.mean([model.score(X_test, y_test) for model in models]) for models in (plain, aware)]
     loss = [np.mean([log_loss(y_test, model.predict_proba(X_test)) for model in models]) for models in (plain, aware)]
-    assert accuracy[1] > accuracy[0] + 0.08
+    assert accuracy[1] > accuracy[0] + 0.05
     assert loss[1] < 0.5 * loss[0]
 
 

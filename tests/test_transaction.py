@@ -336,6 +336,7 @@ def test_resolved_auto_parameters_are_visible_after_fit(iris, capsys):
     discriminative = UGMMClassifier(**CLF).fit(X, y)
     assert discriminative.resolved_params_ == {
         "hidden_layer_sizes": (6,),
+        "output_layer": "product",
         "learning_rate_init": 3e-2,
         "batch_size": 32,
         "precision_penalty": 150.0,
@@ -348,6 +349,7 @@ def test_resolved_auto_parameters_are_visible_after_fit(iris, capsys):
     resolved = generative.resolved_params_
     assert (resolved["learning_rate_init"], resolved["batch_size"], resolved["precision_penalty"]) == (1e-2, 20, 0.0)
     assert resolved["averaging_epochs"] is None and resolved["standardize"] is True
+    assert resolved["output_layer"] == "mixture"
     assert "learning_rate_init=0.01" in capsys.readouterr().out
     density = UGMMDensityEstimator(**DENSITY).fit(X)
     assert density.resolved_params_["learning_rate_init"] == 3e-3

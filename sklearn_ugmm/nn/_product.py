@@ -46,6 +46,7 @@ def product_log_density(
     Returns
     -------
     Tensor of shape (batch, out)
+        The weighted log-density sum of each neuron at each sample.
 
     Examples
     --------
@@ -108,8 +109,27 @@ class UGMMProductLayer(UGMMLayer):
 
     Parameters
     ----------
-    in_features, out_features, **options
-        As for :class:`UGMMLayer`.
+    in_features : int
+        Number of inputs (one component per input in every neuron).
+    out_features : int
+        Number of neurons.
+    dropout : float in [0, 1), default=0.0
+        Probability of removing each component in a training forward pass.
+    tie_means : bool, default=False
+        Tie the component means to the inputs (one evaluation point per
+        neuron), as in :class:`UGMMLayer`.
+    min_scale : float, default=1e-3
+        Floor of the standard deviations.
+    block_elements : int, default=DEFAULT_BLOCK_ELEMENTS
+        Largest (batch x out x in) block held in memory at once.
+    kernel : {"auto", "fused", "reference"}, default="auto"
+        Accepted for compatibility with :class:`UGMMLayer` and ignored: the
+        layer evaluates no exponential and has no fused kernel.
+    generator : torch.Generator, optional
+        Source of randomness for the initial parameters and the dropout
+        masks; the global generator when None.
+    device, dtype : optional
+        Factory arguments, as for :class:`torch.nn.Linear`.
 
     Examples
     --------
@@ -131,6 +151,7 @@ class UGMMProductLayer(UGMMLayer):
         Returns
         -------
         out : Tensor of shape (batch, out_features)
+            ``sum_k pi_jk log N(x_k | mu_jk, sigma_jk**2)`` of each neuron.
         """
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(
@@ -157,6 +178,7 @@ class UGMMProductLayer(UGMMLayer):
         Returns
         -------
         out : Tensor of shape (batch, out_features)
+            Each neuron's weighted sum over the sample's kept components.
         """
         if x.dim() != 2 or x.shape[1] != self.in_features or observed.shape != x.shape:
             raise ValueError(
