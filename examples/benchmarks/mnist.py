@@ -36,6 +36,7 @@ be negligible with 60,000 images) of 30000 with no dropout gave 97.51%, and
 Usage::
 
     python examples/benchmarks/mnist.py [path/to/mnist.npz] [--epochs 30] [--shift 1] [--subset N] [--mlp]
+        [--output-layer mixture]
 
 The data defaults to ``../shared/data/mnist.npz`` relative to the repository
 (keys ``X_train``, ``y_train``, ``X_test``, ``y_test``; uint8 pixels).
@@ -80,6 +81,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-layer", default="auto", choices=("auto", "product", "mixture"),
+                        help="UGMMClassifier's output_layer ('mixture': the paper's output neurons)")
     parser.add_argument("--mlp", action="store_true", help="also train the same-size ReLU MLPClassifier")
     args = parser.parse_args(argv)
     if args.threads:
@@ -104,6 +107,7 @@ def main(argv=None):
         n_iter_no_change=np.inf,
         averaging_epochs=1,
         dropout=args.dropout,
+        output_layer=args.output_layer,
         precision_penalty=args.precision_penalty,
         standardize=False,
         device=args.device,
