@@ -61,9 +61,13 @@ plt.show()
 # %%
 # The output layer
 # ----------------
-# Output neuron ``c`` scores class ``c``: a mixture over the hidden
-# activations (log-densities). Its heatmap shows which hidden neurons carry
-# each class, and the mixtures show where each class expects them.
+# Output neuron ``c`` scores class ``c``. With the classifier's default
+# ``output_layer="product"`` it is a Gaussian product over the hidden
+# activations (log-densities), ``sum_j pi_cj log N(h_j | mu_cj, sigma_cj^2)``:
+# it adds up the evidence of every hidden neuron, weighted by ``pi_cj``. Its
+# heatmap shows which hidden neurons carry each class; the dashed curves
+# show where each class expects them, and the black curve is their
+# normalised weighted product over a common argument (a Gaussian).
 fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
 for c, ax in enumerate(axes):
     NeuronDisplay.from_estimator(clf, X, layer=-1, neuron=c, max_components=3, ax=ax)

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator, load_model, save_model  # noqa: E402
 from sklearn_ugmm._objectives import label_values  # noqa: E402
 from sklearn_ugmm.inspection import LayerDisplay, NeuronDisplay, TrainingCurveDisplay  # noqa: E402
+from sklearn_ugmm.nn import UGMMProductLayer  # noqa: E402
 
 
 
@@ -59,6 +60,16 @@ def _mixture(grid, loc, scale, weight):
     return np.sum(weight[None] * norm.pdf(grid[:, None], loc[None], scale[None]), axis=1)
 
 
+def _product(grid, loc, scale, weight):
+    """prod_k N(t | loc_k, scale_k)^weight_k, normalised by integrating over a grid wide enough for all of it."""
+    wide = np.linspace(grid[0] - 50 * scale.max(), grid[-1] + 50 * scale.max(), 400_001)
+
+    def unnormalised(t):
+        return np.exp(np.sum(weight[None] * norm.logpdf(t[:, None], loc[None], scale[None]), axis=1))
+
+    return unnormalised(grid) / np.trapezoid(unnormalised(wide), wide)
+
+
 def _independent_activations(module_layers, inputs, upto):
     h = torch.as_tensor(inputs, dtype=torch.float32)
     with torch.no_grad():
@@ -91,7 +102,12 @@ def test_neuron_display_classifier_curve_matches_model(clf, iris, tmp_path, laye
     # the grid covers the incoming activations and the component means
     assert disp.grid[0] <= min(acts.min(), loc[neuron].min())
     assert disp.grid[-1] >= max(acts.max(), loc[neuron].max())
-    expected = _mixture(disp.grid, loc[neuron], scale, weight)
+    if isinstance(layers[index], UGMMProductLayer):  # the classifier's default output neurons
+        assert disp.combination == "product" and disp.line_.get_label() == "product"
+        expected = _product(disp.grid, loc[neuron], scale, weight)
+    else:
+        assert disp.combination == "mixture" and disp.line_.get_label() == "mixture"
+        expected = _mixture(disp.grid, loc[neuron], scale, weight)
     np.testing.assert_allclose(disp.line_.get_ydata(), expected, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(disp.line_.get_xdata(), disp.grid)
     np.testing.assert_allclose(disp.activations, acts, rtol=1e-5, atol=1e-5)
@@ -107,7 +123,8 @@ def test_neuron_display_classifier_curve_matches_model(clf, iris, tmp_path, laye
     assert len(disp.ax_.patches) == 40
     assert disp.eval_line_ is None
     assert disp.ax_.get_ylabel() == "density"
-    assert disp.ax_.get_title() == f"layer {index}, neuron {neuron}"
+    kind = " (product)" if isinstance(layers[index], UGMMProductLayer) else ""
+    assert disp.ax_.get_title() == f"layer {index}, neuron {neuron}{kind}"
     if index == 0:
         assert disp.ax_.get_xlabel() == "standardised input value"
         assert disp.input_names == list(X.columns)

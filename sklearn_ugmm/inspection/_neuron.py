@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ..nn import UGMMProductLayer
 from ._utils import (
     check_layer_index,
     check_matplotlib_support,
@@ -12,7 +13,7 @@ from ._utils import (
     uGMM_layers,
 )
 
-__all__ = ["NeuronDisplay", "mixture_density"]
+__all__ = ["NeuronDisplay", "mixture_density", "product_density"]
 
 
 def mixture_density(grid, means, scales, weights):
@@ -36,8 +37,33 @@ def mixture_density(grid, means, scales, weights):
     return np.sum(weights * np.exp(-0.5 * z**2) / (scales * np.sqrt(2 * np.pi)), axis=1)
 
 
+def product_density(grid, means, scales, weights):
+    """Normalised weighted product of univariate Gaussians on a grid.
+
+    ``prod_k N(t | means[k], scales[k]**2) ** weights[k]``, normalised, is the
+    Gaussian with precision ``sum_k weights[k] / scales[k]**2`` and mean the
+    precision-weighted mean of ``means``.
+
+    Parameters
+    ----------
+    grid : array-like of shape (n_points,)
+        Where to evaluate the density.
+    means, scales, weights : array-like of shape (n_components,)
+        Component means, standard deviations and (non-negative) weights.
+
+    Returns
+    -------
+    density : ndarray of shape (n_points,)
+        The normalised product density on ``grid``.
+    """
+    means, scales, weights = (np.asarray(a, dtype=np.float64) for a in (means, scales, weights))
+    precision = np.sum(weights / scales**2)
+    mean = np.sum(weights * means / scales**2) / precision
+    return mixture_density(grid, [mean], [precision**-0.5], [1.0])
+
+
 class NeuronDisplay:
-    """The univariate Gaussian mixture of one uGMM neuron.
+    """The univariate Gaussian mixture of one uGMM neuron (or product of a product neuron).
 
     Neuron ``j`` of a uGMM layer outputs
     ``log sum_k pi[j, k] N(x_k | mu[j, k], sigma[j, k]**2)``: one component per
@@ -57,6 +83,13 @@ class NeuronDisplay:
     draws it for a typical sample (component means at the per-input medians
     of the incoming activations over ``X``, or the activations of row
     ``sample`` of ``X``) and marks the evaluation point with a vertical line.
+
+    A product neuron (:class:`~sklearn_ugmm.nn.UGMMProductLayer`, the
+    classifier's ``output_layer="product"``) outputs
+    ``sum_k pi[j, k] log N(x_k | mu[j, k], sigma[j, k]**2)``; for it the bold
+    curve is the normalised weighted product of the components over the
+    common argument, ``prod_k N(t | mu[j, k], sigma[j, k]**2) ** pi[j, k]``
+    (:func:`product_density`), a Gaussian.
 
     Create it with :meth:`from_estimator`; the constructor takes
     precomputed values. All values are in the network's internal
@@ -86,6 +119,8 @@ class NeuronDisplay:
         Index of the neuron in its layer, for the title.
     xlabel : str, default=None
         Label of the x axis ("activation" when None).
+    combination : {"mixture", "product"}, default="mixture"
+        How the neuron combines its components; names the bold curve.
 
     Attributes
     ----------
@@ -135,6 +170,7 @@ class NeuronDisplay:
         layer=None,
         neuron=None,
         xlabel=None,
+        combination="mixture",
     ):
         self.grid = grid
         self.density = density
@@ -147,6 +183,7 @@ class NeuronDisplay:
         self.layer = layer
         self.neuron = neuron
         self.xlabel = xlabel
+        self.combination = combination
 
     @classmethod
     def from_estimator(
@@ -246,7 +283,8 @@ class NeuronDisplay:
         high = max(float(np.max(p)) for p in points)
         pad = 0.05 * (high - low) if high > low else 1.0
         grid = np.linspace(low - pad, high + pad, int(n_points))
-        density = mixture_density(grid, means, scales, weights)
+        combination = "product" if isinstance(layer_module, UGMMProductLayer) else "mixture"
+        density = (product_density if combination == "product" else mixture_density)(grid, means, scales, weights)
         display = cls(
             grid,
             density,
@@ -263,6 +301,7 @@ class NeuronDisplay:
                 if layer == 0
                 else f"activation of layer {layer - 1} (a log-density)"
             ),
+            combination=combination,
         )
         return display.plot(ax=ax, max_components=max_components, show_activations=show_activations)
 
@@ -329,7 +368,7 @@ class NeuronDisplay:
             )
             self.component_lines_.append(line)
 
-        kw = {"color": "black", "linewidth": 2, "label": "mixture"}
+        kw = {"color": "black", "linewidth": 2, "label": getattr(self, "combination", "mixture")}
         kw.update(line_kw or {})
         (self.line_,) = ax.plot(self.grid, self.density, **kw)
 
@@ -342,6 +381,8 @@ class NeuronDisplay:
         title = "uGMM neuron"
         if self.layer is not None and self.neuron is not None:
             title = f"layer {self.layer}, neuron {self.neuron}"
+        if getattr(self, "combination", "mixture") == "product":
+            title += " (product)"
         if self.eval_point is not None:
             title += " (tied means)"
         ax.set_title(title)
