@@ -526,3 +526,92 @@ def test_sparse_route_backward_without_input_gradient(monkeypatch, dtype, far, s
     assert float(((out.double() - ref_out).abs() / ref_out.abs().clamp(min=1.0)).max()) <= rtol
     for ours, ref in zip(grads, ref_grads):
         _assert_relative(ours, ref, rtol)
+
+
+def _no_grad_output(x, loc, scale, logits):
+    with torch.no_grad():
+        return _fused_fn(x, loc, scale, torch.log_softmax(logits, 1))
+
+
+def _assert_inference_matches_formula(inputs, rtol=None):
+    dtype = inputs[0].dtype
+    rtol = rtol if rtol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
+    out = _no_grad_output(*inputs)
+    x, loc, scale, logits = _as_float64(inputs)
+    with torch.no_grad():
+        ref = ugmm_log_density_reference(x, loc, scale, torch.log_softmax(logits, 1))
+    assert float(((out.double() - ref).abs() / ref.abs().clamp(min=1.0)).max()) <= rtol
+
+
+def _count_calls(monkeypatch, name):
+    calls = []
+    lib = _fused.load()
+    real = getattr(lib, name)
+    monkeypatch.setattr(lib, name, lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape",
+    [(37, 11, 7), (1, 1, 1), (5, 16, 3), (300, 33, 5), (70, 10, 64), (65, 36, 130)],
+    ids=["odd", "single", "one-vector", "tiles", "magic", "wide"],
+)
+def test_transposed_route_matches_the_formula(monkeypatch, dtype, shape):
+    # forced for every shape; no autograd node, so the route is taken
+    calls = _count_calls(monkeypatch, f"ugmm_fused_transposed_forward_{_fused._suffix(dtype)}")
+    monkeypatch.setattr(_fused, "TRANSPOSED_ROUTE", True)
+    inputs = _inputs(*shape, dtype, seed=21)
+    _assert_inference_matches_formula(inputs)
+    assert calls
+    # and the route vectorised over inputs agrees with it
+    monkeypatch.setattr(_fused, "TRANSPOSED_ROUTE", False)
+    dense = _no_grad_output(*inputs)
+    monkeypatch.setattr(_fused, "TRANSPOSED_ROUTE", True)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5  # relative, or absolute below 1 (as the formula tests)
+    torch.testing.assert_close(_no_grad_output(*inputs), dense, rtol=tol, atol=tol)
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transposed_route_far_from_every_component_and_two_threads(monkeypatch, dtype):
+    calls = _count_calls(monkeypatch, f"ugmm_fused_transposed_forward_{_fused._suffix(dtype)}")
+    monkeypatch.setattr(_fused, "TRANSPOSED_ROUTE", True)
+    x, loc, scale, logits = _inputs(300, 40, 30, dtype, seed=22)
+    with torch.no_grad():
+        x[::2] += 60.0  # the exact-peak path for every other row
+        scale.fill_(1.0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _fused._threads(300 * 40 * 30) == 2
+        assert float(_no_grad_output(x, loc, scale, logits).min()) < -1500
+        _assert_inference_matches_formula([x, loc, scale, logits], rtol=1e-10 if dtype == torch.float64 else 1e-3)
+    finally:
+        torch.set_num_threads(previous)
+    assert calls
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transposed_route_is_for_narrow_layers_and_inference_only(monkeypatch, dtype):
+    width = _fused.load().widths[dtype]
+    assert _fused._transposed_pays(10, 64, width) and _fused._transposed_pays(36, 64, width)
+    assert not _fused._transposed_pays(128, 64, width) and not _fused._transposed_pays(64, 10, width)
+    calls = _count_calls(monkeypatch, f"ugmm_fused_transposed_forward_{_fused._suffix(dtype)}")
+    layer = UGMMLayer(10, 64, kernel="fused", dtype=dtype)
+    x = torch.randn(50, 10, dtype=dtype)
+    trained = layer(x)  # an autograd node: the route of its backward pass
+    assert not calls
+    with torch.no_grad():
+        inferred = layer(x)
+    assert calls
+    tol = 1e-12 if dtype == torch.float64 else 1e-5  # relative, or absolute below 1 (as the formula tests)
+    torch.testing.assert_close(inferred, trained.detach(), rtol=tol, atol=tol)
+    # missing inputs keep the masked kernel
+    calls.clear()
+    with torch.no_grad():
+        x[0, 0] = float("nan")
+        UGMMNet(10, (), 64, kernel="fused", dtype=dtype)(x)
+    assert not calls

@@ -654,12 +654,13 @@ void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T*
 // the transposed parameters (kp, 3, jp) so that one input's components for
 // 16 (8) neurons are one vector. sparse_setup() fills e0 (J, kp) and the
 // transposed parameters from params; jp is J rounded up to the vector
-// width, the extra neurons with weight zero.
+// width, the extra neurons with weight zero. e0 may be null (the transposed
+// dense route, which needs only the transposed parameters).
 template <typename T>
 void sparse_setup(int64_t J, int64_t kp, int64_t jp, const T* params, T* e0, T* params_t) {
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
-    for (int64_t j = 0; j < J; ++j) {
+    for (int64_t j = 0; e0 && j < J; ++j) {
         const T* pj = params + j * 3 * kp;
         for (int64_t k = 0; k < kp; k += W) {
             const V l = load<V>(pj + k);
@@ -710,10 +711,15 @@ int64_t sparse_zeros(int64_t B, int64_t K, int64_t kp, const T* x, T* zero) {
 // Forward for samples [b0, b1) from zero_sums (B, J) and the nonzero inputs.
 // Tiled: for a block of samples, the inputs go by chunks whose transposed
 // parameters stay in cache, each sample's sums carried from chunk to chunk.
+//
+// With dense_k > 0 (the transposed dense route, inference only) every input
+// k < dense_k is taken, zero or not, and zero_sums is null: vectorised over
+// neurons, a layer with few inputs wastes no lanes on the padding of its
+// input axis, and no horizontal sum is needed per (sample, neuron).
 template <typename T>
 void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params,
                          const T* params_t, const T* bound, const T* zero_sums, T* out, T* shift_t, int64_t b0,
-                         int64_t b1) {
+                         int64_t b1, int64_t dense_k = 0) {
     FlushSubnormals ftz;
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
@@ -726,8 +732,12 @@ void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* 
     for (int64_t i = 0; i < nb; ++i) {
         const T* xb = x + (b0 + i) * kp;
         int64_t n = start[i];
-        for (int64_t k = 0; k < kp; ++k)
-            if (xb[k] != T(0)) active[n++] = k;
+        if (dense_k > 0) {
+            for (int64_t k = 0; k < dense_k; ++k) active[n++] = k;
+        } else {
+            for (int64_t k = 0; k < kp; ++k)
+                if (xb[k] != T(0)) active[n++] = k;
+        }
         start[i + 1] = n;
         cursor[i] = start[i];
     }
@@ -780,8 +790,10 @@ void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* 
         const int64_t b = b0 + i;
         const T* xb = x + b * kp;
         T* si = sums.data() + i * jp;
-        const T* zb = zero_sums + b * J;
-        for (int64_t j = 0; j < J; ++j) si[j] += zb[j];
+        if (zero_sums) {
+            const T* zb = zero_sums + b * J;
+            for (int64_t j = 0; j < J; ++j) si[j] += zb[j];
+        }
         log2_array<T>(si, l2.data(), J);
         for (int64_t j = 0; j < J; ++j) {
             T v = l2[j];
@@ -795,22 +807,22 @@ void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* 
 
 template <typename T>
 void sparse_forward(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params, const T* params_t,
-                    const T* bound, const T* zero_sums, T* out, T* shift, int n_threads) {
+                    const T* bound, const T* zero_sums, T* out, T* shift, int n_threads, int64_t dense_k = 0) {
     constexpr int64_t rows = 32;  // samples per tile
     if (n_threads <= 1 || B <= rows) {
         for (int64_t b = 0; b < B; b += rows)
             sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, b,
-                                   b + rows < B ? b + rows : B);
+                                   b + rows < B ? b + rows : B, dense_k);
         return;
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
     for (int64_t b = 0; b < B; b += rows) {
         sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, b,
-                               b + rows < B ? b + rows : B);
+                               b + rows < B ? b + rows : B, dense_k);
     }
 #else
-    sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, 0, B);
+    sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, 0, B, dense_k);
 #endif
 }
 
@@ -1119,6 +1131,11 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
                                             const T* params, const T* params_t, const T* bound,                \
                                             const T* zero_sums, T* out, T* shift, int n_threads) {             \
         sparse_forward<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, n_threads);         \
+    }                                                                                                          \
+    void ugmm_fused_transposed_forward_##SUFFIX(int64_t B, int64_t J, int64_t K, int64_t kp, int64_t jp,        \
+                                                const T* x, const T* params, const T* params_t,                \
+                                                const T* bound, T* out, T* shift, int n_threads) {             \
+        sparse_forward<T>(B, J, kp, jp, x, params, params_t, bound, nullptr, out, shift, n_threads, K);        \
     }
 
 #define UGMM_EXPORT_SPARSE_BACKWARD(T, SUFFIX)                                                                 \
