@@ -615,3 +615,16 @@ def test_transposed_route_is_for_narrow_layers_and_inference_only(monkeypatch, d
         x[0, 0] = float("nan")
         UGMMNet(10, (), 64, kernel="fused", dtype=dtype)(x)
     assert not calls
+
+
+@requires_fused
+@pytest.mark.parametrize("route", ["inputs", "neurons", "sparse"])
+def test_float64_inference_keeps_full_precision(monkeypatch, route):
+    # inference keeps no shifts for a backward pass and takes the log2 of the
+    # mixture sums eight at a time (AVX-512): a few ulp, far inside 1e-10
+    monkeypatch.setattr(_fused, "TRANSPOSED_ROUTE", route == "neurons")
+    make = _sparse_inputs if route == "sparse" else _inputs
+    inputs = make(200, 24, 40, torch.float64, seed=23)
+    calls = _count_calls(monkeypatch, f"ugmm_fused_sparse_forward_{_fused._suffix(torch.float64)}")
+    _assert_inference_matches_formula(inputs, rtol=1e-13)
+    assert bool(calls) == (route == "sparse")

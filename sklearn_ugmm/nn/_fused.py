@@ -266,7 +266,8 @@ def _transposed_pays(n_in, n_out, width):
 
 def _forward(n_in, x_p, x_mask, params, bound, inference=False):
     """Kernel forward: the output (batch, out), the log2 mixture shifts (out, batch)
-    and, on the sparse route, what its backward pass needs (else None).
+    (None in inference) and, on the sparse route, what its backward pass
+    needs (else None).
 
     ``inference`` (no backward pass will follow) allows the transposed dense
     route, whose sums are rounded in another order: training keeps the
@@ -274,7 +275,8 @@ def _forward(n_in, x_p, x_mask, params, bound, inference=False):
     n_batch = x_p.shape[0]
     n_out, _, kp = params.shape
     out = x_p.new_empty((n_batch, n_out))
-    shift_t = x_p.new_empty((n_out, n_batch))  # log2 of each mixture relative to its bound
+    # log2 of each mixture relative to its bound, for the backward pass
+    shift_t = None if inference else x_p.new_empty((n_out, n_batch))
     lib = load()
     suffix = _suffix(x_p.dtype)
     if x_mask is None and n_batch > 1:
@@ -289,7 +291,7 @@ def _forward(n_in, x_p, x_mask, params, bound, inference=False):
             zero_sums = zeros @ e0.t()
             getattr(lib, f"ugmm_fused_sparse_forward_{suffix}")(
                 n_batch, n_out, kp, jp, _ptr(x_p), _ptr(params), _ptr(params_t), _ptr(bound), _ptr(zero_sums),
-                _ptr(out), _ptr(shift_t), _threads(n_batch * n_out * n_in),
+                _ptr(out), _optional_ptr(shift_t), _threads(n_batch * n_out * n_in),
             )
             return out, shift_t, (zeros, params_t)
     width = lib.widths[x_p.dtype]
@@ -299,12 +301,12 @@ def _forward(n_in, x_p, x_mask, params, bound, inference=False):
         getattr(lib, f"ugmm_fused_sparse_setup_{suffix}")(n_out, kp, jp, _ptr(params), None, _ptr(params_t))
         getattr(lib, f"ugmm_fused_transposed_forward_{suffix}")(
             n_batch, n_out, n_in, kp, jp, _ptr(x_p), _ptr(params), _ptr(params_t), _ptr(bound), _ptr(out),
-            _ptr(shift_t), _threads(n_batch * n_out * n_in),
+            None, _threads(n_batch * n_out * n_in),
         )
         return out, shift_t, None
     getattr(lib, f"ugmm_fused_forward_{suffix}")(
         n_batch, n_out, kp, _ptr(x_p), _optional_ptr(x_mask), _ptr(params), _ptr(bound), _ptr(out),
-        _ptr(shift_t), _threads(n_batch * n_out * n_in),
+        _optional_ptr(shift_t), _threads(n_batch * n_out * n_in),
     )
     return out, shift_t, None
 
