@@ -808,8 +808,10 @@ void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* 
         if (dense_k > 0) {
             for (int64_t k = 0; k < dense_k; ++k) active[n++] = k;
         } else {
-            for (int64_t k = 0; k < kp; ++k)
-                if (xb[k] != T(0)) active[n++] = k;
+            for (int64_t k = 0; k < kp; ++k) {  // branchless: MNIST's zeros come in no predictable order
+                active[n] = k;
+                n += xb[k] != T(0);
+            }
         }
         start[i + 1] = n;
         cursor[i] = start[i];
