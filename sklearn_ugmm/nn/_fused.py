@@ -124,6 +124,7 @@ def _bind(path):
         getattr(lib, f"ugmm_fused_prepare_{suffix}").argtypes = [
             i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, dbl,
         ]
+        getattr(lib, f"ugmm_fused_prepare_{suffix}").restype = i64
         getattr(lib, f"ugmm_fused_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, cint]
         getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}").argtypes = [i64, i64, i64, ptr, ptr]
         getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}").restype = i64
@@ -264,7 +265,7 @@ def _transposed_pays(n_in, n_out, width):
     return 1.1 * by_neurons < by_inputs
 
 
-def _forward(n_in, x_p, x_mask, params, bound, inference=False):
+def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False):
     """Kernel forward: the output (batch, out), the log2 mixture shifts (out, batch)
     (None in inference) and, on the sparse route, what its backward pass
     needs (else None).
@@ -279,21 +280,20 @@ def _forward(n_in, x_p, x_mask, params, bound, inference=False):
     shift_t = None if inference else x_p.new_empty((n_out, n_batch))
     lib = load()
     suffix = _suffix(x_p.dtype)
-    if x_mask is None and n_batch > 1:
+    if x_mask is None and n_batch > 1 and n_zero >= SPARSE_MIN_ZERO_FRACTION * n_batch * n_in:
         zeros = torch.empty_like(x_p)
-        n_zero = getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}")(n_batch, n_in, kp, _ptr(x_p), _ptr(zeros))
-        if n_zero >= SPARSE_MIN_ZERO_FRACTION * n_batch * n_in:
-            width = lib.widths[x_p.dtype]
-            jp = -(-n_out // width) * width
-            e0 = x_p.new_empty((n_out, kp))
-            params_t = x_p.new_empty((kp, 3, jp))
-            getattr(lib, f"ugmm_fused_sparse_setup_{suffix}")(n_out, kp, jp, _ptr(params), _ptr(e0), _ptr(params_t))
-            zero_sums = zeros @ e0.t()
-            getattr(lib, f"ugmm_fused_sparse_forward_{suffix}")(
-                n_batch, n_out, kp, jp, _ptr(x_p), _ptr(params), _ptr(params_t), _ptr(bound), _ptr(zero_sums),
-                _ptr(out), _optional_ptr(shift_t), _threads(n_batch * n_out * n_in),
-            )
-            return out, shift_t, (zeros, params_t)
+        getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}")(n_batch, n_in, kp, _ptr(x_p), _ptr(zeros))
+        width = lib.widths[x_p.dtype]
+        jp = -(-n_out // width) * width
+        e0 = x_p.new_empty((n_out, kp))
+        params_t = x_p.new_empty((kp, 3, jp))
+        getattr(lib, f"ugmm_fused_sparse_setup_{suffix}")(n_out, kp, jp, _ptr(params), _ptr(e0), _ptr(params_t))
+        zero_sums = zeros @ e0.t()
+        getattr(lib, f"ugmm_fused_sparse_forward_{suffix}")(
+            n_batch, n_out, kp, jp, _ptr(x_p), _ptr(params), _ptr(params_t), _ptr(bound), _ptr(zero_sums),
+            _ptr(out), _optional_ptr(shift_t), _threads(n_batch * n_out * n_in),
+        )
+        return out, shift_t, (zeros, params_t)
     width = lib.widths[x_p.dtype]
     if inference and x_mask is None and _transposed_pays(n_in, n_out, width):
         jp = -(-n_out // width) * width
@@ -333,7 +333,8 @@ def _sparse_backward(x_p, shift_t, grad_out, zeros, params_t, n_threads):
 
 
 def _prepare(x, loc, scale, log_weights, z_lim, missing):
-    """x_p, x_mask, params and bound for the kernel, or None when distances need clipping."""
+    """x_p, x_mask, params, bound and the count of zero inputs for the kernel,
+    or None when distances need clipping."""
     lib = load()
     n_batch, n_in = x.shape
     n_out = log_weights.shape[0]
@@ -354,13 +355,13 @@ def _prepare(x, loc, scale, log_weights, z_lim, missing):
         log_w = log_weights.detach().contiguous()
         params = x.new_empty((n_out, 3, kp))
         bound = x.new_empty(n_out)
-        clip = getattr(lib, f"ugmm_fused_prepare_{_suffix(x.dtype)}")(
+        n_zero = getattr(lib, f"ugmm_fused_prepare_{_suffix(x.dtype)}")(
             n_batch, n_out, n_in, kp, _ptr(x_p), _ptr(loc_d), loc_d.stride(0), loc_d.stride(1),
             _ptr(scale_d), _ptr(log_w), _ptr(params), _ptr(bound), z_lim,
         )
-    if clip:
+    if n_zero < 0:  # distances need clipping
         return None
-    return x_p, x_mask, params, bound
+    return x_p, x_mask, params, bound, n_zero
 
 
 class _FusedLogDensity(torch.autograd.Function):
@@ -369,9 +370,9 @@ class _FusedLogDensity(torch.autograd.Function):
     ``scale`` and ``log_weights``."""
 
     @staticmethod
-    def forward(ctx, x, loc, scale, log_weights, x_p, x_mask, params, bound, sig, weights):
+    def forward(ctx, x, loc, scale, log_weights, x_p, x_mask, params, bound, n_zero, sig, weights):
         n_in = x.shape[1]
-        out, shift_t, sparse = _forward(n_in, x_p, x_mask, params, bound)
+        out, shift_t, sparse = _forward(n_in, x_p, x_mask, params, bound, n_zero)
         zeros, params_t = sparse if sparse is not None else (None, None)
         ctx.save_for_backward(x_p, x_mask, params, shift_t, sig, weights, zeros, params_t)
         ctx.n_in = n_in
@@ -411,6 +412,7 @@ class _FusedLogDensity(torch.autograd.Function):
             grad_loc if needs[1] else None,
             grad_scale if needs[2] else None,
             grad_logw if needs[3] else None,
+            None,
             None,
             None,
             None,

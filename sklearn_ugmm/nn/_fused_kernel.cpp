@@ -605,20 +605,24 @@ void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm,
 
 // Fills params (J, 3, kp) and bound (J) from loc (strided: tied means are an
 // expanded view), scale, log(scale) and log_weights (contiguous (J, K)).
-// Returns 1 when some standardised distance may reach z_lim or a square may
-// overflow (the caller then uses the clipping reference kernel), else 0.
+// Returns -1 when some standardised distance may reach z_lim or a square may
+// overflow (the caller then uses the clipping reference kernel), else the
+// number of inputs exactly 0 in x (B, kp) outside its padding (zeros from K
+// on): the choice of the sparse route costs no pass of its own.
 template <typename T>
-int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc, int64_t loc_sj,
-            int64_t loc_sk, const T* scale, const T* log_weights, T* params, T* bound, double z_lim) {
+int64_t prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc, int64_t loc_sj,
+                int64_t loc_sk, const T* scale, const T* log_weights, T* params, T* bound, double z_lim) {
     const T log2e = T(1.4426950408889634074);
     const T half_log_2pi = T(0.91893853320467274178);
     // maxima for the clip check; the sums only detect NaN (max ignores it)
     T x_max = 0, loc_max = 0, inv_max = 0, nan_probe = 0;
-#pragma omp simd reduction(max : x_max) reduction(+ : nan_probe)
+    int64_t zeros = 0;
+#pragma omp simd reduction(max : x_max) reduction(+ : nan_probe, zeros)
     for (int64_t i = 0; i < B * kp; ++i) {
         const T a = std::fabs(x[i]);
         x_max = a > x_max ? a : x_max;
         nan_probe += a;
+        zeros += a == T(0) ? 1 : 0;
     }
     for (int64_t j = 0; j < J; ++j) {
         T* pl = params + j * 3 * kp;
@@ -663,7 +667,7 @@ int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* lo
     const double sqrt_max = z_lim * z_lim;
     const bool safe = reach * double(inv_max) < z_lim && reach < sqrt_max && double(inv_max) < sqrt_max &&
                       nan_probe == nan_probe;
-    return safe ? 0 : 1;
+    return safe ? zeros - B * (kp - K) : -1;
 }
 
 template <typename T>
@@ -1170,7 +1174,7 @@ int ugmm_fused_width_f32() { return Vec<float>::width; }
 int ugmm_fused_width_f64() { return Vec<double>::width; }
 
 #define UGMM_EXPORT(T, SUFFIX)                                                                                 \
-    int ugmm_fused_prepare_##SUFFIX(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc,     \
+    int64_t ugmm_fused_prepare_##SUFFIX(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc, \
                                     int64_t loc_sj, int64_t loc_sk, const T* scale, const T* log_weights,     \
                                     T* params, T* bound, double z_lim) {                                      \
         return prepare<T>(B, J, K, kp, x, loc, loc_sj, loc_sk, scale, log_weights, params, bound, z_lim);     \
