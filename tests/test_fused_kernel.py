@@ -402,6 +402,12 @@ def test_portable_builds_match_the_formula(unbuilt_kernel, isa):
         mask = torch.zeros(3, 21, dtype=torch.bool)
         mask[:, 1::2] = True  # -inf weights
         _assert_matches_formula([x, loc, scale, logits], mask=mask, rtol=1e-10 if dtype == torch.float64 else 1e-3)
+        # the inference routes: by neurons (a narrow layer), sparse with mixed columns
+        _assert_inference_matches_formula(_inputs(40, 10, 64, dtype, seed=25))
+        x, loc, scale, logits = _sparse_inputs(40, 37, 20, dtype, seed=26)
+        with torch.no_grad():
+            x[:, 3::5] = 0.0
+        _assert_inference_matches_formula([x, loc, scale, logits])
 
 
 @requires_fused
@@ -628,3 +634,22 @@ def test_float64_inference_keeps_full_precision(monkeypatch, route):
     calls = _count_calls(monkeypatch, f"ugmm_fused_sparse_forward_{_fused._suffix(torch.float64)}")
     _assert_inference_matches_formula(inputs, rtol=1e-13)
     assert bool(calls) == (route == "sparse")
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(37, 11, 7), (300, 33, 5), (70, 200, 130)], ids=["odd", "tiles", "wide"])
+def test_sparse_inference_multiplies_only_the_mixed_columns(monkeypatch, dtype, shape):
+    # inference: columns 0 in every row are one constant per neuron, columns
+    # 0 in none drop out of the matrix product
+    calls = _count_calls(monkeypatch, f"ugmm_fused_sparse_mixed_zeros_{_fused._suffix(dtype)}")
+    x, loc, scale, logits = _sparse_inputs(*shape, dtype, seed=24)
+    with torch.no_grad():
+        x[:, 1::4] = 0.0  # zero in every row
+        x[1:, 2] = 1.5  # zero in one row only
+        x[1:, -1] = -0.5
+        x[:, 5] = 0.25  # zero in none (row 0 too)
+    _assert_inference_matches_formula([x, loc, scale, logits])
+    assert calls
+    # every input 0: no product at all
+    _assert_inference_matches_formula([torch.zeros_like(x), loc, scale, logits])

@@ -128,6 +128,8 @@ def _bind(path):
         getattr(lib, f"ugmm_fused_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, cint]
         getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}").argtypes = [i64, i64, i64, ptr, ptr]
         getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}").restype = i64
+        getattr(lib, f"ugmm_fused_sparse_mixed_zeros_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr]
+        getattr(lib, f"ugmm_fused_sparse_mixed_zeros_{suffix}").restype = i64
         getattr(lib, f"ugmm_fused_sparse_setup_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr]
         getattr(lib, f"ugmm_fused_sparse_factors_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr]
         getattr(lib, f"ugmm_fused_sparse_backward_{suffix}").argtypes = [
@@ -281,14 +283,18 @@ def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False):
     lib = load()
     suffix = _suffix(x_p.dtype)
     if x_mask is None and n_batch > 1 and n_zero >= SPARSE_MIN_ZERO_FRACTION * n_batch * n_in:
-        zeros = torch.empty_like(x_p)
-        getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}")(n_batch, n_in, kp, _ptr(x_p), _ptr(zeros))
         width = lib.widths[x_p.dtype]
         jp = -(-n_out // width) * width
         e0 = x_p.new_empty((n_out, kp))
         params_t = x_p.new_empty((kp, 3, jp))
         getattr(lib, f"ugmm_fused_sparse_setup_{suffix}")(n_out, kp, jp, _ptr(params), _ptr(e0), _ptr(params_t))
-        zero_sums = zeros @ e0.t()
+        if inference:
+            zeros = None
+            zero_sums = _mixed_zero_sums(lib, suffix, x_p, n_in, e0)
+        else:
+            zeros = torch.empty_like(x_p)
+            getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}")(n_batch, n_in, kp, _ptr(x_p), _ptr(zeros))
+            zero_sums = zeros @ e0.t()
         getattr(lib, f"ugmm_fused_sparse_forward_{suffix}")(
             n_batch, n_out, kp, jp, _ptr(x_p), _ptr(params), _ptr(params_t), _ptr(bound), _ptr(zero_sums),
             _ptr(out), _optional_ptr(shift_t), _threads(n_batch * n_out * n_in),
@@ -309,6 +315,21 @@ def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False):
         _optional_ptr(shift_t), _threads(n_batch * n_out * n_in),
     )
     return out, shift_t, None
+
+
+def _mixed_zero_sums(lib, suffix, x_p, n_in, e0):
+    """The zero inputs' part of every mixture (batch, out) for inference on the
+    sparse route: the matrix product over the columns 0 in some rows only,
+    plus the columns 0 in every row as one per-neuron constant."""
+    n_batch, kp = x_p.shape
+    cols = torch.empty(kp, dtype=torch.int64)
+    n_all_zero = ctypes.c_int64(0)
+    zero = x_p.new_empty(n_batch * kp + lib.widths[x_p.dtype])  # slack for whole-vector stores
+    m = getattr(lib, f"ugmm_fused_sparse_mixed_zeros_{suffix}")(
+        n_batch, n_in, kp, _ptr(x_p), _ptr(cols), ctypes.byref(n_all_zero), _ptr(zero)
+    )
+    every_row = e0.index_select(1, cols[m : m + n_all_zero.value]).sum(1)
+    return torch.addmm(every_row, zero[: n_batch * m].view(n_batch, m), e0.index_select(1, cols[:m]).t())
 
 
 def _sparse_backward(x_p, shift_t, grad_out, zeros, params_t, n_threads):
