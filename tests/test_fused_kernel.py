@@ -653,3 +653,76 @@ def test_sparse_inference_multiplies_only_the_mixed_columns(monkeypatch, dtype, 
     assert calls
     # every input 0: no product at all
     _assert_inference_matches_formula([torch.zeros_like(x), loc, scale, logits])
+
+
+def _uncached_inference(layer, x):
+    """The layer's fused inference output computed from scratch (as before the cache)."""
+    with torch.no_grad():
+        if x.dtype == torch.float32:
+            return _fused.layer_log_density(x, layer.component_loc, layer.raw_scale, layer.min_scale, layer.logits,
+                                            _functional._z_limit(x.dtype))
+        return _fused.log_density(x, layer.component_loc, layer.scale, layer.log_weights(),
+                                  _functional._z_limit(x.dtype))
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tie_means", [False, True])
+@pytest.mark.parametrize("shape", [(40, 10, 64), (37, 33, 7), (60, 70, 20)], ids=["neurons", "inputs", "sparse"])
+def test_inference_keeps_the_prepared_parameters(monkeypatch, dtype, tie_means, shape):
+    n_batch, n_in, n_out = shape
+    layer = UGMMLayer(n_in, n_out, kernel="fused", tie_means=tie_means, dtype=dtype).eval()
+    g = torch.Generator().manual_seed(27)
+    x = torch.randn(n_batch, n_in, generator=g, dtype=dtype)
+    if shape[1] == 70:
+        x.masked_fill_(torch.rand(x.shape, generator=g) < 0.8, 0.0)
+    with torch.no_grad():
+        layer.loc.copy_(torch.randn(layer.loc.shape, generator=g, dtype=dtype))
+        layer.set_scale(torch.rand(n_out, n_in, generator=g, dtype=dtype) + 0.3)
+        layer.logits.normal_(generator=g)
+    prepare = _count_calls(monkeypatch, f"ugmm_fused_prepare_params_{_fused._suffix(dtype)}")
+    setup = _count_calls(monkeypatch, f"ugmm_fused_sparse_setup_{_fused._suffix(dtype)}")
+    with torch.no_grad():
+        first = layer(x)
+        again = layer(x[: n_batch // 2])
+    assert len(prepare) == 1 and len(setup) <= 1  # kept for the second call
+    assert torch.equal(first, _uncached_inference(layer, x))  # bit for bit
+    assert torch.equal(again, _uncached_inference(layer, x[: n_batch // 2]))
+    # an in-place update (an optimiser step) and a replaced tensor both count
+    with torch.no_grad():
+        layer.loc.add_(0.25)
+        moved = layer(x)
+    assert len(prepare) == 2 and torch.equal(moved, _uncached_inference(layer, x))
+    layer.raw_scale.data = layer.raw_scale.data * 0.5
+    with torch.no_grad():
+        assert torch.equal(layer(x), _uncached_inference(layer, x))
+    assert len(prepare) == 3
+    # a gradient wanted, or dropout in training mode: no cache
+    assert layer(x).requires_grad
+    layer.dropout = 0.5
+    layer.train()
+    with torch.no_grad():
+        layer(x)
+    assert len(prepare) == 3
+
+
+@requires_fused
+def test_prepared_parameters_stay_out_of_copies_and_pickles():
+    import copy
+    import pickle
+
+    layer = UGMMLayer(30, 20, kernel="fused", dtype=torch.float64).eval()
+    x = torch.randn(50, 30, dtype=torch.float64)
+    with torch.no_grad():
+        out = layer(x)
+    assert layer in _fused._PREPARED
+    for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert twin not in _fused._PREPARED
+        with torch.no_grad():
+            assert torch.equal(twin(x), out)
+    # the entry goes with its layer
+    del layer
+    import gc
+
+    gc.collect()
+    assert len([k for k in _fused._PREPARED.keys() if k.in_features == 30 and k.out_features == 20]) <= 2

@@ -16,7 +16,12 @@ exponentiated (forward, and the parameter gradients when no input gradient
 is wanted); missing inputs (:func:`log_density`'s ``missing``) as an
 additive mask. float32 layers may pass their raw parameters
 (:func:`layer_log_density`): softplus and log_softmax then run here too.
-Calls that need no gradient create no autograd node.
+Calls that need no gradient create no autograd node, keep nothing for a
+backward pass, and may take two inference-only routes: the transposed
+dense route (vectorised over neurons, for layers with few inputs) and, on
+the sparse route, a matrix product over only the columns that are 0 in
+some rows. Layers in eval mode keep their prepared parameters between
+inference calls (:func:`cached_log_density`).
 
 When no compiler is found, the build fails or the library does not load,
 :func:`load` returns None and the caller falls back to the reference kernel.
@@ -31,6 +36,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -144,6 +150,11 @@ def _bind(path):
         getattr(lib, f"ugmm_fused_backward_{suffix}").argtypes = [
             i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
         ]
+        getattr(lib, f"ugmm_fused_scan_inputs_{suffix}").argtypes = [i64, i64, i64, ptr, ptr]
+        getattr(lib, f"ugmm_fused_scan_inputs_{suffix}").restype = i64
+        getattr(lib, f"ugmm_fused_prepare_params_{suffix}").argtypes = [
+            i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
+        ]
     lib.ugmm_fused_transform_f32.argtypes = [i64, i64, ptr, dbl, ptr, ptr, ptr, ptr, ptr]
     lib.ugmm_fused_untransform_f32.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr]
     lib.widths = {torch.float32: lib.ugmm_fused_width_f32(), torch.float64: lib.ugmm_fused_width_f64()}
@@ -240,6 +251,97 @@ def _apply(x, loc, scale, log_weights, prepared, sig, weights):
     return _forward(x.shape[1], *prepared, inference=True)[0]
 
 
+class _Prepared:
+    """A layer's prepared parameters for inference, valid while ``key`` holds."""
+
+    __slots__ = ("key", "params", "bound", "loc_max", "inv_max", "finite", "routes")
+
+    def __init__(self, key, params, bound, stats):
+        self.key = key
+        self.params, self.bound = params, bound
+        loc_max, inv_max, probe = stats.tolist()
+        self.loc_max, self.inv_max, self.finite = loc_max, inv_max, probe == probe
+        self.routes = {}  # route -> its parameter arrays (params_t, e0), built on first use
+
+
+#: layer -> _Prepared (weak: the entry goes with the layer; never pickled or deep-copied)
+_PREPARED = weakref.WeakKeyDictionary()
+
+
+def _parameter_key(layer, dtype):
+    # in-place updates bump _version; a replaced tensor has another data_ptr
+    tensors = (layer.loc, layer.raw_scale, layer.logits)
+    return (dtype, float(layer.min_scale), bool(layer.tie_means),
+            *((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in tensors))
+
+
+def _prepare_layer(layer, dtype):
+    """The layer's parameters prepared once for inference (eval mode: no dropout)."""
+    key = _parameter_key(layer, dtype)
+    entry = _PREPARED.get(layer)
+    if entry is not None and entry.key == key:
+        return entry
+    lib = load()
+    n_out, n_in = layer.logits.shape
+    kp = -(-n_in // lib.widths[dtype]) * lib.widths[dtype]
+    suffix = _suffix(dtype)
+    with torch.no_grad():
+        loc = layer.component_loc.detach()
+        if dtype == torch.float32:
+            # as layer_log_density: softplus and log_softmax in the kernel library
+            raw_d = layer.raw_scale.detach().contiguous()
+            logits_d = layer.logits.detach().contiguous()
+            scale, log_w, sig, weights = (raw_d.new_empty((n_out, n_in)) for _ in range(4))
+            lib.ugmm_fused_transform_f32(n_out, n_in, _ptr(raw_d), float(layer.min_scale), _ptr(logits_d),
+                                         _ptr(scale), _ptr(log_w), _ptr(sig), _ptr(weights))
+        else:
+            # as ugmm_log_density from UGMMLayer.forward
+            scale = layer.scale.detach().contiguous()
+            log_w = torch.log_softmax(layer.logits.detach(), dim=1).contiguous()
+        params = scale.new_empty((n_out, 3, kp))
+        bound = scale.new_empty(n_out)
+        stats = scale.new_empty(3)
+        getattr(lib, f"ugmm_fused_prepare_params_{suffix}")(
+            n_out, n_in, kp, _ptr(loc), loc.stride(0), loc.stride(1), _ptr(scale), _ptr(log_w), _ptr(params),
+            _ptr(bound), _ptr(stats),
+        )
+    entry = _Prepared(key, params, bound, stats)
+    _PREPARED[layer] = entry
+    return entry
+
+
+def cached_log_density(layer, x, z_lim):
+    """Inference output of a :class:`UGMMLayer` in eval mode, its parameters
+    prepared once (and again only after they change), or None when distances
+    need clipping.
+
+    Equal, bit for bit, to the layer's fused output without the cache: the
+    same transforms and the same kernels; only their parameter part is kept
+    between calls (the softplus, log_softmax and log2 of every component,
+    and the transposed parameters of the sparse and transposed routes).
+    ``x`` is a CPU tensor of the parameters' dtype (float32 or float64),
+    and no gradient may be wanted.
+    """
+    lib = load()
+    entry = _prepare_layer(layer, x.dtype)
+    n_batch, n_in = x.shape
+    kp = entry.params.shape[2]
+    with torch.no_grad():
+        x_p = x.detach().contiguous()
+        if kp != n_in:
+            x_p = torch.nn.functional.pad(x_p, (0, kp - n_in))
+        stats = x_p.new_empty(2)
+        n_zero = getattr(lib, f"ugmm_fused_scan_inputs_{_suffix(x.dtype)}")(n_batch, n_in, kp, _ptr(x_p), _ptr(stats))
+    x_max, probe = stats.tolist()
+    # prepare()'s clip check, on the same values
+    reach = x_max + entry.loc_max
+    sqrt_max = z_lim * z_lim
+    if not (reach * entry.inv_max < z_lim and reach < sqrt_max and entry.inv_max < sqrt_max
+            and probe == probe and entry.finite):
+        return None
+    return _forward(n_in, x_p, None, entry.params, entry.bound, n_zero, inference=True, routes=entry.routes)[0]
+
+
 #: Fraction of inputs exactly 0 from which the forward pass takes the sparse
 #: route: the zero inputs' components as one matrix product, exponentials
 #: only for the nonzero inputs (MNIST: about 80% zeros).
@@ -267,14 +369,32 @@ def _transposed_pays(n_in, n_out, width):
     return 1.1 * by_neurons < by_inputs
 
 
-def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False):
+def _route_parameters(routes, route, params, jp, with_e0):
+    """params_t (kp, 3, jp) and e0 (out, kp) or None: from ``routes`` when it
+    holds them (a cached layer), else computed (and kept there when a dict)."""
+    found = routes.get(route) if routes is not None else None
+    if found is not None:
+        return found
+    n_out, _, kp = params.shape
+    e0 = params.new_empty((n_out, kp)) if with_e0 else None
+    params_t = params.new_empty((kp, 3, jp))
+    getattr(load(), f"ugmm_fused_sparse_setup_{_suffix(params.dtype)}")(
+        n_out, kp, jp, _ptr(params), _optional_ptr(e0), _ptr(params_t)
+    )
+    if routes is not None:
+        routes[route] = (params_t, e0)
+    return params_t, e0
+
+
+def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False, routes=None):
     """Kernel forward: the output (batch, out), the log2 mixture shifts (out, batch)
     (None in inference) and, on the sparse route, what its backward pass
     needs (else None).
 
     ``inference`` (no backward pass will follow) allows the transposed dense
     route, whose sums are rounded in another order: training keeps the
-    route of its backward pass."""
+    route of its backward pass. ``routes`` (a dict, inference only) keeps
+    the routes' parameter arrays between calls."""
     n_batch = x_p.shape[0]
     n_out, _, kp = params.shape
     out = x_p.new_empty((n_batch, n_out))
@@ -285,9 +405,7 @@ def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False):
     if x_mask is None and n_batch > 1 and n_zero >= SPARSE_MIN_ZERO_FRACTION * n_batch * n_in:
         width = lib.widths[x_p.dtype]
         jp = -(-n_out // width) * width
-        e0 = x_p.new_empty((n_out, kp))
-        params_t = x_p.new_empty((kp, 3, jp))
-        getattr(lib, f"ugmm_fused_sparse_setup_{suffix}")(n_out, kp, jp, _ptr(params), _ptr(e0), _ptr(params_t))
+        params_t, e0 = _route_parameters(routes, "sparse", params, jp, with_e0=True)
         if inference:
             zeros = None
             zero_sums = _mixed_zero_sums(lib, suffix, x_p, n_in, e0)
@@ -303,8 +421,7 @@ def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False):
     width = lib.widths[x_p.dtype]
     if inference and x_mask is None and _transposed_pays(n_in, n_out, width):
         jp = -(-n_out // width) * width
-        params_t = x_p.new_empty((kp, 3, jp))
-        getattr(lib, f"ugmm_fused_sparse_setup_{suffix}")(n_out, kp, jp, _ptr(params), None, _ptr(params_t))
+        params_t, _ = _route_parameters(routes, "transposed", params, jp, with_e0=False)
         getattr(lib, f"ugmm_fused_transposed_forward_{suffix}")(
             n_batch, n_out, n_in, kp, jp, _ptr(x_p), _ptr(params), _ptr(params_t), _ptr(bound), _ptr(out),
             None, _threads(n_batch * n_out * n_in),

@@ -603,19 +603,17 @@ void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm,
     }
 }
 
-// Fills params (J, 3, kp) and bound (J) from loc (strided: tied means are an
-// expanded view), scale, log(scale) and log_weights (contiguous (J, K)).
-// Returns -1 when some standardised distance may reach z_lim or a square may
-// overflow (the caller then uses the clipping reference kernel), else the
-// number of inputs exactly 0 in x (B, kp) outside its padding (zeros from K
-// on): the choice of the sparse route costs no pass of its own.
+// prepare() in two parts, so that inference can keep the parameters' part
+// of a layer between calls (_fused.cached_log_density):
+//
+// scan_inputs(): the largest |x| and a NaN probe (stats[0], stats[1]) for
+// the clip check, and the number of inputs exactly 0 in x (B, kp) outside
+// its padding (zeros from K on), returned: the choice of the sparse route
+// costs no pass of its own.
 template <typename T>
-int64_t prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc, int64_t loc_sj,
-                int64_t loc_sk, const T* scale, const T* log_weights, T* params, T* bound, double z_lim) {
-    const T log2e = T(1.4426950408889634074);
-    const T half_log_2pi = T(0.91893853320467274178);
-    // maxima for the clip check; the sums only detect NaN (max ignores it)
-    T x_max = 0, loc_max = 0, inv_max = 0, nan_probe = 0;
+int64_t scan_inputs(int64_t B, int64_t K, int64_t kp, const T* x, T* stats) {
+    // the sum only detects NaN (max ignores it)
+    T x_max = 0, nan_probe = 0;
     int64_t zeros = 0;
 #pragma omp simd reduction(max : x_max) reduction(+ : nan_probe, zeros)
     for (int64_t i = 0; i < B * kp; ++i) {
@@ -624,6 +622,21 @@ int64_t prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T
         nan_probe += a;
         zeros += a == T(0) ? 1 : 0;
     }
+    stats[0] = x_max;
+    stats[1] = nan_probe;
+    return zeros - B * (kp - K);
+}
+
+// prepare_params(): fills params (J, 3, kp) and bound (J) from loc
+// (strided: tied means are an expanded view), scale, log(scale) and
+// log_weights (contiguous (J, K)); stats gets the largest |loc|, the
+// largest 1 / scale and a NaN probe for the clip check.
+template <typename T>
+void prepare_params(int64_t J, int64_t K, int64_t kp, const T* loc, int64_t loc_sj, int64_t loc_sk,
+                    const T* scale, const T* log_weights, T* params, T* bound, T* stats) {
+    const T log2e = T(1.4426950408889634074);
+    const T half_log_2pi = T(0.91893853320467274178);
+    T loc_max = 0, inv_max = 0, nan_probe = 0;
     for (int64_t j = 0; j < J; ++j) {
         T* pl = params + j * 3 * kp;
         T* pc = pl + kp;
@@ -663,11 +676,26 @@ int64_t prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T
         }
         bound[j] = peak;
     }
-    const double reach = double(x_max) + double(loc_max);
+    stats[0] = loc_max;
+    stats[1] = inv_max;
+    stats[2] = nan_probe;
+}
+
+// Both parts and the clip check. Returns -1 when some standardised distance
+// may reach z_lim or a square may overflow (the caller then uses the
+// clipping reference kernel), else scan_inputs()'s count of zero inputs.
+template <typename T>
+int64_t prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc, int64_t loc_sj,
+                int64_t loc_sk, const T* scale, const T* log_weights, T* params, T* bound, double z_lim) {
+    T x_stats[2], p_stats[3];
+    const int64_t zeros = scan_inputs<T>(B, K, kp, x, x_stats);
+    prepare_params<T>(J, K, kp, loc, loc_sj, loc_sk, scale, log_weights, params, bound, p_stats);
+    const double reach = double(x_stats[0]) + double(p_stats[0]);
+    const double inv_max = double(p_stats[1]);
     const double sqrt_max = z_lim * z_lim;
-    const bool safe = reach * double(inv_max) < z_lim && reach < sqrt_max && double(inv_max) < sqrt_max &&
-                      nan_probe == nan_probe;
-    return safe ? zeros - B * (kp - K) : -1;
+    const bool safe = reach * inv_max < z_lim && reach < sqrt_max && inv_max < sqrt_max &&
+                      x_stats[1] == x_stats[1] && p_stats[2] == p_stats[2];
+    return safe ? zeros : -1;
 }
 
 template <typename T>
@@ -1240,6 +1268,14 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
                                     int64_t loc_sj, int64_t loc_sk, const T* scale, const T* log_weights,     \
                                     T* params, T* bound, double z_lim) {                                      \
         return prepare<T>(B, J, K, kp, x, loc, loc_sj, loc_sk, scale, log_weights, params, bound, z_lim);     \
+    }                                                                                                          \
+    int64_t ugmm_fused_scan_inputs_##SUFFIX(int64_t B, int64_t K, int64_t kp, const T* x, T* stats) {           \
+        return scan_inputs<T>(B, K, kp, x, stats);                                                             \
+    }                                                                                                          \
+    void ugmm_fused_prepare_params_##SUFFIX(int64_t J, int64_t K, int64_t kp, const T* loc, int64_t loc_sj,     \
+                                            int64_t loc_sk, const T* scale, const T* log_weights, T* params,   \
+                                            T* bound, T* stats) {                                              \
+        prepare_params<T>(J, K, kp, loc, loc_sj, loc_sk, scale, log_weights, params, bound, stats);            \
     }                                                                                                          \
     void ugmm_fused_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm,               \
                                      const T* params, const T* bound, T* out, T* shift, int n_threads) {      \
