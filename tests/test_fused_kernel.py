@@ -726,3 +726,20 @@ def test_prepared_parameters_stay_out_of_copies_and_pickles():
 
     gc.collect()
     assert len([k for k in _fused._PREPARED.keys() if k.in_features == 30 and k.out_features == 20]) <= 2
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_in", [10, 16, 33])
+def test_inference_pads_strided_rows_in_the_kernel_library(dtype, n_in):
+    layer = UGMMLayer(n_in, 20, kernel="fused", dtype=dtype).eval()
+    wide = torch.randn(50, n_in + 7, dtype=dtype)
+    views = {
+        "contiguous": wide[:, :n_in].contiguous(),
+        "row stride": wide[:, 3 : 3 + n_in],  # padded rows copied by the kernel library
+        "column stride": wide.t().contiguous().t()[:, :n_in],  # torch's pad
+        "expanded": wide[:1, :n_in].expand(50, n_in),
+    }
+    with torch.no_grad():
+        for name, x in views.items():
+            assert torch.equal(layer(x), _uncached_inference(layer, x.contiguous())), name

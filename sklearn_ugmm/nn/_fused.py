@@ -152,6 +152,8 @@ def _bind(path):
         ]
         getattr(lib, f"ugmm_fused_scan_inputs_{suffix}").argtypes = [i64, i64, i64, ptr, ptr]
         getattr(lib, f"ugmm_fused_scan_inputs_{suffix}").restype = i64
+        getattr(lib, f"ugmm_fused_pad_and_scan_inputs_{suffix}").argtypes = [i64, i64, i64, ptr, i64, ptr, ptr]
+        getattr(lib, f"ugmm_fused_pad_and_scan_inputs_{suffix}").restype = i64
         getattr(lib, f"ugmm_fused_prepare_params_{suffix}").argtypes = [
             i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
         ]
@@ -326,12 +328,20 @@ def cached_log_density(layer, x, z_lim):
     entry = _prepare_layer(layer, x.dtype)
     n_batch, n_in = x.shape
     kp = entry.params.shape[2]
-    with torch.no_grad():
-        x_p = x.detach().contiguous()
-        if kp != n_in:
-            x_p = torch.nn.functional.pad(x_p, (0, kp - n_in))
-        stats = x_p.new_empty(2)
-        n_zero = getattr(lib, f"ugmm_fused_scan_inputs_{_suffix(x.dtype)}")(n_batch, n_in, kp, _ptr(x_p), _ptr(stats))
+    suffix = _suffix(x.dtype)
+    stats = x.new_empty(2)
+    if kp == n_in and x.is_contiguous():
+        x_p = x.detach()
+        n_zero = getattr(lib, f"ugmm_fused_scan_inputs_{suffix}")(n_batch, n_in, kp, _ptr(x_p), _ptr(stats))
+    elif x.stride(1) == 1 and x.stride(0) >= n_in:  # rows padded in the kernel library (no torch pad)
+        x_p = x.new_empty((n_batch, kp))
+        n_zero = getattr(lib, f"ugmm_fused_pad_and_scan_inputs_{suffix}")(
+            n_batch, n_in, kp, _ptr(x), x.stride(0), _ptr(x_p), _ptr(stats)
+        )
+    else:
+        with torch.no_grad():
+            x_p = torch.nn.functional.pad(x.detach().contiguous(), (0, kp - n_in))
+        n_zero = getattr(lib, f"ugmm_fused_scan_inputs_{suffix}")(n_batch, n_in, kp, _ptr(x_p), _ptr(stats))
     x_max, probe = stats.tolist()
     # prepare()'s clip check, on the same values
     reach = x_max + entry.loc_max

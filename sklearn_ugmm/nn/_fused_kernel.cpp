@@ -627,6 +627,17 @@ int64_t scan_inputs(int64_t B, int64_t K, int64_t kp, const T* x, T* stats) {
     return zeros - B * (kp - K);
 }
 
+// scan_inputs() of x (B, K) with row stride ldx, copied first into x_p
+// (B, kp) with zero padding: the caller's torch pad, one pass fewer.
+template <typename T>
+int64_t pad_and_scan_inputs(int64_t B, int64_t K, int64_t kp, const T* x, int64_t ldx, T* x_p, T* stats) {
+    for (int64_t b = 0; b < B; ++b) {
+        std::memcpy(x_p + b * kp, x + b * ldx, K * sizeof(T));
+        for (int64_t k = K; k < kp; ++k) x_p[b * kp + k] = T(0);
+    }
+    return scan_inputs<T>(B, K, kp, x_p, stats);
+}
+
 // prepare_params(): fills params (J, 3, kp) and bound (J) from loc
 // (strided: tied means are an expanded view), scale, log(scale) and
 // log_weights (contiguous (J, K)); stats gets the largest |loc|, the
@@ -1271,6 +1282,10 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
     }                                                                                                          \
     int64_t ugmm_fused_scan_inputs_##SUFFIX(int64_t B, int64_t K, int64_t kp, const T* x, T* stats) {           \
         return scan_inputs<T>(B, K, kp, x, stats);                                                             \
+    }                                                                                                          \
+    int64_t ugmm_fused_pad_and_scan_inputs_##SUFFIX(int64_t B, int64_t K, int64_t kp, const T* x, int64_t ldx,  \
+                                                    T* x_p, T* stats) {                                        \
+        return pad_and_scan_inputs<T>(B, K, kp, x, ldx, x_p, stats);                                           \
     }                                                                                                          \
     void ugmm_fused_prepare_params_##SUFFIX(int64_t J, int64_t K, int64_t kp, const T* loc, int64_t loc_sj,     \
                                             int64_t loc_sk, const T* scale, const T* log_weights, T* params,   \
