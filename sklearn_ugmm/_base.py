@@ -567,7 +567,7 @@ class BaseUGMM(BaseEstimator):
         with torch.no_grad(), thread_limit(self.n_threads, module, min(n_rows, X.shape[0])):
             for start in range(0, X.shape[0], n_rows):
                 block = torch.as_tensor(prepare(X[start : start + n_rows]), device=device, dtype=dtype)
-                outputs.append(fn(module, block).cpu().numpy().astype(np.float64))
+                outputs.append(np.asarray(fn(module, block).cpu().numpy(), dtype=np.float64))
         return np.concatenate(outputs, axis=0)
 
 
@@ -596,12 +596,13 @@ def _network_features(scaler, X, dtype=np.float32):
     """X as the network sees it: scaled, and finite in float32 (the model computes in float32); NaN stays."""
     Xs = scaler.transform(X)
     _check_every_row_observed(Xs)
-    if not np.all(np.isfinite(Xs.astype(np.float32)) | np.isnan(Xs)):
+    X32 = Xs.astype(np.float32)
+    if np.isinf(X32).any():  # NaN stays NaN in float32: only an overflow (or an inf) gives inf
         raise ValueError(
             "Input contains values too large for float32 after scaling; "
             "the model computes in float32."
         )
-    return Xs.astype(dtype)
+    return X32 if np.dtype(dtype) == np.float32 else Xs.astype(dtype, copy=False)
 
 
 def _missing_as_zero(X):
