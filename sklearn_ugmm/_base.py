@@ -29,6 +29,7 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 from ._engine import _state_copy, build_net, pack_target
 from ._preprocessing import CategoricalEncoder, FeatureScaler, categorical_columns_from_dtype
 from ._threads import initialisation_limit, thread_limit
+from .nn import _fused
 from .nn._net import INIT_MAX_SAMPLES, evenly_spaced_rows
 
 __all__ = ["BaseUGMM", "resolve_device"]
@@ -564,7 +565,9 @@ class BaseUGMM(BaseEstimator):
         module = self._evaluation()
         device, dtype = _device_of(module), next(module.parameters()).dtype
         outputs = []
-        with torch.no_grad(), thread_limit(self.n_threads, module, min(n_rows, X.shape[0])):
+        limit = thread_limit(self.n_threads, module, min(n_rows, X.shape[0]))
+        # the kernel's inference-only routes: prediction is no part of a fit
+        with torch.no_grad(), _fused.inference_routes(), limit:
             for start in range(0, X.shape[0], n_rows):
                 block = torch.as_tensor(prepare(X[start : start + n_rows]), device=device, dtype=dtype)
                 outputs.append(np.asarray(fn(module, block).cpu().numpy(), dtype=np.float64))

@@ -535,7 +535,7 @@ def test_sparse_route_backward_without_input_gradient(monkeypatch, dtype, far, s
 
 
 def _no_grad_output(x, loc, scale, logits):
-    with torch.no_grad():
+    with torch.no_grad(), _fused.inference_routes():
         return _fused_fn(x, loc, scale, torch.log_softmax(logits, 1))
 
 
@@ -609,15 +609,18 @@ def test_transposed_route_is_for_narrow_layers_and_inference_only(monkeypatch, d
     layer = UGMMLayer(10, 64, kernel="fused", dtype=dtype)
     x = torch.randn(50, 10, dtype=dtype)
     trained = layer(x)  # an autograd node: the route of its backward pass
-    assert not calls
     with torch.no_grad():
+        plain = layer(x)  # no gradient, but outside inference_routes (a fit's initialisation)
+    assert not calls
+    assert torch.equal(plain, trained.detach())
+    with torch.no_grad(), _fused.inference_routes():
         inferred = layer(x)
     assert calls
     tol = 1e-12 if dtype == torch.float64 else 1e-5  # relative, or absolute below 1 (as the formula tests)
     torch.testing.assert_close(inferred, trained.detach(), rtol=tol, atol=tol)
     # missing inputs keep the masked kernel
     calls.clear()
-    with torch.no_grad():
+    with torch.no_grad(), _fused.inference_routes():
         x[0, 0] = float("nan")
         UGMMNet(10, (), 64, kernel="fused", dtype=dtype)(x)
     assert not calls
@@ -743,3 +746,30 @@ def test_inference_pads_strided_rows_in_the_kernel_library(dtype, n_in):
     with torch.no_grad():
         for name, x in views.items():
             assert torch.equal(layer(x), _uncached_inference(layer, x.contiguous())), name
+
+
+@requires_fused
+def test_only_prediction_takes_the_inference_routes(monkeypatch):
+    # a fit's no-grad work (initialisation, validation scores) keeps the
+    # routes of its backward pass, so that fits do not change; predict_proba
+    # (float64, a narrow first layer) takes the transposed route
+    from sklearn.exceptions import ConvergenceWarning
+
+    from sklearn_ugmm import UGMMClassifier
+
+    calls = {dtype: _count_calls(monkeypatch, f"ugmm_fused_transposed_forward_{_fused._suffix(dtype)}")
+             for dtype in (torch.float32, torch.float64)}
+    g = torch.Generator().manual_seed(28)
+    X = torch.randn(600, 10, generator=g, dtype=torch.float64).numpy()
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    clf = UGMMClassifier((64,), kernel="fused", max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    assert not calls[torch.float32] and not calls[torch.float64]
+    proba = clf.predict_proba(X)
+    assert calls[torch.float64]
+    with torch.no_grad():  # the same network outside inference_routes
+        module = clf._evaluation()
+        log_proba = torch.log_softmax(module(torch.as_tensor(clf.scaler_.transform(X))), dim=1)
+    assert abs(proba - log_proba.exp().numpy()).max() < 1e-12

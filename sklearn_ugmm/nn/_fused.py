@@ -16,12 +16,12 @@ exponentiated (forward, and the parameter gradients when no input gradient
 is wanted); missing inputs (:func:`log_density`'s ``missing``) as an
 additive mask. float32 layers may pass their raw parameters
 (:func:`layer_log_density`): softplus and log_softmax then run here too.
-Calls that need no gradient create no autograd node, keep nothing for a
-backward pass, and may take two inference-only routes: the transposed
-dense route (vectorised over neurons, for layers with few inputs) and, on
-the sparse route, a matrix product over only the columns that are 0 in
-some rows. Layers in eval mode keep their prepared parameters between
-inference calls (:func:`cached_log_density`).
+Calls that need no gradient create no autograd node; inside
+:func:`inference_routes` (the estimators' prediction methods) they may take
+the inference-only routes: the transposed dense route (vectorised over
+neurons, for layers with few inputs) and, on the sparse route, a matrix
+product over only the columns that are 0 in some rows. Layers keep their
+prepared parameters between inference calls (:func:`cached_log_density`).
 
 When no compiler is found, the build fails or the library does not load,
 :func:`load` returns None and the caller falls back to the reference kernel.
@@ -29,6 +29,8 @@ The compiler is ``$SKLEARN_UGMM_CXX`` when set, else the first of ``c++``,
 ``g++`` and ``clang++`` on the PATH.
 """
 
+import contextlib
+import contextvars
 import ctypes
 import hashlib
 import os
@@ -358,9 +360,34 @@ def cached_log_density(layer, x, z_lim):
 SPARSE_MIN_ZERO_FRACTION = 0.5
 
 
-#: The transposed dense route (inference only): vectorised over neurons
-#: instead of inputs, for layers where that takes fewer vector operations.
-#: None chooses by :func:`_transposed_pays`; True or False forces it (tests).
+_INFERENCE_ROUTES = contextvars.ContextVar("sklearn_ugmm_inference_routes", default=False)
+
+
+@contextlib.contextmanager
+def inference_routes():
+    """Let no-grad calls inside the block take the inference-only routes.
+
+    They are the transposed dense route (vectorised over neurons, for layers
+    with few inputs), the sparse route's matrix product over only the
+    columns that are 0 in some rows, and (float64) the log2 of the mixture
+    sums eight at a time; calls keep no shifts for a backward pass. Results
+    agree with the other routes to rounding (float64: 1e-15, float32: 1e-6
+    relative), not bit for bit, which is why they are opt-in: a fit's
+    no-grad work (the data-dependent initialisation, validation scores)
+    stays on the routes of its backward pass and gives the same fit. The
+    estimators' prediction methods enable them.
+    """
+    token = _INFERENCE_ROUTES.set(True)
+    try:
+        yield
+    finally:
+        _INFERENCE_ROUTES.reset(token)
+
+
+#: The transposed dense route (inside :func:`inference_routes`): vectorised
+#: over neurons instead of inputs, for layers where that takes fewer vector
+#: operations. None chooses by :func:`_transposed_pays`; True or False forces
+#: it (tests).
 TRANSPOSED_ROUTE = None
 
 
@@ -401,22 +428,25 @@ def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False, routes=N
     (None in inference) and, on the sparse route, what its backward pass
     needs (else None).
 
-    ``inference`` (no backward pass will follow) allows the transposed dense
-    route, whose sums are rounded in another order: training keeps the
-    route of its backward pass. ``routes`` (a dict, inference only) keeps
+    ``inference`` (no backward pass will follow) inside
+    :func:`inference_routes` allows the inference-only routes, whose sums
+    are rounded in another order. ``routes`` (a dict, inference only) keeps
     the routes' parameter arrays between calls."""
+    fast = inference and _INFERENCE_ROUTES.get()
     n_batch = x_p.shape[0]
     n_out, _, kp = params.shape
     out = x_p.new_empty((n_batch, n_out))
     # log2 of each mixture relative to its bound, for the backward pass
-    shift_t = None if inference else x_p.new_empty((n_out, n_batch))
+    # (none on the inference routes: the kernels then also take the log2 of
+    # the sums eight at a time in float64)
+    shift_t = None if fast else x_p.new_empty((n_out, n_batch))
     lib = load()
     suffix = _suffix(x_p.dtype)
     if x_mask is None and n_batch > 1 and n_zero >= SPARSE_MIN_ZERO_FRACTION * n_batch * n_in:
         width = lib.widths[x_p.dtype]
         jp = -(-n_out // width) * width
         params_t, e0 = _route_parameters(routes, "sparse", params, jp, with_e0=True)
-        if inference:
+        if fast:
             zeros = None
             zero_sums = _mixed_zero_sums(lib, suffix, x_p, n_in, e0)
         else:
@@ -429,7 +459,7 @@ def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False, routes=N
         )
         return out, shift_t, (zeros, params_t)
     width = lib.widths[x_p.dtype]
-    if inference and x_mask is None and _transposed_pays(n_in, n_out, width):
+    if fast and x_mask is None and _transposed_pays(n_in, n_out, width):
         jp = -(-n_out // width) * width
         params_t, _ = _route_parameters(routes, "transposed", params, jp, with_e0=False)
         getattr(lib, f"ugmm_fused_transposed_forward_{suffix}")(

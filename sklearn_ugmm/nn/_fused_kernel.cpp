@@ -280,8 +280,9 @@ inline void log2_array<float>(const float* s, float* l2, int64_t n) {
 }
 #endif
 
-// log2 of the forward pass's mixture sums: log2_array, except for double on
-// AVX-512, where std::log2 per value cost as much as the exponentials of a
+// log2 of the forward pass's mixture sums on the inference routes (the
+// callers keep no shifts; elsewhere log2_array): log2_array, except for
+// double on AVX-512, where std::log2 per value cost as much as the exponentials of a
 // narrow layer (a 10 -> 64 layer: 0.3 of its 0.65 ms per 1000 rows). Vector
 // version: s = m 2**e with m in [sqrt(1/2), sqrt(2)) (getmant, halved
 // above sqrt(2)), log2 m = 2 atanh(u) / ln 2 with u = (m - 1) / (m + 1),
@@ -437,7 +438,10 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, 
             }
             T l2_own[chunk];  // inference (shift_t null): nothing kept for a backward pass
             T* l2 = shift_t ? shift_t + j * B + b0 : l2_own;
-            log2_sums<T>(sums, l2, b1 - b0);
+            if (shift_t)
+                log2_array<T>(sums, l2, b1 - b0);
+            else  // inference routes (no shifts kept): eight at a time in double
+                log2_sums<T>(sums, l2, b1 - b0);
             for (b = b0; b < b1; ++b) {
                 // a sum below 2**-60 of the bound: too far from every
                 // component for the bound, redo with the exact peak
@@ -958,7 +962,10 @@ void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* 
             for (int64_t j = 0; j < J; ++j) si[j] += zb[j];
         }
         T* lj = l2.data();
-        log2_sums<T>(si, lj, J);
+        if (shift_t)
+            log2_array<T>(si, lj, J);
+        else  // inference routes (no shifts kept): eight at a time in double
+            log2_sums<T>(si, lj, J);
         int tiny = 0;
 #pragma omp simd reduction(| : tiny)
         for (int64_t j = 0; j < J; ++j) tiny |= !(si[j] >= Vec<T>::tiny);
