@@ -280,7 +280,7 @@ def _parameter_key(layer, dtype):
 
 
 def _prepare_layer(layer, dtype):
-    """The layer's parameters prepared once for inference (eval mode: no dropout)."""
+    """The layer's parameters prepared once for inference (no dropout)."""
     key = _parameter_key(layer, dtype)
     entry = _PREPARED.get(layer)
     if entry is not None and entry.key == key:
@@ -315,9 +315,9 @@ def _prepare_layer(layer, dtype):
 
 
 def cached_log_density(layer, x, z_lim):
-    """Inference output of a :class:`UGMMLayer` in eval mode, its parameters
-    prepared once (and again only after they change), or None when distances
-    need clipping.
+    """Inference output of a :class:`UGMMLayer` without dropout (eval mode, or
+    dropout 0), its parameters prepared once (and again only after they
+    change), or None when distances need clipping.
 
     Equal, bit for bit, to the layer's fused output without the cache: the
     same transforms and the same kernels; only their parameter part is kept
