@@ -29,6 +29,7 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 from ._engine import _state_copy, build_net, pack_target
 from ._preprocessing import CategoricalEncoder, FeatureScaler, categorical_columns_from_dtype
 from ._threads import initialisation_limit, thread_limit
+from .nn import _fused
 from .nn._net import INIT_MAX_SAMPLES, evenly_spaced_rows
 
 __all__ = ["BaseUGMM", "resolve_device"]
@@ -564,10 +565,12 @@ class BaseUGMM(BaseEstimator):
         module = self._evaluation()
         device, dtype = _device_of(module), next(module.parameters()).dtype
         outputs = []
-        with torch.no_grad(), thread_limit(self.n_threads, module, min(n_rows, X.shape[0])):
+        limit = thread_limit(self.n_threads, module, min(n_rows, X.shape[0]))
+        # the kernel's inference-only routes: prediction is no part of a fit
+        with torch.no_grad(), _fused.inference_routes(), limit:
             for start in range(0, X.shape[0], n_rows):
                 block = torch.as_tensor(prepare(X[start : start + n_rows]), device=device, dtype=dtype)
-                outputs.append(fn(module, block).cpu().numpy().astype(np.float64))
+                outputs.append(np.asarray(fn(module, block).cpu().numpy(), dtype=np.float64))
         return np.concatenate(outputs, axis=0)
 
 
@@ -596,12 +599,13 @@ def _network_features(scaler, X, dtype=np.float32):
     """X as the network sees it: scaled, and finite in float32 (the model computes in float32); NaN stays."""
     Xs = scaler.transform(X)
     _check_every_row_observed(Xs)
-    if not np.all(np.isfinite(Xs.astype(np.float32)) | np.isnan(Xs)):
+    X32 = Xs.astype(np.float32)
+    if np.isinf(X32).any():  # NaN stays NaN in float32: only an overflow (or an inf) gives inf
         raise ValueError(
             "Input contains values too large for float32 after scaling; "
             "the model computes in float32."
         )
-    return Xs.astype(dtype)
+    return X32 if np.dtype(dtype) == np.float32 else Xs.astype(dtype, copy=False)
 
 
 def _missing_as_zero(X):

@@ -402,6 +402,12 @@ def test_portable_builds_match_the_formula(unbuilt_kernel, isa):
         mask = torch.zeros(3, 21, dtype=torch.bool)
         mask[:, 1::2] = True  # -inf weights
         _assert_matches_formula([x, loc, scale, logits], mask=mask, rtol=1e-10 if dtype == torch.float64 else 1e-3)
+        # the inference routes: by neurons (a narrow layer), sparse with mixed columns
+        _assert_inference_matches_formula(_inputs(40, 10, 64, dtype, seed=25))
+        x, loc, scale, logits = _sparse_inputs(40, 37, 20, dtype, seed=26)
+        with torch.no_grad():
+            x[:, 3::5] = 0.0
+        _assert_inference_matches_formula([x, loc, scale, logits])
 
 
 @requires_fused
@@ -526,3 +532,244 @@ def test_sparse_route_backward_without_input_gradient(monkeypatch, dtype, far, s
     assert float(((out.double() - ref_out).abs() / ref_out.abs().clamp(min=1.0)).max()) <= rtol
     for ours, ref in zip(grads, ref_grads):
         _assert_relative(ours, ref, rtol)
+
+
+def _no_grad_output(x, loc, scale, logits):
+    with torch.no_grad(), _fused.inference_routes():
+        return _fused_fn(x, loc, scale, torch.log_softmax(logits, 1))
+
+
+def _assert_inference_matches_formula(inputs, rtol=None):
+    dtype = inputs[0].dtype
+    rtol = rtol if rtol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
+    out = _no_grad_output(*inputs)
+    x, loc, scale, logits = _as_float64(inputs)
+    with torch.no_grad():
+        ref = ugmm_log_density_reference(x, loc, scale, torch.log_softmax(logits, 1))
+    assert float(((out.double() - ref).abs() / ref.abs().clamp(min=1.0)).max()) <= rtol
+
+
+def _count_calls(monkeypatch, name):
+    calls = []
+    lib = _fused.load()
+    real = getattr(lib, name)
+    monkeypatch.setattr(lib, name, lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape",
+    [(37, 11, 7), (1, 1, 1), (5, 16, 3), (300, 33, 5), (70, 10, 64), (65, 36, 130)],
+    ids=["odd", "single", "one-vector", "tiles", "magic", "wide"],
+)
+def test_transposed_route_matches_the_formula(monkeypatch, dtype, shape):
+    # forced for every shape; no autograd node, so the route is taken
+    calls = _count_calls(monkeypatch, f"ugmm_fused_transposed_forward_{_fused._suffix(dtype)}")
+    monkeypatch.setattr(_fused, "TRANSPOSED_ROUTE", True)
+    inputs = _inputs(*shape, dtype, seed=21)
+    _assert_inference_matches_formula(inputs)
+    assert calls
+    # and the route vectorised over inputs agrees with it
+    monkeypatch.setattr(_fused, "TRANSPOSED_ROUTE", False)
+    dense = _no_grad_output(*inputs)
+    monkeypatch.setattr(_fused, "TRANSPOSED_ROUTE", True)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5  # relative, or absolute below 1 (as the formula tests)
+    torch.testing.assert_close(_no_grad_output(*inputs), dense, rtol=tol, atol=tol)
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transposed_route_far_from_every_component_and_two_threads(monkeypatch, dtype):
+    calls = _count_calls(monkeypatch, f"ugmm_fused_transposed_forward_{_fused._suffix(dtype)}")
+    monkeypatch.setattr(_fused, "TRANSPOSED_ROUTE", True)
+    x, loc, scale, logits = _inputs(300, 40, 30, dtype, seed=22)
+    with torch.no_grad():
+        x[::2] += 60.0  # the exact-peak path for every other row
+        scale.fill_(1.0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _fused._threads(300 * 40 * 30) == 2
+        assert float(_no_grad_output(x, loc, scale, logits).min()) < -1500
+        _assert_inference_matches_formula([x, loc, scale, logits], rtol=1e-10 if dtype == torch.float64 else 1e-3)
+    finally:
+        torch.set_num_threads(previous)
+    assert calls
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transposed_route_is_for_narrow_layers_and_inference_only(monkeypatch, dtype):
+    width = _fused.load().widths[dtype]
+    assert _fused._transposed_pays(10, 64, width) and _fused._transposed_pays(36, 64, width)
+    assert not _fused._transposed_pays(128, 64, width) and not _fused._transposed_pays(64, 10, width)
+    calls = _count_calls(monkeypatch, f"ugmm_fused_transposed_forward_{_fused._suffix(dtype)}")
+    layer = UGMMLayer(10, 64, kernel="fused", dtype=dtype)
+    x = torch.randn(50, 10, dtype=dtype)
+    trained = layer(x)  # an autograd node: the route of its backward pass
+    with torch.no_grad():
+        plain = layer(x)  # no gradient, but outside inference_routes (a fit's initialisation)
+    assert not calls
+    assert torch.equal(plain, trained.detach())
+    with torch.no_grad(), _fused.inference_routes():
+        inferred = layer(x)
+    assert calls
+    tol = 1e-12 if dtype == torch.float64 else 1e-5  # relative, or absolute below 1 (as the formula tests)
+    torch.testing.assert_close(inferred, trained.detach(), rtol=tol, atol=tol)
+    # missing inputs keep the masked kernel
+    calls.clear()
+    with torch.no_grad(), _fused.inference_routes():
+        x[0, 0] = float("nan")
+        UGMMNet(10, (), 64, kernel="fused", dtype=dtype)(x)
+    assert not calls
+
+
+@requires_fused
+@pytest.mark.parametrize("route", ["inputs", "neurons", "sparse"])
+def test_float64_inference_keeps_full_precision(monkeypatch, route):
+    # inference keeps no shifts for a backward pass and takes the log2 of the
+    # mixture sums eight at a time (AVX-512): a few ulp, far inside 1e-10
+    monkeypatch.setattr(_fused, "TRANSPOSED_ROUTE", route == "neurons")
+    make = _sparse_inputs if route == "sparse" else _inputs
+    inputs = make(200, 24, 40, torch.float64, seed=23)
+    calls = _count_calls(monkeypatch, f"ugmm_fused_sparse_forward_{_fused._suffix(torch.float64)}")
+    _assert_inference_matches_formula(inputs, rtol=1e-13)
+    assert bool(calls) == (route == "sparse")
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(37, 11, 7), (300, 33, 5), (70, 200, 130)], ids=["odd", "tiles", "wide"])
+def test_sparse_inference_multiplies_only_the_mixed_columns(monkeypatch, dtype, shape):
+    # inference: columns 0 in every row are one constant per neuron, columns
+    # 0 in none drop out of the matrix product
+    calls = _count_calls(monkeypatch, f"ugmm_fused_sparse_mixed_zeros_{_fused._suffix(dtype)}")
+    x, loc, scale, logits = _sparse_inputs(*shape, dtype, seed=24)
+    with torch.no_grad():
+        x[:, 1::4] = 0.0  # zero in every row
+        x[1:, 2] = 1.5  # zero in one row only
+        x[1:, -1] = -0.5
+        x[:, 5] = 0.25  # zero in none (row 0 too)
+    _assert_inference_matches_formula([x, loc, scale, logits])
+    assert calls
+    # every input 0: no product at all
+    _assert_inference_matches_formula([torch.zeros_like(x), loc, scale, logits])
+
+
+def _uncached_inference(layer, x):
+    """The layer's fused inference output computed from scratch (as before the cache)."""
+    with torch.no_grad():
+        if x.dtype == torch.float32:
+            return _fused.layer_log_density(x, layer.component_loc, layer.raw_scale, layer.min_scale, layer.logits,
+                                            _functional._z_limit(x.dtype))
+        return _fused.log_density(x, layer.component_loc, layer.scale, layer.log_weights(),
+                                  _functional._z_limit(x.dtype))
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tie_means", [False, True])
+@pytest.mark.parametrize("shape", [(40, 10, 64), (37, 33, 7), (60, 70, 20)], ids=["neurons", "inputs", "sparse"])
+def test_inference_keeps_the_prepared_parameters(monkeypatch, dtype, tie_means, shape):
+    n_batch, n_in, n_out = shape
+    layer = UGMMLayer(n_in, n_out, kernel="fused", tie_means=tie_means, dtype=dtype).eval()
+    g = torch.Generator().manual_seed(27)
+    x = torch.randn(n_batch, n_in, generator=g, dtype=dtype)
+    if shape[1] == 70:
+        x.masked_fill_(torch.rand(x.shape, generator=g) < 0.8, 0.0)
+    with torch.no_grad():
+        layer.loc.copy_(torch.randn(layer.loc.shape, generator=g, dtype=dtype))
+        layer.set_scale(torch.rand(n_out, n_in, generator=g, dtype=dtype) + 0.3)
+        layer.logits.normal_(generator=g)
+    prepare = _count_calls(monkeypatch, f"ugmm_fused_prepare_params_{_fused._suffix(dtype)}")
+    setup = _count_calls(monkeypatch, f"ugmm_fused_sparse_setup_{_fused._suffix(dtype)}")
+    with torch.no_grad():
+        first = layer(x)
+        again = layer(x[: n_batch // 2])
+    assert len(prepare) == 1 and len(setup) <= 1  # kept for the second call
+    assert torch.equal(first, _uncached_inference(layer, x))  # bit for bit
+    assert torch.equal(again, _uncached_inference(layer, x[: n_batch // 2]))
+    # an in-place update (an optimiser step) and a replaced tensor both count
+    with torch.no_grad():
+        layer.loc.add_(0.25)
+        moved = layer(x)
+    assert len(prepare) == 2 and torch.equal(moved, _uncached_inference(layer, x))
+    layer.raw_scale.data = layer.raw_scale.data * 0.5
+    with torch.no_grad():
+        assert torch.equal(layer(x), _uncached_inference(layer, x))
+    assert len(prepare) == 3
+    # a gradient wanted, or dropout in training mode: no cache
+    assert layer(x).requires_grad
+    layer.dropout = 0.5
+    layer.train()
+    with torch.no_grad():
+        layer(x)
+    assert len(prepare) == 3
+
+
+@requires_fused
+def test_prepared_parameters_stay_out_of_copies_and_pickles():
+    import copy
+    import pickle
+
+    layer = UGMMLayer(30, 20, kernel="fused", dtype=torch.float64).eval()
+    x = torch.randn(50, 30, dtype=torch.float64)
+    with torch.no_grad():
+        out = layer(x)
+    assert layer in _fused._PREPARED
+    for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert twin not in _fused._PREPARED
+        with torch.no_grad():
+            assert torch.equal(twin(x), out)
+    # the entry goes with its layer
+    del layer
+    import gc
+
+    gc.collect()
+    assert len([k for k in _fused._PREPARED.keys() if k.in_features == 30 and k.out_features == 20]) <= 2
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_in", [10, 16, 33])
+def test_inference_pads_strided_rows_in_the_kernel_library(dtype, n_in):
+    layer = UGMMLayer(n_in, 20, kernel="fused", dtype=dtype).eval()
+    wide = torch.randn(50, n_in + 7, dtype=dtype)
+    views = {
+        "contiguous": wide[:, :n_in].contiguous(),
+        "row stride": wide[:, 3 : 3 + n_in],  # padded rows copied by the kernel library
+        "column stride": wide.t().contiguous().t()[:, :n_in],  # torch's pad
+        "expanded": wide[:1, :n_in].expand(50, n_in),
+    }
+    with torch.no_grad():
+        for name, x in views.items():
+            assert torch.equal(layer(x), _uncached_inference(layer, x.contiguous())), name
+
+
+@requires_fused
+def test_only_prediction_takes_the_inference_routes(monkeypatch):
+    # a fit's no-grad work (initialisation, validation scores) keeps the
+    # routes of its backward pass, so that fits do not change; predict_proba
+    # (float64, a narrow first layer) takes the transposed route
+    from sklearn.exceptions import ConvergenceWarning
+
+    from sklearn_ugmm import UGMMClassifier
+
+    calls = {dtype: _count_calls(monkeypatch, f"ugmm_fused_transposed_forward_{_fused._suffix(dtype)}")
+             for dtype in (torch.float32, torch.float64)}
+    g = torch.Generator().manual_seed(28)
+    X = torch.randn(600, 10, generator=g, dtype=torch.float64).numpy()
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    clf = UGMMClassifier((64,), kernel="fused", max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    assert not calls[torch.float32] and not calls[torch.float64]
+    proba = clf.predict_proba(X)
+    assert calls[torch.float64]
+    with torch.no_grad():  # the same network outside inference_routes
+        module = clf._evaluation()
+        log_proba = torch.log_softmax(module(torch.as_tensor(clf.scaler_.transform(X))), dim=1)
+    assert abs(proba - log_proba.exp().numpy()).max() < 1e-12

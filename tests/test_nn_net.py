@@ -257,3 +257,20 @@ def test_precision_penalty_sums_the_layers_and_starts_at_their_number():
     total = sum(layer.precision_penalty() for layer in net.layers)
     torch.testing.assert_close(net.precision_penalty(), total)
     assert net.precision_penalty().item() > 3.0
+
+
+def test_missing_inputs_found_by_one_sum():
+    # forward() looks for NaN through x.sum() (NaN for any NaN, and for +inf
+    # with -inf: then the elementwise check decides)
+    net = UGMMNet(5, (4,), 3)
+    net.init_from_data(torch.randn(50, 5))
+    net.eval()
+    x = torch.randn(8, 5)
+    x[1, 2], x[3, 4] = math.inf, -math.inf  # sum NaN, nothing missing
+    with torch.no_grad():
+        plain = net.layers[1](net.layers[0](x))
+        torch.testing.assert_close(net(x), plain, rtol=0, atol=0, equal_nan=True)
+        x[5, 0] = math.nan  # now missing: the renormalised mixture
+        observed = net.layers[1](net.layers[0].forward_observed(x, ~torch.isnan(x)))
+        torch.testing.assert_close(net(x), observed, rtol=0, atol=0, equal_nan=True)
+        assert not torch.equal(observed[5], plain[5])

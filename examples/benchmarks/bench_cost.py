@@ -17,7 +17,9 @@ FLOPs); one training step (cross-entropy, Adam with its fused kernel as in
 the estimators, the stated batch), as the
 median over interleaved rounds of wall-clock time and of process CPU time
 (the CPU time is what to compare on a machine shared with other jobs);
-prediction time per 1000 rows (``torch.no_grad``, eval mode), wall and
+prediction time per 1000 rows (``torch.no_grad``, eval mode, and for the
+uGMM networks the kernel's inference-only routes, as in the estimators'
+prediction methods: ``sklearn_ugmm.nn._fused.inference_routes``), wall and
 CPU, in float32 and (CPU) in float64, the dtype the estimators evaluate in
 (both networks converted); and peak memory
 of one training step (as in ``bench_layer.py``: a fresh subprocess per
@@ -127,7 +129,7 @@ def make_step(model, X, y, batch):
 def make_predict(model, X):
     def predict():
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), _fused.inference_routes():
             model(X)
         model.train()
 
@@ -142,7 +144,7 @@ def make_predict64(model, X):
     X64 = X.double()
 
     def predict():
-        with torch.no_grad():
+        with torch.no_grad(), _fused.inference_routes():
             twin(X64)
 
     return predict

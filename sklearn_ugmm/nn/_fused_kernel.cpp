@@ -280,6 +280,53 @@ inline void log2_array<float>(const float* s, float* l2, int64_t n) {
 }
 #endif
 
+// log2 of the forward pass's mixture sums on the inference routes (the
+// callers keep no shifts; elsewhere log2_array): log2_array, except for
+// double on AVX-512, where std::log2 per value cost as much as the exponentials of a
+// narrow layer (a 10 -> 64 layer: 0.3 of its 0.65 ms per 1000 rows). Vector
+// version: s = m 2**e with m in [sqrt(1/2), sqrt(2)) (getmant, halved
+// above sqrt(2)), log2 m = 2 atanh(u) / ln 2 with u = (m - 1) / (m + 1),
+// |u| <= 0.1716, by its series to u**21 (truncation 1e-19 relative; a few
+// ulp once rounded). Sums that are 0 or tiny give garbage the callers
+// replace (they recompute those with the exact peak).
+template <typename T>
+inline void log2_sums(const T* s, T* l2, int64_t n) {
+    log2_array<T>(s, l2, n);
+}
+
+#if defined(__AVX512F__)
+inline Vec<double>::type log2v(Vec<double>::type v) {
+    typedef Vec<double>::type V;
+    const V m1 = (V)_mm512_getmant_pd((__m512d)v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    const V e1 = (V)_mm512_getexp_pd((__m512d)v);
+    const auto big = m1 > 1.4142135623730951;
+    const V m = big ? m1 * 0.5 : m1;  // exact
+    const V e = big ? e1 + 1.0 : e1;
+    const V u = (m - 1.0) / (m + 1.0);
+    const V u2 = u * u;
+    V p = V{} + 1.0 / 21;
+    p = p * u2 + 1.0 / 19;
+    p = p * u2 + 1.0 / 17;
+    p = p * u2 + 1.0 / 15;
+    p = p * u2 + 1.0 / 13;
+    p = p * u2 + 1.0 / 11;
+    p = p * u2 + 1.0 / 9;
+    p = p * u2 + 1.0 / 7;
+    p = p * u2 + 1.0 / 5;
+    p = p * u2 + 1.0 / 3;
+    const V up = u + u * (u2 * p);  // atanh(u), its leading term unrounded
+    return e + 2.8853900817779268 * up;
+}
+
+template <>
+inline void log2_sums<double>(const double* s, double* l2, int64_t n) {
+    typedef Vec<double>::type V;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm512_storeu_pd(l2 + i, (__m512d)log2v((V)_mm512_loadu_pd(s + i)));
+    for (; i < n; ++i) l2[i] = std::log2(s[i]);
+}
+#endif
+
 template <typename T>
 inline T hmax(typename Vec<T>::type v) {
     T m = v[0];
@@ -389,8 +436,12 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, 
                 }
                 sums[b - b0] = hsum<T>(a);
             }
-            T* l2 = shift_t + j * B + b0;
-            log2_array<T>(sums, l2, b1 - b0);
+            T l2_own[chunk];  // inference (shift_t null): nothing kept for a backward pass
+            T* l2 = shift_t ? shift_t + j * B + b0 : l2_own;
+            if (shift_t)
+                log2_array<T>(sums, l2, b1 - b0);
+            else  // inference routes (no shifts kept): eight at a time in double
+                log2_sums<T>(sums, l2, b1 - b0);
             for (b = b0; b < b1; ++b) {
                 // a sum below 2**-60 of the bound: too far from every
                 // component for the bound, redo with the exact peak
@@ -556,23 +607,51 @@ void backward_columns(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm,
     }
 }
 
-// Fills params (J, 3, kp) and bound (J) from loc (strided: tied means are an
-// expanded view), scale, log(scale) and log_weights (contiguous (J, K)).
-// Returns 1 when some standardised distance may reach z_lim or a square may
-// overflow (the caller then uses the clipping reference kernel), else 0.
+// prepare() in two parts, so that inference can keep the parameters' part
+// of a layer between calls (_fused.cached_log_density):
+//
+// scan_inputs(): the largest |x| and a NaN probe (stats[0], stats[1]) for
+// the clip check, and the number of inputs exactly 0 in x (B, kp) outside
+// its padding (zeros from K on), returned: the choice of the sparse route
+// costs no pass of its own.
 template <typename T>
-int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc, int64_t loc_sj,
-            int64_t loc_sk, const T* scale, const T* log_weights, T* params, T* bound, double z_lim) {
-    const T log2e = T(1.4426950408889634074);
-    const T half_log_2pi = T(0.91893853320467274178);
-    // maxima for the clip check; the sums only detect NaN (max ignores it)
-    T x_max = 0, loc_max = 0, inv_max = 0, nan_probe = 0;
-#pragma omp simd reduction(max : x_max) reduction(+ : nan_probe)
+int64_t scan_inputs(int64_t B, int64_t K, int64_t kp, const T* x, T* stats) {
+    // the sum only detects NaN (max ignores it)
+    T x_max = 0, nan_probe = 0;
+    int64_t zeros = 0;
+#pragma omp simd reduction(max : x_max) reduction(+ : nan_probe, zeros)
     for (int64_t i = 0; i < B * kp; ++i) {
         const T a = std::fabs(x[i]);
         x_max = a > x_max ? a : x_max;
         nan_probe += a;
+        zeros += a == T(0) ? 1 : 0;
     }
+    stats[0] = x_max;
+    stats[1] = nan_probe;
+    return zeros - B * (kp - K);
+}
+
+// scan_inputs() of x (B, K) with row stride ldx, copied first into x_p
+// (B, kp) with zero padding: the caller's torch pad, one pass fewer.
+template <typename T>
+int64_t pad_and_scan_inputs(int64_t B, int64_t K, int64_t kp, const T* x, int64_t ldx, T* x_p, T* stats) {
+    for (int64_t b = 0; b < B; ++b) {
+        std::memcpy(x_p + b * kp, x + b * ldx, K * sizeof(T));
+        for (int64_t k = K; k < kp; ++k) x_p[b * kp + k] = T(0);
+    }
+    return scan_inputs<T>(B, K, kp, x_p, stats);
+}
+
+// prepare_params(): fills params (J, 3, kp) and bound (J) from loc
+// (strided: tied means are an expanded view), scale, log(scale) and
+// log_weights (contiguous (J, K)); stats gets the largest |loc|, the
+// largest 1 / scale and a NaN probe for the clip check.
+template <typename T>
+void prepare_params(int64_t J, int64_t K, int64_t kp, const T* loc, int64_t loc_sj, int64_t loc_sk,
+                    const T* scale, const T* log_weights, T* params, T* bound, T* stats) {
+    const T log2e = T(1.4426950408889634074);
+    const T half_log_2pi = T(0.91893853320467274178);
+    T loc_max = 0, inv_max = 0, nan_probe = 0;
     for (int64_t j = 0; j < J; ++j) {
         T* pl = params + j * 3 * kp;
         T* pc = pl + kp;
@@ -612,11 +691,26 @@ int prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* lo
         }
         bound[j] = peak;
     }
-    const double reach = double(x_max) + double(loc_max);
+    stats[0] = loc_max;
+    stats[1] = inv_max;
+    stats[2] = nan_probe;
+}
+
+// Both parts and the clip check. Returns -1 when some standardised distance
+// may reach z_lim or a square may overflow (the caller then uses the
+// clipping reference kernel), else scan_inputs()'s count of zero inputs.
+template <typename T>
+int64_t prepare(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc, int64_t loc_sj,
+                int64_t loc_sk, const T* scale, const T* log_weights, T* params, T* bound, double z_lim) {
+    T x_stats[2], p_stats[3];
+    const int64_t zeros = scan_inputs<T>(B, K, kp, x, x_stats);
+    prepare_params<T>(J, K, kp, loc, loc_sj, loc_sk, scale, log_weights, params, bound, p_stats);
+    const double reach = double(x_stats[0]) + double(p_stats[0]);
+    const double inv_max = double(p_stats[1]);
     const double sqrt_max = z_lim * z_lim;
-    const bool safe = reach * double(inv_max) < z_lim && reach < sqrt_max && double(inv_max) < sqrt_max &&
-                      nan_probe == nan_probe;
-    return safe ? 0 : 1;
+    const bool safe = reach * inv_max < z_lim && reach < sqrt_max && inv_max < sqrt_max &&
+                      x_stats[1] == x_stats[1] && p_stats[2] == p_stats[2];
+    return safe ? zeros : -1;
 }
 
 template <typename T>
@@ -654,12 +748,13 @@ void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T*
 // the transposed parameters (kp, 3, jp) so that one input's components for
 // 16 (8) neurons are one vector. sparse_setup() fills e0 (J, kp) and the
 // transposed parameters from params; jp is J rounded up to the vector
-// width, the extra neurons with weight zero.
+// width, the extra neurons with weight zero. e0 may be null (the transposed
+// dense route, which needs only the transposed parameters).
 template <typename T>
 void sparse_setup(int64_t J, int64_t kp, int64_t jp, const T* params, T* e0, T* params_t) {
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
-    for (int64_t j = 0; j < J; ++j) {
+    for (int64_t j = 0; e0 && j < J; ++j) {
         const T* pj = params + j * 3 * kp;
         for (int64_t k = 0; k < kp; k += W) {
             const V l = load<V>(pj + k);
@@ -707,18 +802,111 @@ int64_t sparse_zeros(int64_t B, int64_t K, int64_t kp, const T* x, T* zero) {
     return count;
 }
 
+// The sums of NV neuron vectors from v0 at one sample, over its active
+// inputs active[a0, a1): NV accumulators in registers, the parameters of
+// each input loaded from three bases with constant offsets.
+template <typename T, int NV>
+inline void sparse_accumulate(int64_t jp, const T* xb, const T* params_t, const int64_t* active, int64_t a0,
+                              int64_t a1, T* si, int64_t v0) {
+    typedef typename Vec<T>::type V;
+    constexpr int W = Vec<T>::width;
+    V acc[NV];
+#pragma GCC unroll 8
+    for (int q = 0; q < NV; ++q) acc[q] = load<V>(si + v0 + q * W);
+    for (int64_t a = a0; a < a1; ++a) {
+        const int64_t k = active[a];
+        const V xv = V{} + xb[k];
+        const T* pl = params_t + k * 3 * jp + v0;
+        const T* pc = pl + jp;
+        const T* ps = pc + jp;
+#pragma GCC unroll 8
+        for (int q = 0; q < NV; ++q) {
+            const V d = xv - load<V>(pl + q * W);
+            acc[q] += exp2v<T>(load<V>(ps + q * W) + load<V>(pc + q * W) * d * d);
+        }
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < NV; ++q) store<V>(si + v0 + q * W, acc[q]);
+}
+
+// Inference on the sparse route: the zero indicator of only the columns
+// that are 0 in some rows and not in others. Columns 0 in every row (an
+// image's border) add the same e0 to every row's zero sums, and columns 0
+// in none add nothing, so the caller's matrix product needs only the mixed
+// ones (MNIST, 1000 rows: 618 of 784). Fills cols (kp) with the mixed
+// columns first, in increasing order (n_mixed of them, returned), and then
+// those 0 in every row (*n_all_zero), among the first K; writes the
+// indicator of the mixed columns as zero (B, n_mixed), row-major (zero must
+// hold B * kp + W values).
+template <typename T>
+int64_t sparse_mixed_zeros(int64_t B, int64_t K, int64_t kp, const T* x, int64_t* cols, int64_t* n_all_zero,
+                           T* zero) {
+    std::vector<int32_t> count(kp, 0);
+    for (int64_t b = 0; b < B; ++b) {
+        const T* xb = x + b * kp;
+#pragma omp simd
+        for (int64_t k = 0; k < kp; ++k) count[k] += xb[k] == T(0);
+    }
+    int64_t m = 0, a = 0;
+    std::vector<int64_t> all_zero;
+    for (int64_t k = 0; k < K; ++k) {
+        if (count[k] == B)
+            all_zero.push_back(k);
+        else if (count[k] > 0)
+            cols[m++] = k;
+    }
+    for (int64_t k : all_zero) cols[m + a++] = k;
+    *n_all_zero = a;
+#if defined(__AVX512F__)
+    // per vector of columns: the indicator, compressed to the mixed lanes in
+    // a register and stored whole (zero has W values of slack at its end)
+    constexpr int W = Vec<T>::width;
+    std::vector<uint16_t> lanes(kp / W, 0);
+    for (int64_t i = 0; i < m; ++i) lanes[cols[i] / W] |= uint16_t(1u << (cols[i] % W));
+    T* zb = zero;
+    for (int64_t b = 0; b < B; ++b) {
+        const T* xb = x + b * kp;
+        for (int64_t v = 0; v < kp / W; ++v) {
+            const uint16_t keep = lanes[v];
+            if (!keep) continue;
+            if constexpr (sizeof(T) == 4) {
+                const __mmask16 z = _mm512_cmp_ps_mask(_mm512_loadu_ps(xb + v * W), _mm512_setzero_ps(), _CMP_EQ_OQ);
+                const __m512 ind = _mm512_maskz_mov_ps(z, _mm512_set1_ps(1.0f));
+                _mm512_storeu_ps(zb, _mm512_maskz_compress_ps(keep, ind));
+            } else {
+                const __mmask8 z = _mm512_cmp_pd_mask(_mm512_loadu_pd(xb + v * W), _mm512_setzero_pd(), _CMP_EQ_OQ);
+                const __m512d ind = _mm512_maskz_mov_pd(z, _mm512_set1_pd(1.0));
+                _mm512_storeu_pd(zb, _mm512_maskz_compress_pd(__mmask8(keep), ind));
+            }
+            zb += __builtin_popcount(keep);
+        }
+    }
+#else
+    for (int64_t b = 0; b < B; ++b) {
+        const T* xb = x + b * kp;
+        T* zb = zero + b * m;
+        for (int64_t i = 0; i < m; ++i) zb[i] = xb[cols[i]] == T(0) ? T(1) : T(0);
+    }
+#endif
+    return m;
+}
+
 // Forward for samples [b0, b1) from zero_sums (B, J) and the nonzero inputs.
 // Tiled: for a block of samples, the inputs go by chunks whose transposed
 // parameters stay in cache, each sample's sums carried from chunk to chunk.
+//
+// With dense_k > 0 (the transposed dense route, inference only) every input
+// k < dense_k is taken, zero or not, and zero_sums is null: vectorised over
+// neurons, a layer with few inputs wastes no lanes on the padding of its
+// input axis, and no horizontal sum is needed per (sample, neuron).
 template <typename T>
 void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params,
                          const T* params_t, const T* bound, const T* zero_sums, T* out, T* shift_t, int64_t b0,
-                         int64_t b1) {
+                         int64_t b1, int64_t dense_k = 0) {
     FlushSubnormals ftz;
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
-    constexpr int64_t block = 8;  // neuron vectors kept in registers
-    constexpr int64_t chunk = 64;  // inputs per chunk: 32 * 3 * jp values
+    constexpr int64_t chunk = 64;  // inputs per chunk: 64 * 3 * jp values
     const int64_t nb = b1 - b0;
     std::vector<int64_t> active(nb * kp), start(nb + 1), cursor(nb);
     std::vector<T> sums(nb * jp, T(0)), l2(jp);
@@ -726,8 +914,14 @@ void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* 
     for (int64_t i = 0; i < nb; ++i) {
         const T* xb = x + (b0 + i) * kp;
         int64_t n = start[i];
-        for (int64_t k = 0; k < kp; ++k)
-            if (xb[k] != T(0)) active[n++] = k;
+        if (dense_k > 0) {
+            for (int64_t k = 0; k < dense_k; ++k) active[n++] = k;
+        } else {
+            for (int64_t k = 0; k < kp; ++k) {  // branchless: MNIST's zeros come in no predictable order
+                active[n] = k;
+                n += xb[k] != T(0);
+            }
+        }
         start[i + 1] = n;
         cursor[i] = start[i];
     }
@@ -740,38 +934,21 @@ void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* 
             cursor[i] = a1;
             if (a0 == a1) continue;
             T* si = sums.data() + i * jp;
-            for (int64_t v0 = 0; v0 < jp; v0 += block * W) {
-                const int64_t nv = (jp - v0) / W < block ? (jp - v0) / W : block;
-                V acc[block];
-                if (nv == block) {
-#pragma GCC unroll 8
-                    for (int q = 0; q < block; ++q) acc[q] = load<V>(si + v0 + q * W);
-                    for (int64_t a = a0; a < a1; ++a) {
-                        const int64_t k = active[a];
-                        const V xv = V{} + xb[k];
-                        const T* pl = params_t + k * 3 * jp + v0;  // three bases, constant offsets
-                        const T* pc = pl + jp;
-                        const T* ps = pc + jp;
-#pragma GCC unroll 8
-                        for (int q = 0; q < block; ++q) {
-                            const V d = xv - load<V>(pl + q * W);
-                            acc[q] += exp2v<T>(load<V>(ps + q * W) + load<V>(pc + q * W) * d * d);
-                        }
-                    }
-#pragma GCC unroll 8
-                    for (int q = 0; q < block; ++q) store<V>(si + v0 + q * W, acc[q]);
+            for (int64_t v0 = 0; v0 < jp;) {
+                // NV neuron vectors per pass, unrolled: 8, then 4, 2, 1 for the rest
+                const int64_t left = (jp - v0) / W;
+                if (left >= 8) {
+                    sparse_accumulate<T, 8>(jp, xb, params_t, active.data(), a0, a1, si, v0);
+                    v0 += 8 * W;
+                } else if (left >= 4) {
+                    sparse_accumulate<T, 4>(jp, xb, params_t, active.data(), a0, a1, si, v0);
+                    v0 += 4 * W;
+                } else if (left >= 2) {
+                    sparse_accumulate<T, 2>(jp, xb, params_t, active.data(), a0, a1, si, v0);
+                    v0 += 2 * W;
                 } else {
-                    for (int q = 0; q < nv; ++q) acc[q] = load<V>(si + v0 + q * W);
-                    for (int64_t a = a0; a < a1; ++a) {
-                        const int64_t k = active[a];
-                        const V xv = V{} + xb[k];
-                        const T* p = params_t + k * 3 * jp + v0;
-                        for (int q = 0; q < nv; ++q) {
-                            const V d = xv - load<V>(p + q * W);
-                            acc[q] += exp2v<T>(load<V>(p + 2 * jp + q * W) + load<V>(p + jp + q * W) * d * d);
-                        }
-                    }
-                    for (int q = 0; q < nv; ++q) store<V>(si + v0 + q * W, acc[q]);
+                    sparse_accumulate<T, 1>(jp, xb, params_t, active.data(), a0, a1, si, v0);
+                    v0 += W;
                 }
             }
         }
@@ -780,37 +957,50 @@ void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* 
         const int64_t b = b0 + i;
         const T* xb = x + b * kp;
         T* si = sums.data() + i * jp;
-        const T* zb = zero_sums + b * J;
-        for (int64_t j = 0; j < J; ++j) si[j] += zb[j];
-        log2_array<T>(si, l2.data(), J);
-        for (int64_t j = 0; j < J; ++j) {
-            T v = l2[j];
+        if (zero_sums) {
+            const T* zb = zero_sums + b * J;
+            for (int64_t j = 0; j < J; ++j) si[j] += zb[j];
+        }
+        T* lj = l2.data();
+        if (shift_t)
+            log2_array<T>(si, lj, J);
+        else  // inference routes (no shifts kept): eight at a time in double
+            log2_sums<T>(si, lj, J);
+        int tiny = 0;
+#pragma omp simd reduction(| : tiny)
+        for (int64_t j = 0; j < J; ++j) tiny |= !(si[j] >= Vec<T>::tiny);
+        if (tiny) {
             // a sum below 2**-60 of the bound: redo with the exact peak, as the dense kernel
-            if (!(si[j] >= Vec<T>::tiny)) v = exact_log2_sum<T, false>(xb, nullptr, params + j * 3 * kp, kp);
-            shift_t[j * B + b] = v;
-            out[b * J + j] = (v + bound[j]) * T(0.6931471805599453094);
+            for (int64_t j = 0; j < J; ++j)
+                if (!(si[j] >= Vec<T>::tiny)) lj[j] = exact_log2_sum<T, false>(xb, nullptr, params + j * 3 * kp, kp);
+        }
+        T* ob = out + b * J;
+#pragma omp simd
+        for (int64_t j = 0; j < J; ++j) ob[j] = (lj[j] + bound[j]) * T(0.6931471805599453094);
+        if (shift_t) {
+            for (int64_t j = 0; j < J; ++j) shift_t[j * B + b] = lj[j];
         }
     }
 }
 
 template <typename T>
 void sparse_forward(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params, const T* params_t,
-                    const T* bound, const T* zero_sums, T* out, T* shift, int n_threads) {
+                    const T* bound, const T* zero_sums, T* out, T* shift, int n_threads, int64_t dense_k = 0) {
     constexpr int64_t rows = 32;  // samples per tile
     if (n_threads <= 1 || B <= rows) {
         for (int64_t b = 0; b < B; b += rows)
             sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, b,
-                                   b + rows < B ? b + rows : B);
+                                   b + rows < B ? b + rows : B, dense_k);
         return;
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
     for (int64_t b = 0; b < B; b += rows) {
         sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, b,
-                               b + rows < B ? b + rows : B);
+                               b + rows < B ? b + rows : B, dense_k);
     }
 #else
-    sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, 0, B);
+    sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, 0, B, dense_k);
 #endif
 }
 
@@ -1092,10 +1282,22 @@ int ugmm_fused_width_f32() { return Vec<float>::width; }
 int ugmm_fused_width_f64() { return Vec<double>::width; }
 
 #define UGMM_EXPORT(T, SUFFIX)                                                                                 \
-    int ugmm_fused_prepare_##SUFFIX(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc,     \
+    int64_t ugmm_fused_prepare_##SUFFIX(int64_t B, int64_t J, int64_t K, int64_t kp, const T* x, const T* loc, \
                                     int64_t loc_sj, int64_t loc_sk, const T* scale, const T* log_weights,     \
                                     T* params, T* bound, double z_lim) {                                      \
         return prepare<T>(B, J, K, kp, x, loc, loc_sj, loc_sk, scale, log_weights, params, bound, z_lim);     \
+    }                                                                                                          \
+    int64_t ugmm_fused_scan_inputs_##SUFFIX(int64_t B, int64_t K, int64_t kp, const T* x, T* stats) {           \
+        return scan_inputs<T>(B, K, kp, x, stats);                                                             \
+    }                                                                                                          \
+    int64_t ugmm_fused_pad_and_scan_inputs_##SUFFIX(int64_t B, int64_t K, int64_t kp, const T* x, int64_t ldx,  \
+                                                    T* x_p, T* stats) {                                        \
+        return pad_and_scan_inputs<T>(B, K, kp, x, ldx, x_p, stats);                                           \
+    }                                                                                                          \
+    void ugmm_fused_prepare_params_##SUFFIX(int64_t J, int64_t K, int64_t kp, const T* loc, int64_t loc_sj,     \
+                                            int64_t loc_sk, const T* scale, const T* log_weights, T* params,   \
+                                            T* bound, T* stats) {                                              \
+        prepare_params<T>(J, K, kp, loc, loc_sj, loc_sk, scale, log_weights, params, bound, stats);            \
     }                                                                                                          \
     void ugmm_fused_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm,               \
                                      const T* params, const T* bound, T* out, T* shift, int n_threads) {      \
@@ -1111,6 +1313,10 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
     int64_t ugmm_fused_sparse_zeros_##SUFFIX(int64_t B, int64_t K, int64_t kp, const T* x, T* zero) {             \
         return sparse_zeros<T>(B, K, kp, x, zero);                                                             \
     }                                                                                                          \
+    int64_t ugmm_fused_sparse_mixed_zeros_##SUFFIX(int64_t B, int64_t K, int64_t kp, const T* x, int64_t* cols, \
+                                                   int64_t* n_all_zero, T* zero) {                             \
+        return sparse_mixed_zeros<T>(B, K, kp, x, cols, n_all_zero, zero);                                     \
+    }                                                                                                          \
     void ugmm_fused_sparse_setup_##SUFFIX(int64_t J, int64_t kp, int64_t jp, const T* params, T* e0,            \
                                           T* params_t) {                                                       \
         sparse_setup<T>(J, kp, jp, params, e0, params_t);                                                      \
@@ -1119,6 +1325,11 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
                                             const T* params, const T* params_t, const T* bound,                \
                                             const T* zero_sums, T* out, T* shift, int n_threads) {             \
         sparse_forward<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, n_threads);         \
+    }                                                                                                          \
+    void ugmm_fused_transposed_forward_##SUFFIX(int64_t B, int64_t J, int64_t K, int64_t kp, int64_t jp,        \
+                                                const T* x, const T* params, const T* params_t,                \
+                                                const T* bound, T* out, T* shift, int n_threads) {             \
+        sparse_forward<T>(B, J, kp, jp, x, params, params_t, bound, nullptr, out, shift, n_threads, K);        \
     }
 
 #define UGMM_EXPORT_SPARSE_BACKWARD(T, SUFFIX)                                                                 \

@@ -286,6 +286,19 @@ class UGMMLayer(nn.Module):
             )
         # N(loc | x, s^2) = N(x | loc, s^2): tied means use the same kernel
         kernel = getattr(self, "kernel", "auto")  # layers pickled before the option
+        if (
+            kernel != "reference"
+            and not (self.training and self.dropout > 0)
+            and not (torch.is_grad_enabled() and any(p.requires_grad for p in (x, self.loc, self.raw_scale, self.logits)))
+            and type(self).log_weights is UGMMLayer.log_weights  # subclasses may mask the weights
+            and type(self).scale is UGMMLayer.scale
+            and type(self).component_loc is UGMMLayer.component_loc
+            and _fused_applies(x, self.loc, self.raw_scale, self.logits, kernel)
+        ):
+            # inference: the parameters' part of the kernel's work is kept between calls
+            out = _fused.cached_log_density(self, x, _z_limit(x.dtype))
+            if out is not None:
+                return out
         log_weights = None
         if (
             kernel != "reference"
