@@ -686,6 +686,11 @@ def test_inference_keeps_the_prepared_parameters(monkeypatch, dtype, tie_means, 
     prepare = _count_calls(monkeypatch, f"ugmm_fused_prepare_params_{_fused._suffix(dtype)}")
     setup = _count_calls(monkeypatch, f"ugmm_fused_sparse_setup_{_fused._suffix(dtype)}")
     with torch.no_grad():
+        layer(x)
+    assert len(prepare) == 0  # outside inference_routes: no cache
+    setup.clear()
+    monkeypatch.setattr(_fused, "inference_routes_active", lambda: True)  # as in the estimators' prediction
+    with torch.no_grad():
         first = layer(x)
         again = layer(x[: n_batch // 2])
     assert len(prepare) == 1 and len(setup) <= 1  # kept for the second call
@@ -710,18 +715,38 @@ def test_inference_keeps_the_prepared_parameters(monkeypatch, dtype, tie_means, 
 
 
 @requires_fused
+def test_no_grad_calls_see_the_parameters_after_a_fused_optimiser_step():
+    """Adam(fused=True) updates the parameters without bumping their version counters."""
+    layer = UGMMLayer(30, 20, kernel="fused").eval()
+    x = torch.randn(50, 30)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1, fused=True)
+    with torch.no_grad():
+        before = layer(x)
+    versions = [p._version for p in layer.parameters()]
+    layer(x).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = layer(x)
+    assert torch.equal(after, _uncached_inference(layer, x))
+    assert not torch.equal(after, before)
+    if [p._version for p in layer.parameters()] == versions:  # the reason the cache is opt-in
+        with _fused.inference_routes(), torch.no_grad():
+            assert torch.equal(layer(x), _uncached_inference(layer, x))  # a fresh cache entry
+
+
+@requires_fused
 def test_prepared_parameters_stay_out_of_copies_and_pickles():
     import copy
     import pickle
 
     layer = UGMMLayer(30, 20, kernel="fused", dtype=torch.float64).eval()
     x = torch.randn(50, 30, dtype=torch.float64)
-    with torch.no_grad():
+    with _fused.inference_routes(), torch.no_grad():
         out = layer(x)
     assert layer in _fused._PREPARED
     for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
         assert twin not in _fused._PREPARED
-        with torch.no_grad():
+        with _fused.inference_routes(), torch.no_grad():
             assert torch.equal(twin(x), out)
     # the entry goes with its layer
     del layer

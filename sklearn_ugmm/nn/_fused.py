@@ -20,8 +20,13 @@ Calls that need no gradient create no autograd node; inside
 :func:`inference_routes` (the estimators' prediction methods) they may take
 the inference-only routes: the transposed dense route (vectorised over
 neurons, for layers with few inputs) and, on the sparse route, a matrix
-product over only the columns that are 0 in some rows. Layers keep their
-prepared parameters between inference calls (:func:`cached_log_density`).
+product over only the columns that are 0 in some rows, and layers keep
+their prepared parameters between calls (:func:`cached_log_density`). The
+cache is keyed on the parameters' storage and version counters, which an
+optimiser's fused kernel (``torch.optim.Adam(fused=True)``, the estimators'
+optimiser) does not bump; so it is used only inside
+:func:`inference_routes`, whose callers (the estimators' prediction
+methods) evaluate a private copy of the network that is never trained.
 
 When no compiler is found, the build fails or the library does not load,
 :func:`load` returns None and the caller falls back to the reference kernel.
@@ -361,6 +366,11 @@ SPARSE_MIN_ZERO_FRACTION = 0.5
 
 
 _INFERENCE_ROUTES = contextvars.ContextVar("sklearn_ugmm_inference_routes", default=False)
+
+
+def inference_routes_active():
+    """Whether the calling context is inside :func:`inference_routes`."""
+    return _INFERENCE_ROUTES.get()
 
 
 @contextlib.contextmanager

@@ -288,6 +288,7 @@ class UGMMLayer(nn.Module):
         kernel = getattr(self, "kernel", "auto")  # layers pickled before the option
         if (
             kernel != "reference"
+            and _fused.inference_routes_active()  # only the estimators' evaluation copies: never stepped in place
             and not (self.training and self.dropout > 0)
             and not (torch.is_grad_enabled() and any(p.requires_grad for p in (x, self.loc, self.raw_scale, self.logits)))
             and type(self).log_weights is UGMMLayer.log_weights  # subclasses may mask the weights
