@@ -280,10 +280,7 @@ class UGMMLayer(nn.Module):
         out : Tensor of shape (batch, out_features)
             Output log-density of each neuron.
         """
-        if x.dim() != 2 or x.shape[1] != self.in_features:
-            raise ValueError(
-                f"expected input of shape (batch, {self.in_features}), got {tuple(x.shape)}"
-            )
+        self._check_input(x)
         # N(loc | x, s^2) = N(x | loc, s^2): tied means use the same kernel
         kernel = getattr(self, "kernel", "auto")  # layers pickled before the option
         if (
@@ -360,14 +357,7 @@ class UGMMLayer(nn.Module):
         out : Tensor of shape (batch, out_features)
             Output log-density of each neuron.
         """
-        if x.dim() != 2 or x.shape[1] != self.in_features or observed.shape != x.shape:
-            raise ValueError(
-                f"expected input and observed mask of shape (batch, {self.in_features}), "
-                f"got {tuple(x.shape)} and {tuple(observed.shape)}"
-            )
-        observed = observed.to(device=x.device, dtype=torch.bool)
-        if not bool(observed.any(dim=1).all()):
-            raise ValueError("every sample needs at least one observed input")
+        observed = self._check_observed(x, observed)
         log_weights = self.log_weights()
         kernel = getattr(self, "kernel", "auto")  # layers pickled before the option
         if kernel != "reference" and _fused_applies(x, self.component_loc, self.scale, log_weights, kernel):
@@ -377,6 +367,25 @@ class UGMMLayer(nn.Module):
                     out = out.index_put((redo,), self._observed_plain(x[redo], observed[redo], log_weights))
                 return out
         return self._observed_plain(x, observed, log_weights)
+
+    def _check_input(self, x):
+        """Raise a ValueError unless ``x`` has shape (batch, in_features)."""
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"expected input of shape (batch, {self.in_features}), got {tuple(x.shape)}"
+            )
+
+    def _check_observed(self, x, observed):
+        """``observed`` as a bool mask on ``x``'s device; a ValueError unless every sample has an input."""
+        if x.dim() != 2 or x.shape[1] != self.in_features or observed.shape != x.shape:
+            raise ValueError(
+                f"expected input and observed mask of shape (batch, {self.in_features}), "
+                f"got {tuple(x.shape)} and {tuple(observed.shape)}"
+            )
+        observed = observed.to(device=x.device, dtype=torch.bool)
+        if not bool(observed.any(dim=1).all()):
+            raise ValueError("every sample needs at least one observed input")
+        return observed
 
     def _observed_plain(self, x, observed, log_weights):
         """:meth:`forward_observed` with the plain formula for rows that miss inputs."""

@@ -153,10 +153,7 @@ class UGMMProductLayer(UGMMLayer):
         out : Tensor of shape (batch, out_features)
             ``sum_k pi_jk log N(x_k | mu_jk, sigma_jk**2)`` of each neuron.
         """
-        if x.dim() != 2 or x.shape[1] != self.in_features:
-            raise ValueError(
-                f"expected input of shape (batch, {self.in_features}), got {tuple(x.shape)}"
-            )
+        self._check_input(x)
         return product_log_density(
             x, self.component_loc, self.scale, torch.log_softmax(self.logits, dim=1),
             dropped=self._dropped(), block_elements=self.block_elements,
@@ -180,14 +177,7 @@ class UGMMProductLayer(UGMMLayer):
         out : Tensor of shape (batch, out_features)
             Each neuron's weighted sum over the sample's kept components.
         """
-        if x.dim() != 2 or x.shape[1] != self.in_features or observed.shape != x.shape:
-            raise ValueError(
-                f"expected input and observed mask of shape (batch, {self.in_features}), "
-                f"got {tuple(x.shape)} and {tuple(observed.shape)}"
-            )
-        observed = observed.to(device=x.device, dtype=torch.bool)
-        if not bool(observed.any(dim=1).all()):
-            raise ValueError("every sample needs at least one observed input")
+        observed = self._check_observed(x, observed)
         return product_log_density(
             x, self.component_loc, self.scale, torch.log_softmax(self.logits, dim=1),
             observed=observed, dropped=self._dropped(), block_elements=self.block_elements,
