@@ -259,8 +259,22 @@ class GenerativeObjective(_ClassifierObjective):
         return self.joint_and_class_scores, partial(hybrid_loss, weight=weight)
 
     def joint_and_class_scores(self, module, X):
-        """``[root(X), class scores of X's features]``, shape ``(batch, 1 + n_classes)``, for network inputs X."""
-        return torch.cat([module(X), self.class_scores(module, X[:, : self.n_features])], dim=1)
+        """``[root(X), class scores of X's features]``, shape ``(batch, 1 + n_classes)``, for network inputs X.
+
+        In training with (input) dropout the class scores are the root's
+        outputs for each label value, each pass with its own masks as in
+        :meth:`UGMMNet.forward` (:meth:`UGMMNet.score_states` is exact only
+        without dropout; with dropout and missing inputs it can give NaN).
+        """
+        if not (module.training and _has_dropout(module)):
+            return torch.cat([module(X), self.class_scores(module, X[:, : self.n_features])], dim=1)
+        values = torch.as_tensor(label_values(self.n_classes), device=X.device, dtype=X.dtype)
+        scores = []
+        for value in values:
+            labelled = X.clone()
+            labelled[:, self.n_features] = value
+            scores.append(module(labelled))
+        return torch.cat([module(X), *scores], dim=1)
 
     def initialise(self, module, X, y_index, generator, rng):
         """Data-dependent start from the (positive-weight) training inputs ``X``."""
@@ -275,6 +289,12 @@ class GenerativeObjective(_ClassifierObjective):
         padded = torch.cat([X, X.new_zeros((X.shape[0], 1))], dim=1)
         states = torch.as_tensor(label_values(self.n_classes), device=X.device, dtype=X.dtype)
         return module.score_states(padded, index=X.shape[1], states=states)
+
+
+def _has_dropout(module):
+    """Whether a training pass of ``module`` drops components or inputs."""
+    layers = getattr(module, "layers", ())
+    return getattr(module, "input_dropout", 0.0) > 0 or any(getattr(layer, "dropout", 0.0) > 0 for layer in layers)
 
 
 def hybrid_loss(output, target, weight):
