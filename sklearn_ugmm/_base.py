@@ -206,7 +206,7 @@ class BaseUGMM(BaseEstimator):
         net = self._make_net(objective, module, resolved, generator, device, validation, adaptive=not incremental)
         n_before = self._train(
             net, X_train, y_train, continuing=continuing, incremental=incremental,
-            per_sample_loss=objective.per_sample_loss, learning_rate_init=resolved["learning_rate_init"],
+            loss=objective.training_loss(resolved), learning_rate_init=resolved["learning_rate_init"],
         )
         history = self._history_attributes(net, n_before, append=continuing, warn=not incremental)
         # commit
@@ -222,8 +222,11 @@ class BaseUGMM(BaseEstimator):
         self._evaluation_module = evaluation
         return self
 
-    def _train(self, net, X_train, y_train, *, continuing, incremental, per_sample_loss, learning_rate_init):
+    def _train(self, net, X_train, y_train, *, continuing, incremental, loss, learning_rate_init):
         """Run ``fit`` (or one ``partial_fit`` epoch, continuing the committed optimiser and history).
+
+        ``loss``: the objective's ``(forward, per_sample_loss)`` (see
+        ``training_loss`` of the objectives).
 
         Returns the number of completed epochs the history held before. Raises
         ``KeyboardInterrupt`` when interrupted before completing an epoch.
@@ -239,7 +242,7 @@ class BaseUGMM(BaseEstimator):
             if not incremental:
                 rows = evenly_spaced_rows(len(X_train), PROGRESS_CHECK_ROWS)
                 start_state = _state_copy(net.module)
-                start_loss, _ = training_loss(net.module, per_sample_loss, X_train[rows], y_train[rows])
+                start_loss, _ = training_loss(net.module, loss, X_train[rows], y_train[rows])
             if incremental:
                 net.initialize()
                 if continuing:
@@ -254,7 +257,7 @@ class BaseUGMM(BaseEstimator):
             if guard.interrupted_ and guard.completed_epochs_ == 0:
                 raise KeyboardInterrupt  # nothing to keep: the estimator stays as it was
             if not incremental:
-                end_loss, outputs = training_loss(net.module_, per_sample_loss, X_train[rows], y_train[rows])
+                end_loss, outputs = training_loss(net.module_, loss, X_train[rows], y_train[rows])
                 problem = divergence(start_loss, end_loss, outputs, X_train[rows], tol=self.tol)
                 if problem:
                     net.module_.load_state_dict(start_state)
@@ -395,9 +398,11 @@ class BaseUGMM(BaseEstimator):
         single epochs).
         """
         batch_size, n_train = resolved["batch_size"], resolved["n_train"]
+        output_fn, per_sample_loss = objective.training_loss(resolved)
         return build_net(
             module,
-            objective.per_sample_loss,
+            per_sample_loss,
+            output_fn=output_fn,
             learning_rate_init=resolved["learning_rate_init"],
             alpha=self.alpha,
             batch_size=batch_size,
@@ -644,17 +649,20 @@ def _copy_generator(net):
 
 
 @torch.no_grad()
-def training_loss(module, per_sample_loss, X, packed):
+def training_loss(module, loss, X, packed):
     """Weighted mean loss (without penalties) of ``module`` in eval mode on rows ``X``, and its outputs.
 
-    ``packed`` holds the targets with the sample weights as last column (see
-    ``pack_target``).
+    ``loss``: ``(forward, per_sample_loss)`` of the objective (``forward``
+    None: the output is ``module(X)``). ``packed`` holds the targets with the
+    sample weights as last column (see ``pack_target``).
     """
+    forward, per_sample_loss = loss
     was_training = module.training
     module.eval()
     try:
         device = next(module.parameters()).device
-        outputs = module(torch.as_tensor(X, device=device))
+        X = torch.as_tensor(X, device=device)
+        outputs = module(X) if forward is None else forward(module, X)
         target = torch.as_tensor(packed, device=device)
         losses = per_sample_loss(outputs, target[:, :-1]).double()
         weight = target[:, -1].double()

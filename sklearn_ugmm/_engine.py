@@ -16,7 +16,7 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
-from skorch.utils import noop
+from skorch.utils import noop, to_tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
@@ -144,11 +144,21 @@ class PenalisedNet(NeuralNet):
     penalty : callable, default=None
         ``penalty(module) -> Tensor`` added to the loss of every training
         batch (not to the validation loss, which early stopping watches).
+    output_fn : callable, default=None
+        ``output_fn(module, X) -> Tensor``: the output the criterion scores,
+        in training and validation steps, instead of ``module(X)`` (the
+        generative objective's conditional term needs the class scores).
     """
 
-    def __init__(self, module, criterion, penalty=None, **kwargs):
+    def __init__(self, module, criterion, penalty=None, output_fn=None, **kwargs):
         super().__init__(module, criterion, **kwargs)
         self.penalty = penalty
+        self.output_fn = output_fn
+
+    def infer(self, x, **fit_params):
+        if self.output_fn is None:
+            return super().infer(x, **fit_params)
+        return self.output_fn(self.module_, to_tensor(x, device=self.device))
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         loss = super().get_loss(y_pred, y_true, X=X, training=training)
@@ -302,6 +312,7 @@ def build_net(
     penalty=None,
     averaging_epochs=None,
     steps_per_epoch=1,
+    output_fn=None,
 ):
     """A skorch ``NeuralNet`` that trains ``module`` with Adam.
 
@@ -311,6 +322,8 @@ def build_net(
     (lower is better) has not, and the best epoch's weights are restored.
     ``alpha`` is an L2 penalty on the mixing logits (Adam's weight decay);
     ``penalty(module)``, when given, is added to every training batch's loss.
+    ``output_fn(module, X)``, when given, replaces ``module(X)`` as the
+    output that ``per_sample_loss`` scores.
     With ``lr_patience`` the learning rate is multiplied by ``ADAPTIVE_LR_FACTOR`` each
     time that same monitor has gone ``lr_patience`` epochs without improving by
     ``tol`` (``ReduceLROnPlateau`` through skorch's ``LRScheduler``). With
@@ -365,6 +378,7 @@ def build_net(
     return PenalisedNet(
         module=module,
         penalty=penalty,
+        output_fn=output_fn,
         criterion=WeightedLoss,
         criterion__per_sample_loss=per_sample_loss,
         optimizer=torch.optim.Adam,

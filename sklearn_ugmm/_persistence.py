@@ -489,6 +489,8 @@ def _estimator_from_meta(meta_json, path):
     params, fitted = meta["params"], meta["fitted"]
     if isinstance(params, dict) and "output_layer" in cls().get_params(deep=False) and "output_layer" not in params:
         params = {**params, "output_layer": "mixture"}  # saved before the option: the paper's output neurons
+    if isinstance(params, dict) and "conditional_weight" in cls().get_params(deep=False):
+        params.setdefault("conditional_weight", 0.0)  # saved before the option: the pure joint loss
     if not isinstance(params, dict) or set(params) != set(cls().get_params(deep=False)):
         raise ValueError(f"{path}: the saved parameters are not those of {cls.__name__}.")
     if not isinstance(fitted, dict):
@@ -566,6 +568,8 @@ def _resolved_params(resolved, estimator):
         resolved = {**resolved, "output_layer": "mixture"}  # saved before the option existed
     if isinstance(resolved, dict) and "input_dropout" in expected and "input_dropout" not in resolved:
         resolved = {**resolved, "input_dropout": 0.0}  # saved before the option existed: it had none
+    if isinstance(resolved, dict) and "conditional_weight" in expected and "conditional_weight" not in resolved:
+        resolved = {**resolved, "conditional_weight": 0.0}  # saved before the option: the pure joint loss
     if not isinstance(resolved, dict) or set(resolved) != expected:
         raise ValueError(f"resolved_params_ must hold {sorted(expected)}")
     for name in ("batch_size", "n_train"):
@@ -590,6 +594,10 @@ def _resolved_params(resolved, estimator):
         _check_number(resolved["input_dropout"], "input_dropout", minimum=0)
         if not resolved["input_dropout"] < 1:
             raise ValueError("resolved input_dropout must be below 1")
+    if "conditional_weight" in resolved:
+        _check_number(resolved["conditional_weight"], "conditional_weight", minimum=0)
+        if not resolved["conditional_weight"] < math.inf:
+            raise ValueError("resolved conditional_weight must be finite")
     if "averaging_epochs" in resolved:
         _check_number(resolved["averaging_epochs"], "averaging_epochs", minimum=0, optional=True)
     return resolved

@@ -343,13 +343,14 @@ def test_resolved_auto_parameters_are_visible_after_fit(iris, capsys):
         "averaging_epochs": 10.0,
         "standardize": "yeo-johnson",
         "input_dropout": 0.0,
+        "conditional_weight": 0.0,
         "n_train": 135,
     }
     generative = UGMMClassifier(**dict(CLF, objective="generative", batch_size=20, verbose=1)).fit(X, y)
     resolved = generative.resolved_params_
     assert (resolved["learning_rate_init"], resolved["batch_size"], resolved["precision_penalty"]) == (1e-2, 20, 0.0)
     assert resolved["averaging_epochs"] is None and resolved["standardize"] is True
-    assert resolved["output_layer"] == "mixture"
+    assert resolved["output_layer"] == "mixture" and resolved["conditional_weight"] == 0.2
     assert "learning_rate_init=0.01" in capsys.readouterr().out
     density = UGMMDensityEstimator(**DENSITY).fit(X)
     assert density.resolved_params_["learning_rate_init"] == 3e-3
