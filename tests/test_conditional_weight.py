@@ -33,7 +33,6 @@ def test_resolved_value(iris):
 
 
 def test_loss_is_joint_score_plus_weighted_cross_entropy_of_the_class_scores():
-    torch.manual_seed(0)
     n_features, n_classes, weight = 3, 4, 0.7
     objective = GenerativeObjective(n_features, (5,), n_classes, dropout=0.0, tie_means=False)
     module = objective.new_module(torch.Generator().manual_seed(0)).eval()

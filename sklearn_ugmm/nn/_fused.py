@@ -321,8 +321,10 @@ def _prepare_layer(layer, dtype):
 
 def cached_log_density(layer, x, z_lim):
     """Inference output of a :class:`UGMMLayer` without dropout (eval mode, or
-    dropout 0), its parameters prepared once (and again only after they
-    change), or None when distances need clipping.
+    dropout 0), its parameters prepared once (and again only after an
+    in-place change that bumps their version counters, which fused
+    optimisers do not: the layer calls this only inside
+    :func:`inference_routes`), or None when distances need clipping.
 
     Equal, bit for bit, to the layer's fused output without the cache: the
     same transforms and the same kernels; only their parameter part is kept
@@ -442,7 +444,7 @@ def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False, routes=N
     :func:`inference_routes` allows the inference-only routes, whose sums
     are rounded in another order. ``routes`` (a dict, inference only) keeps
     the routes' parameter arrays between calls."""
-    fast = inference and _INFERENCE_ROUTES.get()
+    fast = inference and inference_routes_active()
     n_batch = x_p.shape[0]
     n_out, _, kp = params.shape
     out = x_p.new_empty((n_batch, n_out))
