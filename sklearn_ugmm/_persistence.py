@@ -487,11 +487,10 @@ def _estimator_from_meta(meta_json, path):
         raise ValueError(f"{path} holds an unknown estimator {meta['estimator']!r}.")
     cls = registry[meta["estimator"]]
     params, fitted = meta["params"], meta["fitted"]
-    if isinstance(params, dict) and "output_layer" in cls().get_params(deep=False) and "output_layer" not in params:
-        params = {**params, "output_layer": "mixture"}  # saved before the option: the paper's output neurons
-    if isinstance(params, dict) and "conditional_weight" in cls().get_params(deep=False):
-        params.setdefault("conditional_weight", 0.0)  # saved before the option: the pure joint loss
-    if not isinstance(params, dict) or set(params) != set(cls().get_params(deep=False)):
+    names = set(cls().get_params(deep=False))
+    if isinstance(params, dict):
+        params = _with_options_saved_before(params, names, _PARAMS_SAVED_BEFORE)
+    if not isinstance(params, dict) or set(params) != names:
         raise ValueError(f"{path}: the saved parameters are not those of {cls.__name__}.")
     if not isinstance(fitted, dict):
         raise ValueError(f"{path} is not a sklearn-ugmm model file (malformed metadata).")
@@ -556,6 +555,19 @@ def _set_fitted_metadata(estimator, fitted):
     return param_groups
 
 
+#: What a model saved before each option existed was trained with: the paper's
+#: mixture output neurons, the pure joint generative loss (parameters and
+#: resolved values), no input dropout (resolved values only: files without
+#: the input_dropout parameter are refused, as before).
+_PARAMS_SAVED_BEFORE = {"output_layer": "mixture", "conditional_weight": 0.0}
+_RESOLVED_SAVED_BEFORE = {**_PARAMS_SAVED_BEFORE, "input_dropout": 0.0}
+
+
+def _with_options_saved_before(values, names, defaults):
+    """``values`` with the options among ``names`` that it lacks set from ``defaults``."""
+    return {**values, **{k: v for k, v in defaults.items() if k in names and k not in values}}
+
+
 def _resolved_params(resolved, estimator):
     """The saved ``resolved_params_``: the estimator's "auto" parameters and ``n_train``, each valid."""
     expected = {*estimator._auto_parameters, "n_train"}
@@ -564,12 +576,8 @@ def _resolved_params(resolved, estimator):
         sizes = estimator._hidden_sizes()
         if isinstance(sizes, tuple):
             resolved = {**resolved, "hidden_layer_sizes": sizes}
-    if isinstance(resolved, dict) and "output_layer" in expected and "output_layer" not in resolved:
-        resolved = {**resolved, "output_layer": "mixture"}  # saved before the option existed
-    if isinstance(resolved, dict) and "input_dropout" in expected and "input_dropout" not in resolved:
-        resolved = {**resolved, "input_dropout": 0.0}  # saved before the option existed: it had none
-    if isinstance(resolved, dict) and "conditional_weight" in expected and "conditional_weight" not in resolved:
-        resolved = {**resolved, "conditional_weight": 0.0}  # saved before the option: the pure joint loss
+    if isinstance(resolved, dict):
+        resolved = _with_options_saved_before(resolved, expected, _RESOLVED_SAVED_BEFORE)
     if not isinstance(resolved, dict) or set(resolved) != expected:
         raise ValueError(f"resolved_params_ must hold {sorted(expected)}")
     for name in ("batch_size", "n_train"):
