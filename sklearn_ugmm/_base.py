@@ -112,7 +112,7 @@ class BaseUGMM(BaseEstimator):
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [StrOptions({"constant", "adaptive"})],
+        "learning_rate": [StrOptions({"constant", "adaptive", "cosine"})],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -207,6 +207,7 @@ class BaseUGMM(BaseEstimator):
         n_before = self._train(
             net, X_train, y_train, continuing=continuing, incremental=incremental,
             loss=objective.training_loss(resolved), learning_rate_init=resolved["learning_rate_init"],
+            restart_rate=self.learning_rate == "cosine",
         )
         history = self._history_attributes(net, n_before, append=continuing, warn=not incremental)
         # commit
@@ -222,11 +223,14 @@ class BaseUGMM(BaseEstimator):
         self._evaluation_module = evaluation
         return self
 
-    def _train(self, net, X_train, y_train, *, continuing, incremental, loss, learning_rate_init):
+    def _train(self, net, X_train, y_train, *, continuing, incremental, loss, learning_rate_init, restart_rate=False):
         """Run ``fit`` (or one ``partial_fit`` epoch, continuing the committed optimiser and history).
 
         ``loss``: the objective's ``(forward, per_sample_loss)`` (see
-        ``training_loss`` of the objectives).
+        ``training_loss`` of the objectives). ``restart_rate``: a continued
+        ``partial_fit`` trains at ``learning_rate_init``, not at the rate the
+        committed optimiser ended with (the cosine schedule of a ``fit`` ends
+        near zero).
 
         Returns the number of completed epochs the history held before. Raises
         ``KeyboardInterrupt`` when interrupted before completing an epoch.
@@ -247,6 +251,9 @@ class BaseUGMM(BaseEstimator):
                 net.initialize()
                 if continuing:
                     net.optimizer_.load_state_dict(copy.deepcopy(self.net_.optimizer_.state_dict()))
+                    if restart_rate:
+                        for group in net.optimizer_.param_groups:
+                            group["lr"] = learning_rate_init
                     # a new list of the same rows: training appends rows and writes only to its own
                     net.history_ = type(self.net_.history_)(self.net_.history_)
                     n_before = len(_completed_epochs(net))
@@ -384,9 +391,9 @@ class BaseUGMM(BaseEstimator):
     def _configure_module(self, module, objective, resolved):
         """Set the resolved training options that live on the module (none in the base)."""
 
-    def _lr_patience(self):
+    def _lr_patience(self, schedule):
         """Epochs without progress before ``learning_rate="adaptive"`` cuts the rate."""
-        if self.learning_rate != "adaptive" or not np.isfinite(self.n_iter_no_change):
+        if schedule != "adaptive" or not np.isfinite(self.n_iter_no_change):
             return None
         return max(3, int(self.n_iter_no_change) // 4 + 1)
 
@@ -399,6 +406,7 @@ class BaseUGMM(BaseEstimator):
         """
         batch_size, n_train = resolved["batch_size"], resolved["n_train"]
         output_fn, per_sample_loss = objective.training_loss(resolved)
+        schedule = self.learning_rate
         return build_net(
             module,
             per_sample_loss,
@@ -416,7 +424,8 @@ class BaseUGMM(BaseEstimator):
             validation_score=objective.validation_score,
             validation_monitor=objective.validation_monitor,
             extra_callbacks=self.callbacks,
-            lr_patience=self._lr_patience() if adaptive else None,
+            lr_patience=self._lr_patience(schedule) if adaptive else None,
+            cosine_epochs=self.max_iter if adaptive and schedule == "cosine" else None,
             penalty=objective.penalty(resolved.get("precision_penalty"), n_train),
             averaging_epochs=resolved.get("averaging_epochs") if adaptive else None,
             steps_per_epoch=math.ceil(n_train / batch_size),

@@ -52,14 +52,17 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
     batch_size : int or "auto", default="auto"
         Minibatch size; "auto" is ``n_samples // 64`` clipped to [32, 256]
         (and at most ``n_samples``).
-    learning_rate : {"constant", "adaptive"}, default="adaptive"
+    learning_rate : {"constant", "adaptive", "cosine"}, default="adaptive"
         Learning-rate schedule, MLPClassifier's name. "constant" keeps
         ``learning_rate_init``. "adaptive" multiplies the rate by 0.3 each
         time the monitored loss (the one ``n_iter_no_change`` watches) has
         gone ``n_iter_no_change // 4 + 1`` epochs (at least 3) without
         improving by ``tol``; training still stops after ``n_iter_no_change`` epochs without
-        progress. Unlike MLPClassifier's (SGD only) it applies to Adam, and
-        only in ``fit`` (``partial_fit`` keeps the rate).
+        progress. "cosine" gives epoch ``e`` (1, 2, ...) the rate
+        ``learning_rate_init * (1 + cos(pi * (e - 1) / max_iter)) / 2``.
+        Unlike MLPClassifier's (SGD only) they apply to Adam, and only in
+        ``fit`` (``partial_fit`` keeps the rate; after a "cosine" ``fit`` it trains at
+        ``learning_rate_init``).
     learning_rate_init : float or "auto", default="auto"
         Adam learning rate; "auto" is 3e-3 below 300 training samples (after
         the validation split), where larger steps overfit, and 1e-2 from there.

@@ -17,7 +17,7 @@ from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 from skorch.utils import noop, to_tensor
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from ._progress import EpochProgress
@@ -309,6 +309,7 @@ def build_net(
     validation_monitor="valid_loss",
     extra_callbacks=(),
     lr_patience=None,
+    cosine_epochs=None,
     penalty=None,
     averaging_epochs=None,
     steps_per_epoch=1,
@@ -327,6 +328,9 @@ def build_net(
     With ``lr_patience`` the learning rate is multiplied by ``ADAPTIVE_LR_FACTOR`` each
     time that same monitor has gone ``lr_patience`` epochs without improving by
     ``tol`` (``ReduceLROnPlateau`` through skorch's ``LRScheduler``). With
+    ``cosine_epochs`` the rate of epoch ``e`` (1, 2, ...) is
+    ``learning_rate_init * (1 + cos(pi * (e - 1) / cosine_epochs)) / 2``, a
+    half cosine that would reach zero after ``cosine_epochs`` epochs. With
     ``averaging_epochs`` (more than 1) the net validates, stops on and ends
     with a moving average of the weights over about that many epochs of
     ``steps_per_epoch`` steps (:class:`WeightAveraging`).
@@ -355,6 +359,8 @@ def build_net(
                 ),
             )
         )
+    if cosine_epochs is not None:
+        callbacks.append(("cosine_lr", LRScheduler(policy=CosineAnnealingLR, T_max=cosine_epochs)))
     if verbose:
         # before the stopping rule, which ends the epoch by raising
         callbacks.append(("progress", EpochProgress(monitor, threshold=tol)))

@@ -662,8 +662,15 @@ def _check_tensor_table(estimator, tensors, param_groups, path):
     _check_param_groups(param_groups, net.optimizer_.state_dict()["param_groups"], path)
 
 
+#: The optimiser settings that torch's learning-rate schedulers add to a trained optimiser's groups
+_SCHEDULER_GROUP_KEYS = {"initial_lr"}
+
+
 def _check_param_groups(saved, fresh, path):
-    """The saved optimiser settings have the fresh optimiser's groups, keys and kinds of values."""
+    """The saved optimiser settings have the fresh optimiser's groups, keys and kinds of values.
+
+    A scheduled fit (``learning_rate="cosine"``) also saves the number ``initial_lr``.
+    """
 
     def kind(value):
         if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -676,11 +683,13 @@ def _check_param_groups(saved, fresh, path):
 
     problem = len(saved) != len(fresh)
     for group, reference in zip(saved, fresh):
-        if set(group) != set(reference) or group["params"] != reference["params"]:
+        if set(group) - _SCHEDULER_GROUP_KEYS != set(reference) or group["params"] != reference["params"]:
             problem = True
             break
         for key, value in group.items():
-            if kind(value) != kind(reference[key]) and not (value is None or reference[key] is None):
+            if key in _SCHEDULER_GROUP_KEYS:
+                problem |= kind(value) != "number"
+            elif kind(value) != kind(reference[key]) and not (value is None or reference[key] is None):
                 problem = True
         if not all(math.isfinite(v) for v in group.values() if kind(v) == "number"):
             problem = True

@@ -55,6 +55,44 @@ def test_adaptive_learning_rate_cuts_on_plateaus_and_constant_does_not():
     assert constant.net_.optimizer_.param_groups[0]["lr"] == pytest.approx(1e-2)
 
 
+class _EpochRates(Callback):
+    """Records the learning rate each training epoch starts with."""
+
+    def initialize(self):
+        self.rates = []
+        return self
+
+    def on_epoch_begin(self, net, **kwargs):
+        self.rates.append(net.optimizer_.param_groups[0]["lr"])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("estimator", [UGMMClassifier, UGMMDensityEstimator])
+def test_cosine_learning_rate_falls_as_a_half_cosine_over_max_iter(estimator):
+    X, y = load_breast_cancer(return_X_y=True)
+    rates = _EpochRates()
+    common = dict(hidden_layer_sizes=(4,), max_iter=6, n_iter_no_change=np.inf, random_state=0, callbacks=[rates])
+    est = estimator(learning_rate="cosine", learning_rate_init=1e-2, **common).fit(X[:200], y[:200])
+    expected = [1e-2 * (1 + np.cos(np.pi * e / 6)) / 2 for e in range(6)]
+    np.testing.assert_allclose(rates.rates, expected, rtol=1e-12)
+    # partial_fit's single epochs keep the rate
+    rates.rates.clear()
+    est.partial_fit(X[:200], y[:200])
+    assert rates.rates == [1e-2]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_cosine_fit_ends_at_a_zero_rate_and_trains_differently_from_constant():
+    X, y = load_breast_cancer(return_X_y=True)
+    common = dict(hidden_layer_sizes=(4,), max_iter=4, n_iter_no_change=np.inf, early_stopping=False, random_state=0)
+    cosine = UGMMClassifier(learning_rate="cosine", **common).fit(X, y)
+    assert cosine.net_.optimizer_.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    constant = UGMMClassifier(**common).fit(X, y)
+    assert constant.learning_rate == "constant"
+    assert constant.net_.optimizer_.param_groups[0]["lr"] == pytest.approx(3e-2)
+    assert not np.allclose(cosine.predict_proba(X), constant.predict_proba(X))
+
+
 def test_learning_rate_is_validated():
     X, y = np.random.default_rng(0).normal(size=(20, 2)), np.arange(20) % 2
     with pytest.raises(ValueError, match="learning_rate"):

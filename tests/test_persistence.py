@@ -415,6 +415,17 @@ def _drop(key):
     return lambda content: content["tensors"].pop(key)
 
 
+def _set_group_setting(key, value):
+    """Set ``key`` of the saved optimiser's first parameter group."""
+
+    def edit(content):
+        meta = json.loads(content["meta"])
+        meta["fitted"]["training_state"][0][key] = value
+        content["meta"] = json.dumps(meta, sort_keys=True)
+
+    return edit
+
+
 _MALFORMED = {
     "requires_grad": _requires_grad,
     "unknown parameter": _edit_meta(**{"params.colour": "red"}),
@@ -443,6 +454,9 @@ _MALFORMED = {
     "resolved standardize of a number": _edit_meta(**{"fitted.resolved_params_.standardize": 1}),
     "optimiser settings of text": _edit_meta(**{"fitted.training_state": "adam"}),
     "optimiser settings with another group": _edit_meta(**{"fitted.training_state": [{"params": [0]}]}),
+    "scheduler's initial rate of text": _set_group_setting("initial_lr", "0.01"),
+    "scheduler's initial rate of infinity": _set_group_setting("initial_lr", float("inf")),
+    "unknown optimiser setting": _set_group_setting("momentum", 0.9),
     "weights of the wrong dtype": _set_tensor("module.layers.1.logits", torch.zeros(2, 2, dtype=torch.float64)),
     "extra tensor": _set_tensor("module.extra", torch.zeros(1)),
     "missing tensor": _drop("module.layers.0.logits"),
@@ -541,3 +555,18 @@ def test_fuzz_every_byte_and_truncation(tiny, tmp_path):
     finally:
         os.close(fd)
     assert outcomes["refused"] > len(raw)  # every truncation, and most changes
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_cosine_fitted_model_round_trips_and_trains_on_at_its_initial_rate(tmp_path):
+    """The scheduler's initial_lr in the saved optimiser is accepted; partial_fit restarts the rate."""
+    X, y = load_iris(return_X_y=True)
+    clf = UGMMClassifier(learning_rate="cosine", early_stopping=False, max_iter=3, random_state=0).fit(X, y)
+    assert clf.net_.optimizer_.param_groups[0]["initial_lr"] == 3e-2
+    save_model(clf, tmp_path / "model.ugmm")
+    loaded = load_model(tmp_path / "model.ugmm")
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    before = [p.detach().clone() for p in loaded.module_.parameters()]
+    loaded.partial_fit(X, y)
+    assert loaded.net_.optimizer_.param_groups[0]["lr"] == 3e-2
+    assert any(not torch.equal(a, b) for a, b in zip(before, loaded.module_.parameters()))
