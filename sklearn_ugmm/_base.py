@@ -391,9 +391,9 @@ class BaseUGMM(BaseEstimator):
     def _configure_module(self, module, objective, resolved):
         """Set the resolved training options that live on the module (none in the base)."""
 
-    def _lr_patience(self, schedule):
+    def _lr_patience(self):
         """Epochs without progress before ``learning_rate="adaptive"`` cuts the rate."""
-        if schedule != "adaptive" or not np.isfinite(self.n_iter_no_change):
+        if self.learning_rate != "adaptive" or not np.isfinite(self.n_iter_no_change):
             return None
         return max(3, int(self.n_iter_no_change) // 4 + 1)
 
@@ -406,7 +406,6 @@ class BaseUGMM(BaseEstimator):
         """
         batch_size, n_train = resolved["batch_size"], resolved["n_train"]
         output_fn, per_sample_loss = objective.training_loss(resolved)
-        schedule = self.learning_rate
         return build_net(
             module,
             per_sample_loss,
@@ -424,8 +423,8 @@ class BaseUGMM(BaseEstimator):
             validation_score=objective.validation_score,
             validation_monitor=objective.validation_monitor,
             extra_callbacks=self.callbacks,
-            lr_patience=self._lr_patience(schedule) if adaptive else None,
-            cosine_epochs=self.max_iter if adaptive and schedule == "cosine" else None,
+            lr_patience=self._lr_patience() if adaptive else None,
+            cosine_epochs=self.max_iter if adaptive and self.learning_rate == "cosine" else None,
             penalty=objective.penalty(resolved.get("precision_penalty"), n_train),
             averaging_epochs=resolved.get("averaging_epochs") if adaptive else None,
             steps_per_epoch=math.ceil(n_train / batch_size),
