@@ -21,7 +21,9 @@ Calls that need no gradient create no autograd node; inside
 the inference-only routes: the transposed dense route (vectorised over
 neurons, for layers with few inputs) and, on the sparse route, a matrix
 product over only the columns that are 0 in some rows, and layers keep
-their prepared parameters between calls (:func:`cached_log_density`). The
+their prepared parameters between calls (:func:`cached_log_density`);
+product layers (:class:`UGMMProductLayer`, the classifier's output neurons)
+are evaluated there too (:func:`cached_product_log_density`). The
 cache is keyed on the parameters' storage and version counters, which an
 optimiser's fused kernel (``torch.optim.Adam(fused=True)``, the estimators'
 optimiser) does not bump; so it is used only inside
@@ -38,6 +40,7 @@ import contextlib
 import contextvars
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -164,6 +167,7 @@ def _bind(path):
         getattr(lib, f"ugmm_fused_prepare_params_{suffix}").argtypes = [
             i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
         ]
+        getattr(lib, f"ugmm_fused_product_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, dbl, ptr, cint]
     lib.ugmm_fused_transform_f32.argtypes = [i64, i64, ptr, dbl, ptr, ptr, ptr, ptr, ptr]
     lib.ugmm_fused_untransform_f32.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr]
     lib.widths = {torch.float32: lib.ugmm_fused_width_f32(), torch.float64: lib.ugmm_fused_width_f64()}
@@ -361,6 +365,74 @@ def cached_log_density(layer, x, z_lim):
     return _forward(n_in, x_p, None, entry.params, entry.bound, n_zero, inference=True, routes=entry.routes)[0]
 
 
+#: log sqrt(2 pi), as in _functional (which imports this module)
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class _PreparedProduct:
+    """A product layer's parameters for the kernel: params (out, 3, kp) holds
+    loc, 1 / scale and -w / 2, cst (out) is -sum_k w log(scale sqrt(2 pi));
+    None when some of them are not finite (the reference kernel then)."""
+
+    __slots__ = ("key", "params", "cst")
+
+    def __init__(self, key, params, cst):
+        self.key, self.params, self.cst = key, params, cst
+
+
+def _prepare_product(layer, dtype):
+    key = _parameter_key(layer, dtype)
+    entry = _PREPARED.get(layer)
+    if entry is not None and entry.key == key:
+        return entry
+    n_out, n_in = layer.logits.shape
+    width = load().widths[dtype]
+    kp = -(-n_in // width) * width
+    with torch.no_grad():
+        scale = layer.scale.detach()
+        weights = torch.log_softmax(layer.logits.detach(), dim=1).exp()
+        params = scale.new_zeros((n_out, 3, kp))
+        params[:, 0, :n_in] = layer.component_loc.detach()
+        params[:, 1, :n_in] = scale.reciprocal()
+        params[:, 2, :n_in] = -0.5 * weights
+        cst = -(weights.double() * (scale.double().log() + _HALF_LOG_2PI)).sum(dim=1).to(dtype)
+        if not (bool(torch.isfinite(params).all()) and bool(torch.isfinite(cst).all())):
+            params = cst = None
+    entry = _PreparedProduct(key, params, cst)
+    _PREPARED[layer] = entry
+    return entry
+
+
+def cached_product_log_density(layer, x, z_lim):
+    """Inference output of a :class:`UGMMProductLayer` without dropout, on the
+    kernel library (its parameters prepared once, kept as in
+    :func:`cached_log_density`, so only inside :func:`inference_routes`), or
+    None when some parameter is not finite (1 / scale overflows: the
+    reference kernel then).
+
+    The reference formula's sum, in another order: ``z`` is ``(x - loc)``
+    times ``1 / scale`` (a rounding more than the reference's division),
+    clipped at ``z_lim`` as there, and the log-normalisers' weighted sum is
+    one constant per neuron. ``x`` is a CPU tensor of the parameters' dtype
+    (float32 or float64), and no gradient may be wanted.
+    """
+    entry = _prepare_product(layer, x.dtype)
+    if entry.params is None:
+        return None
+    n_batch, n_in = x.shape
+    n_out, _, kp = entry.params.shape
+    with torch.no_grad():
+        x_p = x.detach().contiguous()
+        if kp != n_in:
+            x_p = torch.nn.functional.pad(x_p, (0, kp - n_in))
+    out = x_p.new_empty((n_batch, n_out))
+    getattr(load(), f"ugmm_fused_product_forward_{_suffix(x.dtype)}")(
+        n_batch, n_out, kp, _ptr(x_p), _ptr(entry.params), _ptr(entry.cst), z_lim, _ptr(out),
+        _threads(n_batch * n_out * n_in),
+    )
+    return out
+
+
 #: Fraction of inputs exactly 0 from which the forward pass takes the sparse
 #: route: the zero inputs' components as one matrix product, exponentials
 #: only for the nonzero inputs (MNIST: about 80% zeros).
@@ -381,8 +453,9 @@ def inference_routes():
 
     They are the transposed dense route (vectorised over neurons, for layers
     with few inputs), the sparse route's matrix product over only the
-    columns that are 0 in some rows, and (float64) the log2 of the mixture
-    sums eight at a time; calls keep no shifts for a backward pass. Results
+    columns that are 0 in some rows, (float64) the log2 of the mixture
+    sums eight at a time, and product layers on the kernel library; calls
+    keep no shifts for a backward pass. Results
     agree with the other routes to rounding (float64: 1e-15, float32: 1e-6
     relative), not bit for bit, which is why they are opt-in: a fit's
     no-grad work (the data-dependent initialisation, validation scores)

@@ -1242,6 +1242,75 @@ void transform_f32(int64_t J, int64_t K, const float* raw, float min_scale, cons
     }
 }
 
+// Product neurons (UGMMProductLayer; inference only): the weighted sum
+//   out[b, j] = cst[j] + sum_k hw[j, k] * clip(z)**2,  z = (x[b, k] - loc[j, k]) * inv[j, k],
+// with hw = -w / 2, inv = 1 / scale and cst[j] = -sum_k w[j, k] (log
+// scale[j, k] + log(2 pi) / 2), z clipped to [-z_lim, z_lim] as in the
+// reference (NaN stays NaN). No exponential: a few multiply-adds per
+// component. params (J, 3, kp): loc, inv, hw, the padding with hw = 0.
+template <typename T>
+inline typename Vec<T>::type product_term(typename Vec<T>::type x, const T* pj, int64_t kp, int64_t k,
+                                          typename Vec<T>::type lim) {
+    typedef typename Vec<T>::type V;
+    V z = (x - load<V>(pj + k)) * load<V>(pj + kp + k);
+    z = z > lim ? lim : z;
+    z = z < -lim ? -lim : z;
+    return load<V>(pj + 2 * kp + k) * (z * z);
+}
+
+// Rows [b0, b1), every neuron; four rows share each parameter load.
+template <typename T>
+void product_forward_rows(int64_t J, int64_t kp, const T* x, const T* params, const T* cst, T z_lim, T* out,
+                          int64_t b0, int64_t b1) {
+    typedef typename Vec<T>::type V;
+    constexpr int W = Vec<T>::width;
+    const V lim = V{} + z_lim;
+    int64_t b = b0;
+    for (; b + 4 <= b1; b += 4) {
+        const T* x0 = x + b * kp;
+        for (int64_t j = 0; j < J; ++j) {
+            const T* pj = params + j * 3 * kp;
+            V a0 = V{}, a1 = V{}, a2 = V{}, a3 = V{};
+            for (int64_t k = 0; k < kp; k += W) {
+                a0 += product_term<T>(load<V>(x0 + k), pj, kp, k, lim);
+                a1 += product_term<T>(load<V>(x0 + kp + k), pj, kp, k, lim);
+                a2 += product_term<T>(load<V>(x0 + 2 * kp + k), pj, kp, k, lim);
+                a3 += product_term<T>(load<V>(x0 + 3 * kp + k), pj, kp, k, lim);
+            }
+            out[b * J + j] = cst[j] + hsum<T>(a0);
+            out[(b + 1) * J + j] = cst[j] + hsum<T>(a1);
+            out[(b + 2) * J + j] = cst[j] + hsum<T>(a2);
+            out[(b + 3) * J + j] = cst[j] + hsum<T>(a3);
+        }
+    }
+    for (; b < b1; ++b) {
+        for (int64_t j = 0; j < J; ++j) {
+            const T* pj = params + j * 3 * kp;
+            V a = V{};
+            for (int64_t k = 0; k < kp; k += W) a += product_term<T>(load<V>(x + b * kp + k), pj, kp, k, lim);
+            out[b * J + j] = cst[j] + hsum<T>(a);
+        }
+    }
+}
+
+template <typename T>
+void product_forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* cst, double z_lim,
+                     T* out, int n_threads) {
+    constexpr int64_t rows = 64;
+    if (n_threads <= 1 || B <= rows) {
+        product_forward_rows<T>(J, kp, x, params, cst, T(z_lim), out, 0, B);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+    for (int64_t b = 0; b < B; b += rows) {
+        product_forward_rows<T>(J, kp, x, params, cst, T(z_lim), out, b, b + rows < B ? b + rows : B);
+    }
+#else
+    product_forward_rows<T>(J, kp, x, params, cst, T(z_lim), out, 0, B);
+#endif
+}
+
 // Backward of transform_f32: from the gradients of log_w and scale (rows of
 // length kp in grads, laid out (3, J, kp)) to those of logits and raw.
 void untransform_f32(int64_t J, int64_t K, int64_t kp, const float* grads, const float* sig, const float* w,
@@ -1330,6 +1399,10 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
                                                 const T* x, const T* params, const T* params_t,                \
                                                 const T* bound, T* out, T* shift, int n_threads) {             \
         sparse_forward<T>(B, J, kp, jp, x, params, params_t, bound, nullptr, out, shift, n_threads, K);        \
+    }                                                                                                          \
+    void ugmm_fused_product_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,     \
+                                             const T* cst, double z_lim, T* out, int n_threads) {              \
+        product_forward<T>(B, J, kp, x, params, cst, z_lim, out, n_threads);                                   \
     }
 
 #define UGMM_EXPORT_SPARSE_BACKWARD(T, SUFFIX)                                                                 \
