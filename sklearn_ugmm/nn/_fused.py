@@ -201,7 +201,8 @@ def _threads(n_components):
 
 
 def _ptr(t):
-    return ctypes.c_void_p(t.data_ptr())
+    # a plain int: ctypes converts it for a c_void_p argument (no object per pointer)
+    return t.data_ptr()
 
 
 def _optional_ptr(t):
@@ -286,7 +287,8 @@ _PREPARED = weakref.WeakKeyDictionary()
 
 def _parameter_key(layer, dtype):
     # in-place updates bump _version; a replaced tensor has another data_ptr
-    tensors = (layer.loc, layer.raw_scale, layer.logits)
+    params = layer._parameters  # (not through Module.__getattr__)
+    tensors = (params["loc"], params["raw_scale"], params["logits"])
     return (dtype, float(layer.min_scale), bool(layer.tie_means),
             *((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in tensors))
 
