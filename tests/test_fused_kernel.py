@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from sklearn_ugmm.nn import MaskedUGMMLayer, UGMMLayer, UGMMNet, ugmm_log_density, ugmm_log_density_reference
+from sklearn_ugmm.nn import (
+    MaskedUGMMLayer,
+    UGMMLayer,
+    UGMMNet,
+    UGMMProductLayer,
+    product_log_density,
+    ugmm_log_density,
+    ugmm_log_density_reference,
+)
 from sklearn_ugmm.nn import _functional, _fused
 
 requires_fused = pytest.mark.skipif(
@@ -402,12 +410,23 @@ def test_portable_builds_match_the_formula(unbuilt_kernel, isa):
         mask = torch.zeros(3, 21, dtype=torch.bool)
         mask[:, 1::2] = True  # -inf weights
         _assert_matches_formula([x, loc, scale, logits], mask=mask, rtol=1e-10 if dtype == torch.float64 else 1e-3)
-        # the inference routes: by neurons (a narrow layer), sparse with mixed columns
+        # the inference routes: by neurons (a narrow layer), the sparse complement route
         _assert_inference_matches_formula(_inputs(40, 10, 64, dtype, seed=25))
         x, loc, scale, logits = _sparse_inputs(40, 37, 20, dtype, seed=26)
         with torch.no_grad():
             x[:, 3::5] = 0.0
         _assert_inference_matches_formula([x, loc, scale, logits])
+        # and product output neurons
+        product = UGMMProductLayer(21, 5, kernel="fused", dtype=dtype).eval()
+        x = _inputs(30, 21, 5, dtype, seed=27)[0].detach()
+        with torch.no_grad(), _fused.inference_routes():
+            out = product(x)
+        with torch.no_grad():
+            ref = product_log_density(x.double(), product.component_loc.double(), product.scale.double(),
+                                      torch.log_softmax(product.logits.double(), 1))
+        assert float(((out.double() - ref).abs() / ref.abs().clamp(min=1.0)).max()) <= (
+            1e-10 if dtype == torch.float64 else 1e-5
+        )
 
 
 @requires_fused
