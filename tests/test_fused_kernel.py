@@ -680,6 +680,21 @@ def test_sparse_inference_takes_the_complement_route(monkeypatch, dtype, shape):
 
 @requires_fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_complement_route_with_two_threads(monkeypatch, dtype):
+    calls = _count_calls(monkeypatch, f"ugmm_fused_complement_forward_{_fused._suffix(dtype)}")
+    inputs = _sparse_inputs(300, 200, 130, dtype, seed=31)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _fused._threads(300 * 200 * 130) == 2
+        _assert_inference_matches_formula(inputs)
+    finally:
+        torch.set_num_threads(previous)
+    assert calls
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_complement_route_sums_the_zero_inputs_where_the_difference_cancels(monkeypatch, dtype):
     # components at 0 that are narrow and heavy on the inputs a row has
     # nonzero: total and the nonzero share agree to far more digits than the

@@ -303,3 +303,20 @@ def test_prediction_routes_of_product_layers(monkeypatch):
     _assert_close_to(_predicted(layer, x), _reference_of(layer, x), torch.float64)
     assert not torch.equal(_predicted(layer, x), first)
     assert len(calls) == 3
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_prediction_on_the_kernel_library_with_two_threads(monkeypatch, dtype):
+    calls = _count_product_calls(monkeypatch, dtype)
+    layer = _layer(64, 10, seed=11, dtype=dtype, kernel="fused").eval()
+    x = _inputs(3000, 64, seed=12, dtype=dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _fused._threads(3000 * 64 * 10) == 2
+        out = _predicted(layer, x)
+    finally:
+        torch.set_num_threads(previous)
+    assert calls
+    _assert_close_to(out, _reference_of(layer, x), dtype)
