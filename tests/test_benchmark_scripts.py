@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from sklearn_ugmm._objectives import make_classifier_objective
+from sklearn_ugmm.nn._net import OUTPUT_LAYERS
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "benchmarks"))
 import mnist  # noqa: E402  (a broken script must fail here, not skip)
 
@@ -81,6 +84,17 @@ def test_cost_report_counts_the_parameters_of_the_real_models(name, variant):
     assert params == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert flops > 0
     assert (exps == 0) == (variant == "mlp")
+
+
+def test_cost_report_measures_the_classifiers_output_neurons():
+    objective = make_classifier_objective("discriminative", 10, (64,), 2, dropout=0.0, tie_means=False)
+    assert bench_cost.OUTPUT_LAYER == objective.output_layer
+    model = bench_cost.make_model("magic", "fused", torch.rand(64, 10))
+    assert type(model.layers[-1]) is OUTPUT_LAYERS[objective.output_layer]
+    # a product output neuron evaluates no exponential
+    _, _, exps = bench_cost.count_cost("magic", "fused", "product")
+    _, _, mixture_exps = bench_cost.count_cost("magic", "fused", "mixture")
+    assert mixture_exps - exps == 64 * 2 + 2
 
 
 def test_cost_report_runs_end_to_end(capsys):

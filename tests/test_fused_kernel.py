@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from sklearn_ugmm.nn import MaskedUGMMLayer, UGMMLayer, UGMMNet, ugmm_log_density, ugmm_log_density_reference
+from sklearn_ugmm.nn import (
+    MaskedUGMMLayer,
+    UGMMLayer,
+    UGMMNet,
+    UGMMProductLayer,
+    product_log_density,
+    ugmm_log_density,
+    ugmm_log_density_reference,
+)
 from sklearn_ugmm.nn import _functional, _fused
 
 requires_fused = pytest.mark.skipif(
@@ -402,12 +410,23 @@ def test_portable_builds_match_the_formula(unbuilt_kernel, isa):
         mask = torch.zeros(3, 21, dtype=torch.bool)
         mask[:, 1::2] = True  # -inf weights
         _assert_matches_formula([x, loc, scale, logits], mask=mask, rtol=1e-10 if dtype == torch.float64 else 1e-3)
-        # the inference routes: by neurons (a narrow layer), sparse with mixed columns
+        # the inference routes: by neurons (a narrow layer), the sparse complement route
         _assert_inference_matches_formula(_inputs(40, 10, 64, dtype, seed=25))
         x, loc, scale, logits = _sparse_inputs(40, 37, 20, dtype, seed=26)
         with torch.no_grad():
             x[:, 3::5] = 0.0
         _assert_inference_matches_formula([x, loc, scale, logits])
+        # and product output neurons
+        product = UGMMProductLayer(21, 5, kernel="fused", dtype=dtype).eval()
+        x = _inputs(30, 21, 5, dtype, seed=27)[0].detach()
+        with torch.no_grad(), _fused.inference_routes():
+            out = product(x)
+        with torch.no_grad():
+            ref = product_log_density(x.double(), product.component_loc.double(), product.scale.double(),
+                                      torch.log_softmax(product.logits.double(), 1))
+        assert float(((out.double() - ref).abs() / ref.abs().clamp(min=1.0)).max()) <= (
+            1e-10 if dtype == torch.float64 else 1e-5
+        )
 
 
 @requires_fused
@@ -634,7 +653,7 @@ def test_float64_inference_keeps_full_precision(monkeypatch, route):
     monkeypatch.setattr(_fused, "TRANSPOSED_ROUTE", route == "neurons")
     make = _sparse_inputs if route == "sparse" else _inputs
     inputs = make(200, 24, 40, torch.float64, seed=23)
-    calls = _count_calls(monkeypatch, f"ugmm_fused_sparse_forward_{_fused._suffix(torch.float64)}")
+    calls = _count_calls(monkeypatch, f"ugmm_fused_complement_forward_{_fused._suffix(torch.float64)}")
     _assert_inference_matches_formula(inputs, rtol=1e-13)
     assert bool(calls) == (route == "sparse")
 
@@ -642,20 +661,68 @@ def test_float64_inference_keeps_full_precision(monkeypatch, route):
 @requires_fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(37, 11, 7), (300, 33, 5), (70, 200, 130)], ids=["odd", "tiles", "wide"])
-def test_sparse_inference_multiplies_only_the_mixed_columns(monkeypatch, dtype, shape):
-    # inference: columns 0 in every row are one constant per neuron, columns
-    # 0 in none drop out of the matrix product
-    calls = _count_calls(monkeypatch, f"ugmm_fused_sparse_mixed_zeros_{_fused._suffix(dtype)}")
+def test_sparse_inference_takes_the_complement_route(monkeypatch, dtype, shape):
+    # inference: the zero inputs' part is each neuron's total at x = 0 less
+    # the nonzero inputs' share, whatever the pattern of zeros
+    calls = _count_calls(monkeypatch, f"ugmm_fused_complement_forward_{_fused._suffix(dtype)}")
     x, loc, scale, logits = _sparse_inputs(*shape, dtype, seed=24)
     with torch.no_grad():
         x[:, 1::4] = 0.0  # zero in every row
         x[1:, 2] = 1.5  # zero in one row only
         x[1:, -1] = -0.5
         x[:, 5] = 0.25  # zero in none (row 0 too)
+        x[3, 0] = 1e6  # far from every component of its input
     _assert_inference_matches_formula([x, loc, scale, logits])
     assert calls
-    # every input 0: no product at all
+    # every input 0
     _assert_inference_matches_formula([torch.zeros_like(x), loc, scale, logits])
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_complement_route_with_two_threads(monkeypatch, dtype):
+    calls = _count_calls(monkeypatch, f"ugmm_fused_complement_forward_{_fused._suffix(dtype)}")
+    inputs = _sparse_inputs(300, 200, 130, dtype, seed=31)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _fused._threads(300 * 200 * 130) == 2
+        _assert_inference_matches_formula(inputs)
+    finally:
+        torch.set_num_threads(previous)
+    assert calls
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_complement_route_sums_the_zero_inputs_where_the_difference_cancels(monkeypatch, dtype):
+    # components at 0 that are narrow and heavy on the inputs a row has
+    # nonzero: total and the nonzero share agree to far more digits than the
+    # dtype holds, so that row's zero part is summed directly
+    calls = _count_calls(monkeypatch, f"ugmm_fused_complement_forward_{_fused._suffix(dtype)}")
+    n_batch, n_in, n_out = 40, 64, 20
+    x, loc, scale, logits = _sparse_inputs(n_batch, n_in, n_out, dtype, seed=29, zero_fraction=0.9)
+    with torch.no_grad():
+        x[1::2] = 0.0
+        x[1::2, :4] = 3.0  # nonzero where the heavy components are
+        loc[:, :4] = 0.0
+        scale[:, :4] = 0.05
+        # the share below: 1e5 (float32) or 1e13 (float64) times the mixture,
+        # enough to lose every digit, not so much that the mixture underflows
+        logits[:, :4] = 12.0 if dtype == torch.float32 else 30.0
+    out = _no_grad_output(x, loc, scale, logits)
+    assert calls
+    x64, loc64, scale64, logits64 = _as_float64([x, loc, scale, logits])
+    log_w = torch.log_softmax(logits64, 1).detach()
+    with torch.no_grad():
+        # the nonzero inputs' share at x = 0 against the whole mixture, in the kernel's units
+        e0 = (log_w - torch.log(scale64) - 0.5 * (loc64 / scale64) ** 2).exp()
+        share = ((x64[1::2] != 0).double() @ e0.t()) / ugmm_log_density_reference(
+            x64[1::2], loc64, scale64, log_w
+        ).exp()
+    low, high = (1e4, 1e7) if dtype == torch.float32 else (1e12, 1e15)
+    assert low < float(share.min()) and float(share.max()) < high
+    _assert_inference_matches_formula([x, loc, scale, logits])
 
 
 def _uncached_inference(layer, x):

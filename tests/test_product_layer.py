@@ -10,7 +10,7 @@ from sklearn.datasets import load_iris, load_wine
 from sklearn.model_selection import cross_val_score
 
 from sklearn_ugmm import UGMMClassifier, load_model, save_model
-from sklearn_ugmm.nn import UGMMLayer, UGMMNet, UGMMProductLayer, product_log_density
+from sklearn_ugmm.nn import UGMMLayer, UGMMNet, UGMMProductLayer, _functional, _fused, product_log_density
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -188,3 +188,135 @@ def test_files_saved_before_the_option_load_as_mixtures(tmp_path):
     assert loaded.output_layer == "mixture" and loaded.resolved_params_["output_layer"] == "mixture"
     assert type(loaded.module_.layers[-1]) is UGMMLayer
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+
+requires_fused = pytest.mark.skipif(
+    _fused.load() is None, reason=f"fused kernel unavailable: {_fused.failure_reason()}"
+)
+
+
+def _count_product_calls(monkeypatch, dtype):
+    calls = []
+    lib = _fused.load()
+    name = f"ugmm_fused_product_forward_{_fused._suffix(dtype)}"
+    real = getattr(lib, name)
+    monkeypatch.setattr(lib, name, lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def _predicted(layer, x):
+    with torch.no_grad(), _fused.inference_routes():
+        return layer(x)
+
+
+def _reference_of(layer, x, dtype=torch.float64):
+    """The reference kernel's output for ``layer`` at ``x``, computed in ``dtype`` (as float64)."""
+    with torch.no_grad():
+        loc, scale, logits = (t.to(dtype) for t in (layer.component_loc, layer.scale, layer.logits))
+        return product_log_density(x.to(dtype), loc, scale, torch.log_softmax(logits, 1)).double()
+
+
+def _assert_close_to(out, ref, dtype):
+    # relative, or absolute below 1 (as the fused kernel's other tests)
+    rtol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert out.dtype == dtype
+    assert float(((out.double() - ref).abs() / ref.abs().clamp(min=1.0)).max()) <= rtol
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1000, 64, 6), (37, 11, 7), (5, 1, 1), (66, 130, 10)],
+                         ids=["satimage", "odd", "single", "wide"])
+@pytest.mark.parametrize("tie_means", [False, True])
+def test_prediction_on_the_kernel_library_matches_the_formula(monkeypatch, dtype, shape, tie_means):
+    n, n_in, n_out = shape
+    calls = _count_product_calls(monkeypatch, dtype)
+    layer = _layer(n_in, n_out, seed=3, dtype=dtype, kernel="fused", tie_means=tie_means).eval()
+    if n_in > 1:
+        with torch.no_grad():
+            layer.logits[0, n_in // 2] = -math.inf  # a dropped component (weight 0)
+    x = _inputs(n, n_in, seed=4, dtype=dtype) * 3
+    x[0, 0] = 1e6
+    x[-1, -1] = -1e6
+    out = _predicted(layer, x)
+    assert calls
+    assert bool(torch.isfinite(out).all())
+    _assert_close_to(out, _reference_of(layer, x), dtype)
+    # outside the estimators' prediction (a fit's forward passes): the reference kernel, unchanged
+    calls.clear()
+    with torch.no_grad():
+        assert torch.equal(layer(x), product_log_density(x, layer.component_loc, layer.scale,
+                                                         torch.log_softmax(layer.logits, 1)))
+    assert not calls
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_prediction_on_the_kernel_library_clips_as_the_reference(monkeypatch, dtype):
+    calls = _count_product_calls(monkeypatch, dtype)
+    tiny = 1e-25 if dtype == torch.float32 else 1e-75
+    layer = _layer(16, 5, seed=5, dtype=dtype, kernel="fused", min_scale=tiny / 10).eval()
+    with torch.no_grad():
+        layer.raw_scale.fill_(math.log(tiny))  # tiny scales (softplus(r) = exp(r) here): z clipped at the limit
+        layer.raw_scale[:, 3] = 0.0
+    x = _inputs(40, 16, seed=6, dtype=dtype)
+    x[0] = 1e6
+    x[1] = float("nan")
+    z = (x[0, 0] - layer.loc[0, 0].detach()) / layer.scale[0, 0].detach()
+    assert float(z.abs()) > _functional._z_limit(dtype)
+    out = _predicted(layer, x)
+    assert calls
+    ref = _reference_of(layer, x, dtype)  # clipped at the limit of the layer's dtype
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)) and bool(torch.isnan(out[1]).all())
+    _assert_close_to(out[2:], ref[2:], dtype)
+    _assert_close_to(out[:1], ref[:1], dtype)
+
+
+@requires_fused
+def test_prediction_with_unrepresentable_inverse_scales_uses_the_reference(monkeypatch):
+    calls = _count_product_calls(monkeypatch, torch.float32)
+    layer = _layer(16, 5, seed=7, dtype=torch.float32, kernel="fused", min_scale=1e-40).eval()
+    with torch.no_grad():
+        layer.raw_scale[0, 0] = -200.0  # scale 1e-40, a subnormal: 1 / scale overflows
+    x = _inputs(40, 16, seed=8, dtype=torch.float32)
+    expected = product_log_density(x, layer.component_loc, layer.scale, torch.log_softmax(layer.logits, 1))
+    assert torch.equal(_predicted(layer, x), expected)
+    assert not calls
+
+
+@requires_fused
+def test_prediction_routes_of_product_layers(monkeypatch):
+    calls = _count_product_calls(monkeypatch, torch.float64)
+    x = _inputs(300, 64, seed=9)
+    for options in ({"kernel": "reference"}, {"kernel": "fused", "dropout": 0.5}):
+        layer = _layer(64, 6, seed=10, **options)  # training mode: dropout draws masks
+        _predicted(layer, x)
+    layer = _layer(64, 6, seed=10, kernel="fused").eval()
+    assert layer(x).requires_grad  # a gradient wanted
+    with _fused.inference_routes():
+        assert layer(x).requires_grad
+    assert not calls
+    # the kernel's prepared parameters follow in-place updates
+    first = _predicted(layer, x)
+    with torch.no_grad():
+        layer.loc.add_(0.5)
+    _assert_close_to(_predicted(layer, x), _reference_of(layer, x), torch.float64)
+    assert not torch.equal(_predicted(layer, x), first)
+    assert len(calls) == 3
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_prediction_on_the_kernel_library_with_two_threads(monkeypatch, dtype):
+    calls = _count_product_calls(monkeypatch, dtype)
+    layer = _layer(64, 10, seed=11, dtype=dtype, kernel="fused").eval()
+    x = _inputs(3000, 64, seed=12, dtype=dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _fused._threads(3000 * 64 * 10) == 2
+        out = _predicted(layer, x)
+    finally:
+        torch.set_num_threads(previous)
+    assert calls
+    _assert_close_to(out, _reference_of(layer, x), dtype)

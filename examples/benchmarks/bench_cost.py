@@ -4,7 +4,11 @@ For the paper's MNIST network (784-128-64-10) and two tabular networks
 (satimage 36-64-6 and magic 10-64-2, the classifier's default hidden layer),
 side by side in one process:
 
-* ``uGMM fused``: :class:`sklearn_ugmm.nn.UGMMNet` on the fused C++ kernel;
+* ``uGMM fused``: :class:`sklearn_ugmm.nn.UGMMNet` on the fused C++ kernel,
+  with the output neurons :class:`sklearn_ugmm.UGMMClassifier` uses (its
+  default ``output_layer="auto"`` is Gaussian product neurons for the
+  discriminative objective; ``--output-layer mixture`` measures the paper's
+  uGMM output neurons instead);
 * ``uGMM reference``: the same network on the reference (blocked PyTorch) kernel;
 * ``uGMM tied, fused``: ``tie_means=True`` (the paper's parameter tying);
 * ``MLP (ReLU)``: ``nn.Linear`` layers of the same sizes with ReLU.
@@ -12,7 +16,8 @@ side by side in one process:
 Columns: trainable parameters; analytic forward cost per sample, as
 multiply/add FLOPs and exponentials (a uGMM component costs ``x - mu``,
 two multiplications, an addition, one exp and the accumulation: 5 FLOPs and
-one exp; a neuron adds one log; an MLP weight costs a multiply-add, 2
+one exp; a neuron adds one log; a product output neuron's component costs
+the same 5 FLOPs and no exp; an MLP weight costs a multiply-add, 2
 FLOPs); one training step (cross-entropy, Adam with its fused kernel as in
 the estimators, the stated batch), as the
 median over interleaved rounds of wall-clock time and of process CPU time
@@ -57,6 +62,8 @@ NETS = {
     "magic": (10, (64,), 2, "magic"),
 }
 VARIANTS = ("fused", "reference", "tied", "mlp")
+#: The output neurons of the estimators' networks (UGMMClassifier's "auto").
+OUTPUT_LAYER = "product"
 LABELS = {
     "fused": "uGMM fused",
     "reference": "uGMM reference",
@@ -88,7 +95,7 @@ def load_data(name, n_rows, seed=0):
     return X, torch.as_tensor(np.asarray(y)[idx], dtype=torch.long), origin
 
 
-def make_model(name, variant, X, seed=0):
+def make_model(name, variant, X, seed=0, output_layer=OUTPUT_LAYER):
     n_inputs, hidden, n_classes, _ = NETS[name]
     torch.manual_seed(seed)
     if variant == "mlp":
@@ -98,17 +105,19 @@ def make_model(name, variant, X, seed=0):
             layers += [nn.Linear(n_in, n_out), nn.ReLU()]
         return nn.Sequential(*layers[:-1])
     kernel = "reference" if variant == "reference" else "fused"
-    net = UGMMNet(n_inputs, hidden, n_classes, kernel=kernel, tie_means=variant == "tied")
+    net = UGMMNet(n_inputs, hidden, n_classes, kernel=kernel, tie_means=variant == "tied", output_layer=output_layer)
     net.init_from_data(X[:2048], generator=torch.Generator().manual_seed(seed))
     return net
 
 
-def count_cost(name, variant):
+def count_cost(name, variant, output_layer=OUTPUT_LAYER):
     """Trainable parameters, forward FLOPs (multiply/add) and exponentials per sample."""
     n_inputs, hidden, n_classes, _ = NETS[name]
     sizes = [n_inputs, *hidden, n_classes]
     params = flops = exps = 0
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+    last = len(sizes) - 2
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        product = output_layer == "product" and i == last
         if variant == "mlp":
             params += n_in * n_out + n_out
             flops += 2 * n_in * n_out + 2 * n_out  # multiply-adds, bias, ReLU
@@ -116,7 +125,7 @@ def count_cost(name, variant):
             loc = n_out if variant == "tied" else n_in * n_out
             params += loc + 2 * n_in * n_out  # means, scales, mixing logits
             flops += 5 * n_in * n_out
-            exps += n_in * n_out + n_out  # one exp per component, one log per neuron
+            exps += 0 if product else n_in * n_out + n_out  # one exp per component, one log per neuron
     return params, flops, exps
 
 
@@ -157,12 +166,12 @@ def _timed(fn, repeats):
     return (time.perf_counter() - wall) / repeats, (time.process_time() - cpu) / repeats
 
 
-def measure_times(name, variants, batch, predict_rows, rounds):
+def measure_times(name, variants, batch, predict_rows, rounds, output_layer=OUTPUT_LAYER):
     """Median step and predict times (wall, CPU) of each variant, in interleaved rounds."""
     X, y, origin = load_data(name, max(16 * batch, predict_rows))
     jobs = {}
     for v in variants:
-        model = make_model(name, v, X)
+        model = make_model(name, v, X, output_layer=output_layer)
         jobs[v] = (
             make_step(model, X, y, batch),
             make_predict(model, X[:predict_rows]),
@@ -187,25 +196,26 @@ def measure_times(name, variants, batch, predict_rows, rounds):
     return {v: {k: float(np.median(s)) for k, s in d.items()} for v, d in samples.items()}, origin
 
 
-def memory_child(name, variant, batch):
+def memory_child(name, variant, batch, output_layer=OUTPUT_LAYER):
     """Peak memory (bytes) of one training step, measured in this process (CPU)."""
     _return_freed_memory_to_os()
     X, y, _ = load_data(name, max(4 * batch, 2048))
-    step = make_step(make_model(name, variant, X), X, y, batch)
+    step = make_step(make_model(name, variant, X, output_layer=output_layer), X, y, batch)
     step()  # warm-up
     return peak_rss_rise(step)
 
 
-def measure_memory(name, variants, batch):
+def measure_memory(name, variants, batch, output_layer=OUTPUT_LAYER):
     """Run :func:`memory_child` for each variant in a fresh subprocess."""
-    args = ["--batch", str(batch), "--threads", str(torch.get_num_threads())]
+    args = ["--batch", str(batch), "--threads", str(torch.get_num_threads()), "--output-layer", output_layer]
     return {v: child_peak_bytes([__file__, "--memory-child", name, v, *args], f"{name}/{v}") for v in variants}
 
 
 def print_table(name, origin, args, costs, times, peaks):
     n_inputs, hidden, n_classes, _ = NETS[name]
     shape = "-".join(map(str, [n_inputs, *hidden, n_classes]))
-    print(f"\n{name} {shape} (data: {origin}), batch {args.batch}, torch threads {torch.get_num_threads()}, "
+    print(f"\n{name} {shape} (data: {origin}), {args.output_layer} output neurons, batch {args.batch}, "
+          f"torch threads {torch.get_num_threads()}, "
           f"median of {args.rounds} interleaved rounds")
     header = (f"{'variant':<18}{'params':>9}{'MFLOP/s.':>9}{'exp/s.':>8}{'step ms':>9}{'x MLP':>7}"
               f"{'CPU ms':>8}{'x MLP':>7}{'pred ms/1k':>11}{'x MLP':>7}{'CPU':>7}{'x MLP':>7}"
@@ -232,20 +242,22 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--output-layer", choices=("product", "mixture"), default=OUTPUT_LAYER,
+                        help="the uGMM networks' output neurons (default: the classifier's, product)")
     parser.add_argument("--memory-child", nargs=2, metavar=("NET", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
-        print(json.dumps({"peak_bytes": memory_child(*args.memory_child, args.batch)}))
+        print(json.dumps({"peak_bytes": memory_child(*args.memory_child, args.batch, args.output_layer)}))
         return None
     if _fused.load() is None:
         print(f"fused kernel unavailable ({_fused.failure_reason()}): 'fused' rows use the reference kernel")
     results = {}
     for name in args.nets:
-        costs = {v: count_cost(name, v) for v in VARIANTS}
-        times, origin = measure_times(name, VARIANTS, args.batch, args.predict_rows, args.rounds)
-        peaks = {} if args.no_memory else measure_memory(name, VARIANTS, args.batch)
+        costs = {v: count_cost(name, v, args.output_layer) for v in VARIANTS}
+        times, origin = measure_times(name, VARIANTS, args.batch, args.predict_rows, args.rounds, args.output_layer)
+        peaks = {} if args.no_memory else measure_memory(name, VARIANTS, args.batch, args.output_layer)
         print_table(name, origin, args, costs, times, peaks)
         results[name] = {"costs": costs, "times": times, "peaks": peaks}
     return results

@@ -358,8 +358,10 @@ _warned_unavailable = False
 def _fused_applies(x, loc, scale, log_weights, kernel):
     """Whether this call can and should run on the fused kernel."""
     global _warned_unavailable
-    tensors = (x, loc, scale, log_weights)
-    if any(t.device.type != "cpu" or t.dtype != x.dtype for t in tensors):
+    dtype = x.dtype  # (no generator over the tensors: this runs on every layer call)
+    if not (x.is_cpu and loc.is_cpu and scale.is_cpu and log_weights.is_cpu):
+        return False
+    if loc.dtype != dtype or scale.dtype != dtype or log_weights.dtype != dtype:
         return False
     if x.dtype not in (torch.float32, torch.float64):
         return False

@@ -19,9 +19,12 @@ additive mask. float32 layers may pass their raw parameters
 Calls that need no gradient create no autograd node; inside
 :func:`inference_routes` (the estimators' prediction methods) they may take
 the inference-only routes: the transposed dense route (vectorised over
-neurons, for layers with few inputs) and, on the sparse route, a matrix
-product over only the columns that are 0 in some rows, and layers keep
-their prepared parameters between calls (:func:`cached_log_density`). The
+neurons, for layers with few inputs) and, on the sparse route, the
+complement route (the zero inputs' part as each neuron's total at x = 0
+less the nonzero inputs' share, no matrix product), and layers keep
+their prepared parameters between calls (:func:`cached_log_density`);
+product layers (:class:`UGMMProductLayer`, the classifier's output neurons)
+are evaluated there too (:func:`cached_product_log_density`). The
 cache is keyed on the parameters' storage and version counters, which an
 optimiser's fused kernel (``torch.optim.Adam(fused=True)``, the estimators'
 optimiser) does not bump; so it is used only inside
@@ -38,6 +41,7 @@ import contextlib
 import contextvars
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -141,8 +145,6 @@ def _bind(path):
         getattr(lib, f"ugmm_fused_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, cint]
         getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}").argtypes = [i64, i64, i64, ptr, ptr]
         getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}").restype = i64
-        getattr(lib, f"ugmm_fused_sparse_mixed_zeros_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr]
-        getattr(lib, f"ugmm_fused_sparse_mixed_zeros_{suffix}").restype = i64
         getattr(lib, f"ugmm_fused_sparse_setup_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr]
         getattr(lib, f"ugmm_fused_sparse_factors_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr]
         getattr(lib, f"ugmm_fused_sparse_backward_{suffix}").argtypes = [
@@ -163,6 +165,11 @@ def _bind(path):
         getattr(lib, f"ugmm_fused_pad_and_scan_inputs_{suffix}").restype = i64
         getattr(lib, f"ugmm_fused_prepare_params_{suffix}").argtypes = [
             i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
+        ]
+        getattr(lib, f"ugmm_fused_product_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, dbl, ptr, cint]
+        getattr(lib, f"ugmm_fused_complement_setup_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr]
+        getattr(lib, f"ugmm_fused_complement_forward_{suffix}").argtypes = [
+            i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
         ]
     lib.ugmm_fused_transform_f32.argtypes = [i64, i64, ptr, dbl, ptr, ptr, ptr, ptr, ptr]
     lib.ugmm_fused_untransform_f32.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr]
@@ -194,7 +201,8 @@ def _threads(n_components):
 
 
 def _ptr(t):
-    return ctypes.c_void_p(t.data_ptr())
+    # a plain int: ctypes converts it for a c_void_p argument (no object per pointer)
+    return t.data_ptr()
 
 
 def _optional_ptr(t):
@@ -279,7 +287,8 @@ _PREPARED = weakref.WeakKeyDictionary()
 
 def _parameter_key(layer, dtype):
     # in-place updates bump _version; a replaced tensor has another data_ptr
-    tensors = (layer.loc, layer.raw_scale, layer.logits)
+    params = layer._parameters  # (not through Module.__getattr__)
+    tensors = (params["loc"], params["raw_scale"], params["logits"])
     return (dtype, float(layer.min_scale), bool(layer.tie_means),
             *((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in tensors))
 
@@ -361,6 +370,74 @@ def cached_log_density(layer, x, z_lim):
     return _forward(n_in, x_p, None, entry.params, entry.bound, n_zero, inference=True, routes=entry.routes)[0]
 
 
+#: log sqrt(2 pi), as in _functional (which imports this module)
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class _PreparedProduct:
+    """A product layer's parameters for the kernel: params (out, 3, kp) holds
+    loc, 1 / scale and -w / 2, cst (out) is -sum_k w log(scale sqrt(2 pi));
+    None when some of them are not finite (the reference kernel then)."""
+
+    __slots__ = ("key", "params", "cst")
+
+    def __init__(self, key, params, cst):
+        self.key, self.params, self.cst = key, params, cst
+
+
+def _prepare_product(layer, dtype):
+    key = _parameter_key(layer, dtype)
+    entry = _PREPARED.get(layer)
+    if entry is not None and entry.key == key:
+        return entry
+    n_out, n_in = layer.logits.shape
+    width = load().widths[dtype]
+    kp = -(-n_in // width) * width
+    with torch.no_grad():
+        scale = layer.scale.detach()
+        weights = torch.log_softmax(layer.logits.detach(), dim=1).exp()
+        params = scale.new_zeros((n_out, 3, kp))
+        params[:, 0, :n_in] = layer.component_loc.detach()
+        params[:, 1, :n_in] = scale.reciprocal()
+        params[:, 2, :n_in] = -0.5 * weights
+        cst = -(weights.double() * (scale.double().log() + _HALF_LOG_2PI)).sum(dim=1).to(dtype)
+        if not (bool(torch.isfinite(params).all()) and bool(torch.isfinite(cst).all())):
+            params = cst = None
+    entry = _PreparedProduct(key, params, cst)
+    _PREPARED[layer] = entry
+    return entry
+
+
+def cached_product_log_density(layer, x, z_lim):
+    """Inference output of a :class:`UGMMProductLayer` without dropout, on the
+    kernel library (its parameters prepared once, kept as in
+    :func:`cached_log_density`, so only inside :func:`inference_routes`), or
+    None when some parameter is not finite (1 / scale overflows: the
+    reference kernel then).
+
+    The reference formula's sum, in another order: ``z`` is ``(x - loc)``
+    times ``1 / scale`` (a rounding more than the reference's division),
+    clipped at ``z_lim`` as there, and the log-normalisers' weighted sum is
+    one constant per neuron. ``x`` is a CPU tensor of the parameters' dtype
+    (float32 or float64), and no gradient may be wanted.
+    """
+    entry = _prepare_product(layer, x.dtype)
+    if entry.params is None:
+        return None
+    n_batch, n_in = x.shape
+    n_out, _, kp = entry.params.shape
+    with torch.no_grad():
+        x_p = x.detach().contiguous()
+        if kp != n_in:
+            x_p = torch.nn.functional.pad(x_p, (0, kp - n_in))
+    out = x_p.new_empty((n_batch, n_out))
+    getattr(load(), f"ugmm_fused_product_forward_{_suffix(x.dtype)}")(
+        n_batch, n_out, kp, _ptr(x_p), _ptr(entry.params), _ptr(entry.cst), z_lim, _ptr(out),
+        _threads(n_batch * n_out * n_in),
+    )
+    return out
+
+
 #: Fraction of inputs exactly 0 from which the forward pass takes the sparse
 #: route: the zero inputs' components as one matrix product, exponentials
 #: only for the nonzero inputs (MNIST: about 80% zeros).
@@ -380,11 +457,12 @@ def inference_routes():
     """Let no-grad calls inside the block take the inference-only routes.
 
     They are the transposed dense route (vectorised over neurons, for layers
-    with few inputs), the sparse route's matrix product over only the
-    columns that are 0 in some rows, and (float64) the log2 of the mixture
-    sums eight at a time; calls keep no shifts for a backward pass. Results
-    agree with the other routes to rounding (float64: 1e-15, float32: 1e-6
-    relative), not bit for bit, which is why they are opt-in: a fit's
+    with few inputs), the sparse route's complement route (no matrix
+    product over the zero inputs), in float64 an exp2 polynomial of lower
+    degree (relative error 9e-15) and the log2 of the mixture sums eight at
+    a time, and product layers on the kernel library; calls keep no shifts
+    for a backward pass. Results agree with the other routes to rounding
+    (float64: 1e-14, float32: 1e-6 relative), not bit for bit, which is why they are opt-in: a fit's
     no-grad work (the data-dependent initialisation, validation scores)
     stays on the routes of its backward pass and gives the same fit. The
     estimators' prediction methods enable them.
@@ -459,12 +537,16 @@ def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False, routes=N
         jp = -(-n_out // width) * width
         params_t, e0 = _route_parameters(routes, "sparse", params, jp, with_e0=True)
         if fast:
-            zeros = None
-            zero_sums = _mixed_zero_sums(lib, suffix, x_p, n_in, e0)
-        else:
-            zeros = torch.empty_like(x_p)
-            getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}")(n_batch, n_in, kp, _ptr(x_p), _ptr(zeros))
-            zero_sums = zeros @ e0.t()
+            # the complement route: no matrix product over the zero inputs
+            e0_t, total = _complement_parameters(routes, e0, jp)
+            getattr(lib, f"ugmm_fused_complement_forward_{suffix}")(
+                n_batch, n_out, kp, jp, _ptr(x_p), _ptr(params), _ptr(params_t), _ptr(e0_t), _ptr(total),
+                _ptr(bound), _ptr(out), _threads(n_batch * n_out * n_in),
+            )
+            return out, None, None
+        zeros = torch.empty_like(x_p)
+        getattr(lib, f"ugmm_fused_sparse_zeros_{suffix}")(n_batch, n_in, kp, _ptr(x_p), _ptr(zeros))
+        zero_sums = zeros @ e0.t()
         getattr(lib, f"ugmm_fused_sparse_forward_{suffix}")(
             n_batch, n_out, kp, jp, _ptr(x_p), _ptr(params), _ptr(params_t), _ptr(bound), _ptr(zero_sums),
             _ptr(out), _optional_ptr(shift_t), _threads(n_batch * n_out * n_in),
@@ -486,19 +568,19 @@ def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False, routes=N
     return out, shift_t, None
 
 
-def _mixed_zero_sums(lib, suffix, x_p, n_in, e0):
-    """The zero inputs' part of every mixture (batch, out) for inference on the
-    sparse route: the matrix product over the columns 0 in some rows only,
-    plus the columns 0 in every row as one per-neuron constant."""
-    n_batch, kp = x_p.shape
-    cols = torch.empty(kp, dtype=torch.int64)
-    n_all_zero = ctypes.c_int64(0)
-    zero = x_p.new_empty(n_batch * kp + lib.widths[x_p.dtype])  # slack for whole-vector stores
-    m = getattr(lib, f"ugmm_fused_sparse_mixed_zeros_{suffix}")(
-        n_batch, n_in, kp, _ptr(x_p), _ptr(cols), ctypes.byref(n_all_zero), _ptr(zero)
-    )
-    every_row = e0.index_select(1, cols[m : m + n_all_zero.value]).sum(1)
-    return torch.addmm(every_row, zero[: n_batch * m].view(n_batch, m), e0.index_select(1, cols[:m]).t())
+def _complement_parameters(routes, e0, jp):
+    """e0_t (kp, jp) and total (jp) of the complement route, from ``routes``
+    when it holds them (a cached layer), else computed (and kept there)."""
+    found = routes.get("complement") if routes is not None else None
+    if found is not None:
+        return found
+    n_out, kp = e0.shape
+    e0_t, total = e0.new_empty((kp, jp)), e0.new_empty(jp)
+    getattr(load(), f"ugmm_fused_complement_setup_{_suffix(e0.dtype)}")(n_out, kp, jp, _ptr(e0), _ptr(e0_t),
+                                                                         _ptr(total))
+    if routes is not None:
+        routes["complement"] = (e0_t, total)
+    return e0_t, total
 
 
 def _sparse_backward(x_p, shift_t, grad_out, zeros, params_t, n_threads):

@@ -56,6 +56,7 @@ struct Vec<float> {
     static constexpr int bias = 127;
     static constexpr int mantissa = 23;
     static constexpr float tiny = 8.673617379884035e-19f;  // 2**-60
+    static constexpr float complement_margin = 1;  // see complement_sums()
 };
 
 template <>
@@ -69,6 +70,7 @@ struct Vec<double> {
     static constexpr int64_t bias = 1023;
     static constexpr int mantissa = 52;
     static constexpr double tiny = 8.673617379884035e-19;  // 2**-60
+    static constexpr double complement_margin = 64;  // see complement_sums()
 };
 
 // Flush subnormal results to zero while a kernel runs (restored after):
@@ -226,6 +228,43 @@ inline typename Vec<T>::type exp2v(typename Vec<T>::type t) {
 }
 #endif
 
+// exp2 of the inference routes (no backward pass follows; the callers
+// keep no shifts): exp2v, except for double on AVX-512, where 2**r of the
+// table method is a minimax polynomial of degree 5 (q of degree 4) instead
+// of Taylor's of degree 7: relative error 9e-15 instead of 1.2e-18 (the
+// log-density's error, absolute), two multiply-adds fewer per vector of a
+// kernel bound by them.
+template <typename T, bool LEAN>
+inline typename Vec<T>::type exp2v_route(typename Vec<T>::type t) {
+    return exp2v<T>(t);
+}
+
+#if defined(__AVX512F__)
+template <>
+inline Vec<double>::type exp2v_route<double, true>(Vec<double>::type t) {
+    typedef Vec<double>::type V;
+    alignas(64) static const double table[16] = {
+        1.0, 1.0442737824274138403, 1.0905077326652576592, 1.1387886347566916537,
+        1.1892071150027210667, 1.2418578120734840486, 1.2968395546510096659, 1.3542555469368927282,
+        1.4142135623730950488, 1.4768261459394993114, 1.5422108254079408236, 1.6104903319492543082,
+        1.6817928305074290861, 1.7562521603732994831, 1.8340080864093424635, 1.9152065613971472939};
+    const __m512d lo = _mm512_load_pd(table);
+    const __m512d hi = _mm512_load_pd(table + 8);
+    const V magic = V{} + 422212465065984.0;  // as exp2v<double>
+    const V y = t + magic;
+    const V n = y - magic;
+    const V r = t - n;
+    const V base = (V)_mm512_permutex2var_pd(lo, _mm512_castpd_si512((__m512d)y), hi);
+    // (2**r - 1) / r on |r| <= 1/32, minimax (Chebyshev) of degree 4
+    V q = V{} + 0.0013333744338239965;
+    q = q * r + 0.009618317140580765;
+    q = q * r + 0.05550410866027587;
+    q = q * r + 0.24022650691319414;
+    q = q * r + 0.6931471805599453;
+    return times_exp2(base + base * (r * q), n);
+}
+#endif
+
 template <typename T>
 inline T hsum(typename Vec<T>::type v) {
     T s = 0;
@@ -286,8 +325,8 @@ inline void log2_array<float>(const float* s, float* l2, int64_t n) {
 // narrow layer (a 10 -> 64 layer: 0.3 of its 0.65 ms per 1000 rows). Vector
 // version: s = m 2**e with m in [sqrt(1/2), sqrt(2)) (getmant, halved
 // above sqrt(2)), log2 m = 2 atanh(u) / ln 2 with u = (m - 1) / (m + 1),
-// |u| <= 0.1716, by its series to u**21 (truncation 1e-19 relative; a few
-// ulp once rounded). Sums that are 0 or tiny give garbage the callers
+// |u| <= 0.1716, atanh by a minimax polynomial (5e-18 relative; a few ulp
+// once rounded). Sums that are 0 or tiny give garbage the callers
 // replace (they recompute those with the exact peak).
 template <typename T>
 inline void log2_sums(const T* s, T* l2, int64_t n) {
@@ -304,16 +343,15 @@ inline Vec<double>::type log2v(Vec<double>::type v) {
     const V e = big ? e1 + 1.0 : e1;
     const V u = (m - 1.0) / (m + 1.0);
     const V u2 = u * u;
-    V p = V{} + 1.0 / 21;
-    p = p * u2 + 1.0 / 19;
-    p = p * u2 + 1.0 / 17;
-    p = p * u2 + 1.0 / 15;
-    p = p * u2 + 1.0 / 13;
-    p = p * u2 + 1.0 / 11;
-    p = p * u2 + 1.0 / 9;
-    p = p * u2 + 1.0 / 7;
-    p = p * u2 + 1.0 / 5;
-    p = p * u2 + 1.0 / 3;
+    // (atanh(u) / u - 1) / u**2: minimax (Chebyshev) of degree 6 in u**2 on
+    // |u| <= 0.1716 (error 1.6e-16, 5e-18 relative once times u**2)
+    V p = V{} + 0.07308439459514911;
+    p = p * u2 + 0.07665843434319214;
+    p = p * u2 + 0.09091445085156985;
+    p = p * u2 + 0.11111105560224649;
+    p = p * u2 + 0.1428571431303169;
+    p = p * u2 + 0.19999999999949655;
+    p = p * u2 + 0.3333333333333335;
     const V up = u + u * (u2 * p);  // atanh(u), its leading term unrounded
     return e + 2.8853900817779268 * up;
 }
@@ -381,7 +419,7 @@ T exact_log2_sum(const T* xb, const T* mb, const T* pj, int64_t kp) {
 // pass, shift_t (J, B): the log2 of each mixture relative to its bound, from
 // the same rounded components, so that the backward responsibilities stay
 // <= 1 (and the dominant one 1) even when log-densities are huge.
-template <typename T, bool M>
+template <typename T, bool M, bool LEAN>
 void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T* params,
                      const T* bound, T* out, T* shift_t, int64_t j0, int64_t j1) {
     FlushSubnormals ftz;
@@ -413,13 +451,13 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, 
                     const V s = load<V>(cst + k);
                     V d;
                     d = load<V>(x0 + k) - l;
-                    a0 += exp2v<T>(masked<M, V>(s + c * d * d, m0 + k));
+                    a0 += exp2v_route<T, LEAN>(masked<M, V>(s + c * d * d, m0 + k));
                     d = load<V>(x1 + k) - l;
-                    a1 += exp2v<T>(masked<M, V>(s + c * d * d, m1 + k));
+                    a1 += exp2v_route<T, LEAN>(masked<M, V>(s + c * d * d, m1 + k));
                     d = load<V>(x2 + k) - l;
-                    a2 += exp2v<T>(masked<M, V>(s + c * d * d, m2 + k));
+                    a2 += exp2v_route<T, LEAN>(masked<M, V>(s + c * d * d, m2 + k));
                     d = load<V>(x3 + k) - l;
-                    a3 += exp2v<T>(masked<M, V>(s + c * d * d, m3 + k));
+                    a3 += exp2v_route<T, LEAN>(masked<M, V>(s + c * d * d, m3 + k));
                 }
                 sums[b - b0] = hsum<T>(a0);
                 sums[b - b0 + 1] = hsum<T>(a1);
@@ -432,7 +470,7 @@ void forward_neurons(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, 
                 V a = V{};
                 for (int64_t k = 0; k < kp; k += W) {
                     const V d = load<V>(xb + k) - load<V>(loc + k);
-                    a += exp2v<T>(masked<M, V>(load<V>(cst + k) + load<V>(curv + k) * d * d, mb + k));
+                    a += exp2v_route<T, LEAN>(masked<M, V>(load<V>(cst + k) + load<V>(curv + k) * d * d, mb + k));
                 }
                 sums[b - b0] = hsum<T>(a);
             }
@@ -717,10 +755,15 @@ template <typename T>
 void forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* xm, const T* params, const T* bound,
              T* out, T* shift, int n_threads) {
     auto run = [&](int64_t j0, int64_t j1) {
-        if (xm)
-            forward_neurons<T, true>(B, J, kp, x, xm, params, bound, out, shift, j0, j1);
+        // no shifts kept: the inference routes, their exp2
+        if (xm && shift)
+            forward_neurons<T, true, false>(B, J, kp, x, xm, params, bound, out, shift, j0, j1);
+        else if (xm)
+            forward_neurons<T, true, true>(B, J, kp, x, xm, params, bound, out, shift, j0, j1);
+        else if (shift)
+            forward_neurons<T, false, false>(B, J, kp, x, xm, params, bound, out, shift, j0, j1);
         else
-            forward_neurons<T, false>(B, J, kp, x, xm, params, bound, out, shift, j0, j1);
+            forward_neurons<T, false, true>(B, J, kp, x, xm, params, bound, out, shift, j0, j1);
     };
     if (n_threads <= 1 || J < 2) {
         run(0, J);
@@ -805,14 +848,19 @@ int64_t sparse_zeros(int64_t B, int64_t K, int64_t kp, const T* x, T* zero) {
 // The sums of NV neuron vectors from v0 at one sample, over its active
 // inputs active[a0, a1): NV accumulators in registers, the parameters of
 // each input loaded from three bases with constant offsets.
-template <typename T, int NV>
-inline void sparse_accumulate(int64_t jp, const T* xb, const T* params_t, const int64_t* active, int64_t a0,
-                              int64_t a1, T* si, int64_t v0) {
+// With C (the complement route), also the sums of e0_t (kp, jp) over the
+// same inputs into ni.
+template <typename T, int NV, bool LEAN, bool C>
+inline void sparse_accumulate(int64_t jp, const T* xb, const T* params_t, const T* e0_t, const int64_t* active,
+                              int64_t a0, int64_t a1, T* si, T* ni, int64_t v0) {
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
-    V acc[NV];
+    V acc[NV], acc_e0[NV];
 #pragma GCC unroll 8
-    for (int q = 0; q < NV; ++q) acc[q] = load<V>(si + v0 + q * W);
+    for (int q = 0; q < NV; ++q) {
+        acc[q] = load<V>(si + v0 + q * W);
+        acc_e0[q] = C ? load<V>(ni + v0 + q * W) : V{};
+    }
     for (int64_t a = a0; a < a1; ++a) {
         const int64_t k = active[a];
         const V xv = V{} + xb[k];
@@ -822,73 +870,67 @@ inline void sparse_accumulate(int64_t jp, const T* xb, const T* params_t, const 
 #pragma GCC unroll 8
         for (int q = 0; q < NV; ++q) {
             const V d = xv - load<V>(pl + q * W);
-            acc[q] += exp2v<T>(load<V>(ps + q * W) + load<V>(pc + q * W) * d * d);
+            acc[q] += exp2v_route<T, LEAN>(load<V>(ps + q * W) + load<V>(pc + q * W) * d * d);
+            if constexpr (C) acc_e0[q] += load<V>(e0_t + k * jp + v0 + q * W);
         }
     }
 #pragma GCC unroll 8
-    for (int q = 0; q < NV; ++q) store<V>(si + v0 + q * W, acc[q]);
+    for (int q = 0; q < NV; ++q) {
+        store<V>(si + v0 + q * W, acc[q]);
+        if constexpr (C) store<V>(ni + v0 + q * W, acc_e0[q]);
+    }
 }
 
-// Inference on the sparse route: the zero indicator of only the columns
-// that are 0 in some rows and not in others. Columns 0 in every row (an
-// image's border) add the same e0 to every row's zero sums, and columns 0
-// in none add nothing, so the caller's matrix product needs only the mixed
-// ones (MNIST, 1000 rows: 618 of 784). Fills cols (kp) with the mixed
-// columns first, in increasing order (n_mixed of them, returned), and then
-// those 0 in every row (*n_all_zero), among the first K; writes the
-// indicator of the mixed columns as zero (B, n_mixed), row-major (zero must
-// hold B * kp + W values).
-template <typename T>
-int64_t sparse_mixed_zeros(int64_t B, int64_t K, int64_t kp, const T* x, int64_t* cols, int64_t* n_all_zero,
-                           T* zero) {
-    std::vector<int32_t> count(kp, 0);
-    for (int64_t b = 0; b < B; ++b) {
-        const T* xb = x + b * kp;
-#pragma omp simd
-        for (int64_t k = 0; k < kp; ++k) count[k] += xb[k] == T(0);
-    }
-    int64_t m = 0, a = 0;
-    std::vector<int64_t> all_zero;
-    for (int64_t k = 0; k < K; ++k) {
-        if (count[k] == B)
-            all_zero.push_back(k);
-        else if (count[k] > 0)
-            cols[m++] = k;
-    }
-    for (int64_t k : all_zero) cols[m + a++] = k;
-    *n_all_zero = a;
-#if defined(__AVX512F__)
-    // per vector of columns: the indicator, compressed to the mixed lanes in
-    // a register and stored whole (zero has W values of slack at its end)
+// The neuron vectors [0, jp) of one sample: NV = 8, then 4, 2, 1 per pass.
+template <typename T, bool LEAN, bool C>
+inline void sparse_accumulate_all(int64_t jp, const T* xb, const T* params_t, const T* e0_t,
+                                  const int64_t* active, int64_t a0, int64_t a1, T* si, T* ni) {
     constexpr int W = Vec<T>::width;
-    std::vector<uint16_t> lanes(kp / W, 0);
-    for (int64_t i = 0; i < m; ++i) lanes[cols[i] / W] |= uint16_t(1u << (cols[i] % W));
-    T* zb = zero;
-    for (int64_t b = 0; b < B; ++b) {
-        const T* xb = x + b * kp;
-        for (int64_t v = 0; v < kp / W; ++v) {
-            const uint16_t keep = lanes[v];
-            if (!keep) continue;
-            if constexpr (sizeof(T) == 4) {
-                const __mmask16 z = _mm512_cmp_ps_mask(_mm512_loadu_ps(xb + v * W), _mm512_setzero_ps(), _CMP_EQ_OQ);
-                const __m512 ind = _mm512_maskz_mov_ps(z, _mm512_set1_ps(1.0f));
-                _mm512_storeu_ps(zb, _mm512_maskz_compress_ps(keep, ind));
-            } else {
-                const __mmask8 z = _mm512_cmp_pd_mask(_mm512_loadu_pd(xb + v * W), _mm512_setzero_pd(), _CMP_EQ_OQ);
-                const __m512d ind = _mm512_maskz_mov_pd(z, _mm512_set1_pd(1.0));
-                _mm512_storeu_pd(zb, _mm512_maskz_compress_pd(__mmask8(keep), ind));
-            }
-            zb += __builtin_popcount(keep);
+    for (int64_t v0 = 0; v0 < jp;) {
+        const int64_t left = (jp - v0) / W;
+        if (left >= 8) {
+            sparse_accumulate<T, 8, LEAN, C>(jp, xb, params_t, e0_t, active, a0, a1, si, ni, v0);
+            v0 += 8 * W;
+        } else if (left >= 4) {
+            sparse_accumulate<T, 4, LEAN, C>(jp, xb, params_t, e0_t, active, a0, a1, si, ni, v0);
+            v0 += 4 * W;
+        } else if (left >= 2) {
+            sparse_accumulate<T, 2, LEAN, C>(jp, xb, params_t, e0_t, active, a0, a1, si, ni, v0);
+            v0 += 2 * W;
+        } else {
+            sparse_accumulate<T, 1, LEAN, C>(jp, xb, params_t, e0_t, active, a0, a1, si, ni, v0);
+            v0 += W;
         }
     }
-#else
-    for (int64_t b = 0; b < B; ++b) {
-        const T* xb = x + b * kp;
-        T* zb = zero + b * m;
-        for (int64_t i = 0; i < m; ++i) zb[i] = xb[cols[i]] == T(0) ? T(1) : T(0);
+}
+
+// The complement route (inference): a sample's zero inputs' part of the
+// mixtures is Z = total - N, with total[j] = sum_{k < K} e0[j, k] and N the
+// sum of e0 over its nonzero inputs (accumulated beside the exponentials:
+// no matrix product over the zero inputs). Z's rounding error is a few ulp
+// of total + N, which is at most 2 N + Z; so where N exceeds the mixture
+// sum S = Z + P (P: the exponentials) by more than complement_margin, the
+// sample's Z is summed directly over its zero inputs instead. On return,
+// si holds S.
+template <typename T>
+void complement_sums(int64_t J, int64_t K, int64_t jp, const T* xb, const T* e0_t, const T* total, T* si,
+                     const T* ni) {
+    typedef typename Vec<T>::type V;
+    constexpr int W = Vec<T>::width;
+    int far = 0;
+#pragma omp simd reduction(| : far)
+    for (int64_t j = 0; j < J; ++j) far |= !(ni[j] <= (total[j] - ni[j] + si[j]) * Vec<T>::complement_margin);
+    if (!far) {
+#pragma omp simd
+        for (int64_t j = 0; j < J; ++j) si[j] += total[j] - ni[j];
+        return;
     }
-#endif
-    return m;
+    for (int64_t v = 0; v < jp; v += W) {
+        V z = V{};
+        for (int64_t k = 0; k < K; ++k)
+            if (xb[k] == T(0)) z += load<V>(e0_t + k * jp + v);
+        store<V>(si + v, load<V>(si + v) + z);
+    }
 }
 
 // Forward for samples [b0, b1) from zero_sums (B, J) and the nonzero inputs.
@@ -899,17 +941,21 @@ int64_t sparse_mixed_zeros(int64_t B, int64_t K, int64_t kp, const T* x, int64_t
 // k < dense_k is taken, zero or not, and zero_sums is null: vectorised over
 // neurons, a layer with few inputs wastes no lanes on the padding of its
 // input axis, and no horizontal sum is needed per (sample, neuron).
-template <typename T>
+//
+// With e0_t (kp, jp) and e0_total (jp) (the complement route, inference
+// only; zero_sums null): the zero inputs' part from the nonzero inputs'
+// e0, see complement_sums().
+template <typename T, bool LEAN>
 void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params,
                          const T* params_t, const T* bound, const T* zero_sums, T* out, T* shift_t, int64_t b0,
-                         int64_t b1, int64_t dense_k = 0) {
+                         int64_t b1, int64_t dense_k, const T* e0_t, const T* e0_total) {
     FlushSubnormals ftz;
     typedef typename Vec<T>::type V;
     constexpr int W = Vec<T>::width;
     constexpr int64_t chunk = 64;  // inputs per chunk: 64 * 3 * jp values
     const int64_t nb = b1 - b0;
     std::vector<int64_t> active(nb * kp), start(nb + 1), cursor(nb);
-    std::vector<T> sums(nb * jp, T(0)), l2(jp);
+    std::vector<T> sums(nb * jp, T(0)), l2(jp), sums_e0(e0_t ? nb * jp : 0, T(0));
     start[0] = 0;
     for (int64_t i = 0; i < nb; ++i) {
         const T* xb = x + (b0 + i) * kp;
@@ -934,23 +980,12 @@ void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* 
             cursor[i] = a1;
             if (a0 == a1) continue;
             T* si = sums.data() + i * jp;
-            for (int64_t v0 = 0; v0 < jp;) {
-                // NV neuron vectors per pass, unrolled: 8, then 4, 2, 1 for the rest
-                const int64_t left = (jp - v0) / W;
-                if (left >= 8) {
-                    sparse_accumulate<T, 8>(jp, xb, params_t, active.data(), a0, a1, si, v0);
-                    v0 += 8 * W;
-                } else if (left >= 4) {
-                    sparse_accumulate<T, 4>(jp, xb, params_t, active.data(), a0, a1, si, v0);
-                    v0 += 4 * W;
-                } else if (left >= 2) {
-                    sparse_accumulate<T, 2>(jp, xb, params_t, active.data(), a0, a1, si, v0);
-                    v0 += 2 * W;
-                } else {
-                    sparse_accumulate<T, 1>(jp, xb, params_t, active.data(), a0, a1, si, v0);
-                    v0 += W;
-                }
-            }
+            if (e0_t)
+                sparse_accumulate_all<T, LEAN, true>(jp, xb, params_t, e0_t, active.data(), a0, a1, si,
+                                                     sums_e0.data() + i * jp);
+            else
+                sparse_accumulate_all<T, LEAN, false>(jp, xb, params_t, nullptr, active.data(), a0, a1, si,
+                                                      nullptr);
         }
     }
     for (int64_t i = 0; i < nb; ++i) {
@@ -961,6 +996,7 @@ void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* 
             const T* zb = zero_sums + b * J;
             for (int64_t j = 0; j < J; ++j) si[j] += zb[j];
         }
+        if (e0_t) complement_sums<T>(J, kp, jp, xb, e0_t, e0_total, si, sums_e0.data() + i * jp);
         T* lj = l2.data();
         if (shift_t)
             log2_array<T>(si, lj, J);
@@ -983,25 +1019,52 @@ void sparse_forward_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* 
     }
 }
 
+// sparse_forward_rows() with the exp2 of its route (no shifts kept: the inference routes')
+template <typename T>
+inline void sparse_rows(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params,
+                        const T* params_t, const T* bound, const T* zero_sums, T* out, T* shift_t, int64_t b0,
+                        int64_t b1, int64_t dense_k, const T* e0_t, const T* e0_total) {
+    if (shift_t)
+        sparse_forward_rows<T, false>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift_t, b0, b1,
+                                      dense_k, e0_t, e0_total);
+    else
+        sparse_forward_rows<T, true>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift_t, b0, b1,
+                                     dense_k, e0_t, e0_total);
+}
+
 template <typename T>
 void sparse_forward(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x, const T* params, const T* params_t,
-                    const T* bound, const T* zero_sums, T* out, T* shift, int n_threads, int64_t dense_k = 0) {
+                    const T* bound, const T* zero_sums, T* out, T* shift, int n_threads, int64_t dense_k = 0,
+                    const T* e0_t = nullptr, const T* e0_total = nullptr) {
     constexpr int64_t rows = 32;  // samples per tile
     if (n_threads <= 1 || B <= rows) {
         for (int64_t b = 0; b < B; b += rows)
-            sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, b,
-                                   b + rows < B ? b + rows : B, dense_k);
+            sparse_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, b,
+                           b + rows < B ? b + rows : B, dense_k, e0_t, e0_total);
         return;
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
     for (int64_t b = 0; b < B; b += rows) {
-        sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, b,
-                               b + rows < B ? b + rows : B, dense_k);
+        sparse_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, b,
+                       b + rows < B ? b + rows : B, dense_k, e0_t, e0_total);
     }
 #else
-    sparse_forward_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, 0, B, dense_k);
+    sparse_rows<T>(B, J, kp, jp, x, params, params_t, bound, zero_sums, out, shift, 0, B, dense_k, e0_t, e0_total);
 #endif
+}
+
+// The complement route's parameters: e0_t (kp, jp), e0 transposed (zero
+// for the padding neurons), and total (jp), its sums over the inputs.
+template <typename T>
+void complement_setup(int64_t J, int64_t kp, int64_t jp, const T* e0, T* e0_t, T* total) {
+    for (int64_t k = 0; k < kp; ++k)
+        for (int64_t j = 0; j < jp; ++j) e0_t[k * jp + j] = j < J ? e0[j * kp + k] : T(0);
+    for (int64_t j = 0; j < jp; ++j) {
+        double t = 0;  // summed in double: total's rounding is Z's
+        for (int64_t k = 0; j < J && k < kp; ++k) t += e0[j * kp + k];
+        total[j] = T(t);
+    }
 }
 
 // factor and offset ((J, B) each) are scratch memory.
@@ -1242,6 +1305,75 @@ void transform_f32(int64_t J, int64_t K, const float* raw, float min_scale, cons
     }
 }
 
+// Product neurons (UGMMProductLayer; inference only): the weighted sum
+//   out[b, j] = cst[j] + sum_k hw[j, k] * clip(z)**2,  z = (x[b, k] - loc[j, k]) * inv[j, k],
+// with hw = -w / 2, inv = 1 / scale and cst[j] = -sum_k w[j, k] (log
+// scale[j, k] + log(2 pi) / 2), z clipped to [-z_lim, z_lim] as in the
+// reference (NaN stays NaN). No exponential: a few multiply-adds per
+// component. params (J, 3, kp): loc, inv, hw, the padding with hw = 0.
+template <typename T>
+inline typename Vec<T>::type product_term(typename Vec<T>::type x, const T* pj, int64_t kp, int64_t k,
+                                          typename Vec<T>::type lim) {
+    typedef typename Vec<T>::type V;
+    V z = (x - load<V>(pj + k)) * load<V>(pj + kp + k);
+    z = z > lim ? lim : z;
+    z = z < -lim ? -lim : z;
+    return load<V>(pj + 2 * kp + k) * (z * z);
+}
+
+// Rows [b0, b1), every neuron; four rows share each parameter load.
+template <typename T>
+void product_forward_rows(int64_t J, int64_t kp, const T* x, const T* params, const T* cst, T z_lim, T* out,
+                          int64_t b0, int64_t b1) {
+    typedef typename Vec<T>::type V;
+    constexpr int W = Vec<T>::width;
+    const V lim = V{} + z_lim;
+    int64_t b = b0;
+    for (; b + 4 <= b1; b += 4) {
+        const T* x0 = x + b * kp;
+        for (int64_t j = 0; j < J; ++j) {
+            const T* pj = params + j * 3 * kp;
+            V a0 = V{}, a1 = V{}, a2 = V{}, a3 = V{};
+            for (int64_t k = 0; k < kp; k += W) {
+                a0 += product_term<T>(load<V>(x0 + k), pj, kp, k, lim);
+                a1 += product_term<T>(load<V>(x0 + kp + k), pj, kp, k, lim);
+                a2 += product_term<T>(load<V>(x0 + 2 * kp + k), pj, kp, k, lim);
+                a3 += product_term<T>(load<V>(x0 + 3 * kp + k), pj, kp, k, lim);
+            }
+            out[b * J + j] = cst[j] + hsum<T>(a0);
+            out[(b + 1) * J + j] = cst[j] + hsum<T>(a1);
+            out[(b + 2) * J + j] = cst[j] + hsum<T>(a2);
+            out[(b + 3) * J + j] = cst[j] + hsum<T>(a3);
+        }
+    }
+    for (; b < b1; ++b) {
+        for (int64_t j = 0; j < J; ++j) {
+            const T* pj = params + j * 3 * kp;
+            V a = V{};
+            for (int64_t k = 0; k < kp; k += W) a += product_term<T>(load<V>(x + b * kp + k), pj, kp, k, lim);
+            out[b * J + j] = cst[j] + hsum<T>(a);
+        }
+    }
+}
+
+template <typename T>
+void product_forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* cst, double z_lim,
+                     T* out, int n_threads) {
+    constexpr int64_t rows = 64;
+    if (n_threads <= 1 || B <= rows) {
+        product_forward_rows<T>(J, kp, x, params, cst, T(z_lim), out, 0, B);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+    for (int64_t b = 0; b < B; b += rows) {
+        product_forward_rows<T>(J, kp, x, params, cst, T(z_lim), out, b, b + rows < B ? b + rows : B);
+    }
+#else
+    product_forward_rows<T>(J, kp, x, params, cst, T(z_lim), out, 0, B);
+#endif
+}
+
 // Backward of transform_f32: from the gradients of log_w and scale (rows of
 // length kp in grads, laid out (3, J, kp)) to those of logits and raw.
 void untransform_f32(int64_t J, int64_t K, int64_t kp, const float* grads, const float* sig, const float* w,
@@ -1313,10 +1445,6 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
     int64_t ugmm_fused_sparse_zeros_##SUFFIX(int64_t B, int64_t K, int64_t kp, const T* x, T* zero) {             \
         return sparse_zeros<T>(B, K, kp, x, zero);                                                             \
     }                                                                                                          \
-    int64_t ugmm_fused_sparse_mixed_zeros_##SUFFIX(int64_t B, int64_t K, int64_t kp, const T* x, int64_t* cols, \
-                                                   int64_t* n_all_zero, T* zero) {                             \
-        return sparse_mixed_zeros<T>(B, K, kp, x, cols, n_all_zero, zero);                                     \
-    }                                                                                                          \
     void ugmm_fused_sparse_setup_##SUFFIX(int64_t J, int64_t kp, int64_t jp, const T* params, T* e0,            \
                                           T* params_t) {                                                       \
         sparse_setup<T>(J, kp, jp, params, e0, params_t);                                                      \
@@ -1330,6 +1458,20 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
                                                 const T* x, const T* params, const T* params_t,                \
                                                 const T* bound, T* out, T* shift, int n_threads) {             \
         sparse_forward<T>(B, J, kp, jp, x, params, params_t, bound, nullptr, out, shift, n_threads, K);        \
+    }                                                                                                          \
+    void ugmm_fused_complement_setup_##SUFFIX(int64_t J, int64_t kp, int64_t jp, const T* e0, T* e0_t,           \
+                                              T* total) {                                                      \
+        complement_setup<T>(J, kp, jp, e0, e0_t, total);                                                       \
+    }                                                                                                          \
+    void ugmm_fused_complement_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, int64_t jp, const T* x,       \
+                                                const T* params, const T* params_t, const T* e0_t,             \
+                                                const T* total, const T* bound, T* out, int n_threads) {       \
+        sparse_forward<T>(B, J, kp, jp, x, params, params_t, bound, nullptr, out, nullptr, n_threads, 0, e0_t,  \
+                          total);                                                                              \
+    }                                                                                                          \
+    void ugmm_fused_product_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,     \
+                                             const T* cst, double z_lim, T* out, int n_threads) {              \
+        product_forward<T>(B, J, kp, x, params, cst, z_lim, out, n_threads);                                   \
     }
 
 #define UGMM_EXPORT_SPARSE_BACKWARD(T, SUFFIX)                                                                 \

@@ -2,7 +2,8 @@
 
 import torch
 
-from ._functional import _HALF_LOG_2PI, DEFAULT_BLOCK_ELEMENTS, _z_limit
+from . import _fused
+from ._functional import _HALF_LOG_2PI, DEFAULT_BLOCK_ELEMENTS, _fused_applies, _z_limit
 from ._layer import UGMMLayer, _kept_components
 
 __all__ = ["UGMMProductLayer", "product_log_density"]
@@ -104,8 +105,10 @@ class UGMMProductLayer(UGMMLayer):
     Dropout removes components and renormalises the weights over the rest,
     as in :class:`UGMMLayer`; :meth:`forward_observed` does the same for
     missing inputs. No exponential is evaluated, so the cost per component
-    is a few multiply-adds, and there is no fused kernel (``kernel`` is
-    accepted and ignored).
+    is a few multiply-adds. Training runs on PyTorch; the estimators'
+    prediction (inside :func:`sklearn_ugmm.nn._fused.inference_routes`, no
+    gradient, no dropout) runs on the fused kernel library unless
+    ``kernel="reference"``.
 
     Parameters
     ----------
@@ -123,8 +126,10 @@ class UGMMProductLayer(UGMMLayer):
     block_elements : int, default=DEFAULT_BLOCK_ELEMENTS
         Largest (batch x out x in) block held in memory at once.
     kernel : {"auto", "fused", "reference"}, default="auto"
-        Accepted for compatibility with :class:`UGMMLayer` and ignored: the
-        layer evaluates no exponential and has no fused kernel.
+        As for :class:`UGMMLayer`, for the inference route only (training
+        always runs on PyTorch): "reference" keeps prediction on PyTorch,
+        "auto" takes the kernel library for calls of at least
+        ``AUTO_FUSED_MIN_COMPONENTS`` components.
     generator : torch.Generator, optional
         Source of randomness for the initial parameters and the dropout
         masks; the global generator when None.
@@ -154,9 +159,25 @@ class UGMMProductLayer(UGMMLayer):
             ``sum_k pi_jk log N(x_k | mu_jk, sigma_jk**2)`` of each neuron.
         """
         self._check_input(x)
+        if self._inference_on_fused_kernel(x):
+            out = _fused.cached_product_log_density(self, x, _z_limit(x.dtype))
+            if out is not None:
+                return out
         return product_log_density(
             x, self.component_loc, self.scale, torch.log_softmax(self.logits, dim=1),
             dropped=self._dropped(), block_elements=self.block_elements,
+        )
+
+    def _inference_on_fused_kernel(self, x):
+        """Whether this call is the estimators' prediction (:func:`_fused.inference_routes`,
+        no gradient, no dropout) and can run on the fused kernel library."""
+        kernel = getattr(self, "kernel", "auto")
+        return (
+            kernel != "reference"
+            and _fused.inference_routes_active()  # only the estimators' evaluation copies: never stepped in place
+            and not (self.training and self.dropout > 0)
+            and not (torch.is_grad_enabled() and any(p.requires_grad for p in (x, self.loc, self.raw_scale, self.logits)))
+            and _fused_applies(x, self.loc, self.raw_scale, self.logits, kernel)
         )
 
     def forward_observed(self, x, observed):
