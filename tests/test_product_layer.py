@@ -196,11 +196,24 @@ requires_fused = pytest.mark.skipif(
 
 
 def _count_product_calls(monkeypatch, dtype):
+    """Calls of the prediction route that ran on the kernel library (not those of the training route)."""
     calls = []
-    lib = _fused.load()
-    name = f"ugmm_fused_product_forward_{_fused._suffix(dtype)}"
-    real = getattr(lib, name)
-    monkeypatch.setattr(lib, name, lambda *a: calls.append(1) or real(*a))
+    real = _fused.cached_product_log_density
+
+    def counted(layer, x, z_lim):
+        out = real(layer, x, z_lim)
+        if out is not None and x.dtype == dtype:
+            calls.append(1)
+        return out
+
+    monkeypatch.setattr(_fused, "cached_product_log_density", counted)
+    return calls
+
+
+def _count_training_route_calls(monkeypatch):
+    calls = []
+    real = _fused.product_log_density_fused
+    monkeypatch.setattr(_fused, "product_log_density_fused", lambda *a: calls.append(1) or real(*a))
     return calls
 
 
@@ -242,11 +255,10 @@ def test_prediction_on_the_kernel_library_matches_the_formula(monkeypatch, dtype
     assert calls
     assert bool(torch.isfinite(out).all())
     _assert_close_to(out, _reference_of(layer, x), dtype)
-    # outside the estimators' prediction (a fit's forward passes): the reference kernel, unchanged
+    # outside the estimators' prediction (a fit's forward passes): the training route, as close
     calls.clear()
     with torch.no_grad():
-        assert torch.equal(layer(x), product_log_density(x, layer.component_loc, layer.scale,
-                                                         torch.log_softmax(layer.logits, 1)))
+        _assert_close_to(layer(x), _reference_of(layer, x), dtype)
     assert not calls
 
 
@@ -320,3 +332,113 @@ def test_prediction_on_the_kernel_library_with_two_threads(monkeypatch, dtype):
         torch.set_num_threads(previous)
     assert calls
     _assert_close_to(out, _reference_of(layer, x), dtype)
+
+
+def _reference_gradients(layer, x, grad):
+    """Output and gradients (x, loc, raw scale, logits) of the reference formula in float64."""
+    x = x.detach().double().requires_grad_(True)
+    params = [p.detach().double().requires_grad_(True) for p in (layer.loc, layer.raw_scale, layer.logits)]
+    loc, raw, logits = params
+    scale = torch.nn.functional.softplus(raw) + layer.min_scale
+    out = product_log_density(x, loc, scale, torch.log_softmax(logits, 1))
+    return out.detach(), torch.autograd.grad(out, [x, *params], grad.double())
+
+
+def _assert_gradients_close(grads, ref_grads, dtype):
+    rtol = 1e-10 if dtype == torch.float64 else 1e-5
+    for got, ref in zip(grads, ref_grads):
+        assert bool(torch.isfinite(got).all())
+        scale = ref.abs().max().clamp(min=1.0)
+        assert float((got.double() - ref).abs().max() / scale) <= rtol
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(128, 64, 10), (37, 11, 7), (5, 1, 1), (300, 130, 3)],
+                         ids=["mnist-output", "odd", "single", "wide"])
+def test_training_on_the_kernel_library_matches_the_formula(monkeypatch, dtype, shape):
+    """Values and the gradients of x, loc, scale and logits, with extreme inputs and a -inf weight."""
+    n, n_in, n_out = shape
+    calls = _count_training_route_calls(monkeypatch)
+    layer = _layer(n_in, n_out, seed=13, dtype=dtype, kernel="fused")
+    if n_in > 1:
+        with torch.no_grad():
+            layer.logits[0, n_in // 2] = -math.inf
+    x = (_inputs(n, n_in, seed=14, dtype=dtype) * 3).requires_grad_(True)
+    with torch.no_grad():
+        x[0, 0] = 1e6  # clipped: no gradient through z, as the reference's clamp
+        x[-1, -1] = -1e6
+    out = layer(x)
+    assert calls and out.requires_grad
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(15), dtype=dtype)
+    grads = torch.autograd.grad(out, [x, layer.loc, layer.raw_scale, layer.logits], grad)
+    ref, ref_grads = _reference_gradients(layer, x, grad)
+    _assert_close_to(out.detach(), ref, dtype)
+    _assert_gradients_close(grads, ref_grads, dtype)
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_on_the_kernel_library_clips_tiny_scales_as_the_reference(dtype):
+    tiny = 1e-25 if dtype == torch.float32 else 1e-75
+    layer = _layer(16, 5, seed=16, dtype=dtype, kernel="fused", min_scale=tiny / 10)
+    with torch.no_grad():
+        layer.raw_scale.fill_(math.log(tiny))
+        layer.raw_scale[:, 3] = 0.0
+    x = _inputs(40, 16, seed=17, dtype=dtype).requires_grad_(True)
+    out = layer(x)
+    grad = torch.ones_like(out)
+    grads = torch.autograd.grad(out, [x, layer.loc, layer.raw_scale, layer.logits], grad)
+    ref, ref_grads = _reference_gradients(layer, x, grad)
+    clip = _functional._z_limit(dtype)
+    # the float64 reference clips at float64's limit; compare with one clipped at the layer's
+    with torch.no_grad():
+        z = ((x.double()[:, None, :] - layer.loc.double()) / layer.scale.double()).clamp(-clip, clip)
+        expected = (torch.softmax(layer.logits.double(), 1) * (-0.5 * z * z - torch.log(layer.scale.double())
+                                                               - HALF_LOG_2PI)).sum(-1)
+    _assert_close_to(out.detach(), expected, dtype)
+    assert bool(torch.isfinite(out).all())
+    for got in grads:
+        assert bool(torch.isfinite(got).all())
+    # the unclipped column's gradients as the reference's
+    assert float((grads[0][:, 3].double() - ref_grads[0][:, 3]).abs().max()) <= 1e-4 * float(ref_grads[0][:, 3].abs().max())
+
+
+@requires_fused
+def test_training_route_passes_gradcheck():
+    layer = _layer(9, 4, seed=18, kernel="fused")
+    x = _inputs(20, 9, seed=19).requires_grad_(True)
+
+    def through_layer(x, loc, raw_scale, logits):
+        scale = torch.nn.functional.softplus(raw_scale) + layer.min_scale
+        return _fused.product_log_density_fused(x, loc, scale, torch.log_softmax(logits, 1),
+                                                _functional._z_limit(x.dtype))
+
+    params = [p.detach().clone().requires_grad_(True) for p in (layer.loc, layer.raw_scale, layer.logits)]
+    assert torch.autograd.gradcheck(through_layer, (x, *params))
+
+
+@requires_fused
+def test_training_routes_of_product_layers(monkeypatch):
+    calls = _count_training_route_calls(monkeypatch)
+    x = _inputs(300, 64, seed=20)
+    _layer(64, 6, seed=21, kernel="reference")(x)
+    _layer(64, 6, seed=21, kernel="fused", dropout=0.5)(x)  # training mode with dropout: the reference
+    _layer(64, 6, seed=21)(x[:10])  # "auto": too small a call for the kernel library
+    observed = torch.ones_like(x, dtype=torch.bool)
+    observed[0, 0] = False
+    _layer(64, 6, seed=21, kernel="fused").forward_observed(x, observed)  # missing inputs: the reference
+    assert not calls
+    _layer(64, 6, seed=21, kernel="fused", dropout=0.5).eval()(x)  # no dropout in eval mode
+    _layer(64, 6, seed=21)(x)
+    assert len(calls) == 2
+
+
+@requires_fused
+def test_classifier_fits_alike_on_both_kernels():
+    X, y = load_wine(return_X_y=True)
+    common = dict(max_iter=30, n_iter_no_change=np.inf, random_state=0)
+    fused = UGMMClassifier(kernel="fused", **common).fit(X, y)
+    reference = UGMMClassifier(kernel="reference", **common).fit(X, y)
+    np.testing.assert_allclose(fused.predict_proba(X), reference.predict_proba(X), atol=1e-2)
+    assert fused.score(X, y) == pytest.approx(reference.score(X, y), abs=0.02)

@@ -167,6 +167,7 @@ def _bind(path):
             i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
         ]
         getattr(lib, f"ugmm_fused_product_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, dbl, ptr, cint]
+        getattr(lib, f"ugmm_fused_product_backward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, dbl, ptr, ptr]
         getattr(lib, f"ugmm_fused_complement_setup_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr]
         getattr(lib, f"ugmm_fused_complement_forward_{suffix}").argtypes = [
             i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint,
@@ -406,6 +407,71 @@ def _prepare_product(layer, dtype):
     entry = _PreparedProduct(key, params, cst)
     _PREPARED[layer] = entry
     return entry
+
+
+class _ProductSquares(torch.autograd.Function):
+    """``q[b, j] = sum_k hw[j, k] * clip((x[b, k] - loc[j, k]) * inv[j, k])**2`` on the kernel library.
+
+    The part of a product neuron's output that depends on the inputs
+    (:func:`product_log_density` is ``q`` plus a constant per neuron, with
+    ``hw = -w / 2`` and ``inv = 1 / scale``), with its gradients with respect
+    to ``x``, ``loc``, ``scale`` and ``hw``; the caller's autograd carries
+    them on to the weights' logits and the raw scales. The clipped components
+    pass no gradient to ``x``, ``loc`` and ``scale``, as the reference's
+    ``clamp``. ``inv`` must be finite.
+    """
+
+    @staticmethod
+    def forward(ctx, x, loc, scale, inv, hw, z_lim):
+        n_batch, n_in = x.shape
+        n_out = loc.shape[0]
+        kp = -(-n_in // load().widths[x.dtype]) * load().widths[x.dtype]
+        x_p = torch.nn.functional.pad(x.detach(), (0, kp - n_in)).contiguous()
+        params = x.new_zeros((n_out, 3, kp))
+        params[:, 0, :n_in] = loc.detach()
+        params[:, 1, :n_in] = inv.detach()
+        params[:, 2, :n_in] = hw.detach()
+        out = x.new_empty((n_batch, n_out))
+        no_constant = x.new_zeros(n_out)  # (a name keeps it alive: the kernel gets its address only)
+        getattr(load(), f"ugmm_fused_product_forward_{_suffix(x.dtype)}")(
+            n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(no_constant), z_lim, _ptr(out), 1,
+        )
+        ctx.save_for_backward(x_p, params)
+        ctx.z_lim, ctx.n_in = z_lim, n_in
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x_p, params = ctx.saved_tensors
+        n_batch, kp = x_p.shape
+        n_out, n_in = params.shape[0], ctx.n_in
+        grad_out = grad_out.contiguous()
+        grad_x = x_p.new_empty((n_batch, kp))
+        sums = params.new_empty((n_out, 3, kp))
+        getattr(load(), f"ugmm_fused_product_backward_{_suffix(x_p.dtype)}")(
+            n_batch, n_out, kp, _ptr(x_p), _ptr(params), _ptr(grad_out), ctx.z_lim, _ptr(grad_x), _ptr(sums),
+        )
+        inv, hw = params[:, 1, :n_in], params[:, 2, :n_in]
+        factor = -2.0 * hw * inv
+        return grad_x[:, :n_in], factor * sums[:, 0, :n_in], factor * sums[:, 1, :n_in], None, sums[:, 2, :n_in], None
+
+
+def product_log_density_fused(x, loc, scale, log_weights, z_lim):
+    """:func:`~sklearn_ugmm.nn.product_log_density` without dropout or missing
+    inputs on the kernel library, differentiable in all four tensors.
+
+    ``z`` is ``(x - loc)`` times ``1 / scale`` (a rounding more than the
+    reference's division); the log-normalisers' weighted sum is computed
+    here in PyTorch. ``x`` and the parameters are CPU tensors of one dtype
+    (float32 or float64). None when ``1 / scale`` overflows (the reference
+    kernel then).
+    """
+    inv = scale.detach().reciprocal()
+    if not bool(torch.isfinite(inv).all()):
+        return None
+    weights = log_weights.exp()
+    constant = -(weights * (torch.log(scale) + _HALF_LOG_2PI)).sum(dim=1)
+    return _ProductSquares.apply(x, loc, scale, inv, -0.5 * weights, z_lim) + constant
 
 
 def cached_product_log_density(layer, x, z_lim):

@@ -1374,6 +1374,49 @@ void product_forward(int64_t B, int64_t J, int64_t kp, const T* x, const T* para
 #endif
 }
 
+// Backward of the product neurons' sum of squares q[b, j] = sum_k hw[j, k] *
+// clip(z)**2 (product_forward without cst) for the incoming gradient g (B, J):
+//   grad_x[b, k] = sum_j g[b, j] * 2 hw z inv   (z not clipped; 0 where clipped)
+// and per component, accumulated over the rows into sums (J, 3, kp):
+//   sums[j, 0, k] = sum_b g z,  sums[j, 1, k] = sum_b g z**2   (z not clipped)
+//   sums[j, 2, k] = sum_b g clip(z)**2
+// from which the caller forms the gradients of loc (-2 hw inv sums0), scale
+// (-2 hw inv sums1) and hw (sums2). One thread: the layer is small (an
+// output layer over the last hidden one).
+template <typename T>
+void product_backward(int64_t B, int64_t J, int64_t kp, const T* x, const T* params, const T* grad_out,
+                      double z_lim, T* grad_x, T* sums) {
+    typedef typename Vec<T>::type V;
+    constexpr int W = Vec<T>::width;
+    const V lim = V{} + T(z_lim);
+    const V zero = V{};
+    for (int64_t i = 0; i < J * 3 * kp; ++i) sums[i] = T(0);
+    for (int64_t b = 0; b < B; ++b) {
+        const T* xb = x + b * kp;
+        T* gxb = grad_x + b * kp;
+        for (int64_t k = 0; k < kp; ++k) gxb[k] = T(0);
+        for (int64_t j = 0; j < J; ++j) {
+            const T* pj = params + j * 3 * kp;
+            T* sj = sums + j * 3 * kp;
+            const V g = V{} + grad_out[b * J + j];
+            for (int64_t k = 0; k < kp; k += W) {
+                V d = load<V>(xb + k) - load<V>(pj + k);
+                V inv = load<V>(pj + kp + k);
+                V z = d * inv;
+                V zc = z > lim ? lim : z;
+                zc = zc < -lim ? -lim : zc;
+                V zu = z == zc ? zc : zero;
+                V gz = g * zu;
+                V hw = load<V>(pj + 2 * kp + k);
+                store<V>(gxb + k, load<V>(gxb + k) + (hw + hw) * gz * inv);
+                store<V>(sj + k, load<V>(sj + k) + gz);
+                store<V>(sj + kp + k, load<V>(sj + kp + k) + gz * zu);
+                store<V>(sj + 2 * kp + k, load<V>(sj + 2 * kp + k) + g * (zc * zc));
+            }
+        }
+    }
+}
+
 // Backward of transform_f32: from the gradients of log_w and scale (rows of
 // length kp in grads, laid out (3, J, kp)) to those of logits and raw.
 void untransform_f32(int64_t J, int64_t K, int64_t kp, const float* grads, const float* sig, const float* w,
@@ -1472,6 +1515,10 @@ int ugmm_fused_width_f64() { return Vec<double>::width; }
     void ugmm_fused_product_forward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,     \
                                              const T* cst, double z_lim, T* out, int n_threads) {              \
         product_forward<T>(B, J, kp, x, params, cst, z_lim, out, n_threads);                                   \
+    }                                                                                                          \
+    void ugmm_fused_product_backward_##SUFFIX(int64_t B, int64_t J, int64_t kp, const T* x, const T* params,    \
+                                              const T* grad_out, double z_lim, T* grad_x, T* sums) {            \
+        product_backward<T>(B, J, kp, x, params, grad_out, z_lim, grad_x, sums);                               \
     }
 
 #define UGMM_EXPORT_SPARSE_BACKWARD(T, SUFFIX)                                                                 \

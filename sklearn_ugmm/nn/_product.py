@@ -163,9 +163,13 @@ class UGMMProductLayer(UGMMLayer):
             out = _fused.cached_product_log_density(self, x, _z_limit(x.dtype))
             if out is not None:
                 return out
+        log_weights = torch.log_softmax(self.logits, dim=1)
+        if self._on_fused_kernel(x):
+            out = _fused.product_log_density_fused(x, self.component_loc, self.scale, log_weights, _z_limit(x.dtype))
+            if out is not None:
+                return out
         return product_log_density(
-            x, self.component_loc, self.scale, torch.log_softmax(self.logits, dim=1),
-            dropped=self._dropped(), block_elements=self.block_elements,
+            x, self.component_loc, self.scale, log_weights, dropped=self._dropped(), block_elements=self.block_elements,
         )
 
     def _inference_on_fused_kernel(self, x):
@@ -177,6 +181,15 @@ class UGMMProductLayer(UGMMLayer):
             and _fused.inference_routes_active()  # only the estimators' evaluation copies: never stepped in place
             and not (self.training and self.dropout > 0)
             and not (torch.is_grad_enabled() and any(p.requires_grad for p in (x, self.loc, self.raw_scale, self.logits)))
+            and _fused_applies(x, self.loc, self.raw_scale, self.logits, kernel)
+        )
+
+    def _on_fused_kernel(self, x):
+        """Whether this call (training or not; no dropout, no missing inputs) runs on the kernel library."""
+        kernel = getattr(self, "kernel", "auto")
+        return (
+            kernel != "reference"
+            and not (self.training and self.dropout > 0)
             and _fused_applies(x, self.loc, self.raw_scale, self.logits, kernel)
         )
 
