@@ -185,9 +185,10 @@ inline Vec<float>::type exp2v<float>(Vec<float>::type t) {
 // multiply-adds instead of a rounding, a subtraction and 13 multiply-adds
 // (the double forward pass is 17% faster). For t below -2**47 the table
 // index is not meaningful, but the result is then exactly 0 (scalef), as
-// for the stand-in of a zero weight.
-template <>
-inline Vec<double>::type exp2v<double>(Vec<double>::type t) {
+// for the stand-in of a zero weight. exp2_table_split is the table step,
+// shared with exp2v_route below.
+inline void exp2_table_split(Vec<double>::type t, Vec<double>::type& n, Vec<double>::type& r,
+                             Vec<double>::type& base) {
     typedef Vec<double>::type V;
     alignas(64) static const double table[16] = {
         1.0, 1.0442737824274138403, 1.0905077326652576592, 1.1387886347566916537,
@@ -198,9 +199,16 @@ inline Vec<double>::type exp2v<double>(Vec<double>::type t) {
     const __m512d hi = _mm512_load_pd(table + 8);
     const V magic = V{} + 422212465065984.0;  // 1.5 * 2**48: t + magic rounds t to a multiple of 1/16
     const V y = t + magic;
-    const V n = y - magic;
-    const V r = t - n;
-    const V base = (V)_mm512_permutex2var_pd(lo, _mm512_castpd_si512((__m512d)y), hi);
+    n = y - magic;
+    r = t - n;
+    base = (V)_mm512_permutex2var_pd(lo, _mm512_castpd_si512((__m512d)y), hi);
+}
+
+template <>
+inline Vec<double>::type exp2v<double>(Vec<double>::type t) {
+    typedef Vec<double>::type V;
+    V n, r, base;
+    exp2_table_split(t, n, r, base);
     // (2**r - 1) / r, Taylor to degree 6 in r
     V q = V{} + 1.5252733804059838e-05;
     q = q * r + 0.00015403530393381606;
@@ -243,18 +251,8 @@ inline typename Vec<T>::type exp2v_route(typename Vec<T>::type t) {
 template <>
 inline Vec<double>::type exp2v_route<double, true>(Vec<double>::type t) {
     typedef Vec<double>::type V;
-    alignas(64) static const double table[16] = {
-        1.0, 1.0442737824274138403, 1.0905077326652576592, 1.1387886347566916537,
-        1.1892071150027210667, 1.2418578120734840486, 1.2968395546510096659, 1.3542555469368927282,
-        1.4142135623730950488, 1.4768261459394993114, 1.5422108254079408236, 1.6104903319492543082,
-        1.6817928305074290861, 1.7562521603732994831, 1.8340080864093424635, 1.9152065613971472939};
-    const __m512d lo = _mm512_load_pd(table);
-    const __m512d hi = _mm512_load_pd(table + 8);
-    const V magic = V{} + 422212465065984.0;  // as exp2v<double>
-    const V y = t + magic;
-    const V n = y - magic;
-    const V r = t - n;
-    const V base = (V)_mm512_permutex2var_pd(lo, _mm512_castpd_si512((__m512d)y), hi);
+    V n, r, base;
+    exp2_table_split(t, n, r, base);
     // (2**r - 1) / r on |r| <= 1/32, minimax (Chebyshev) of degree 4
     V q = V{} + 0.0013333744338239965;
     q = q * r + 0.009618317140580765;
