@@ -1,5 +1,6 @@
 """The fused C++ kernel: exactness against the plain formula, routing and fallback."""
 
+import contextlib
 import math
 import platform
 import tempfile
@@ -87,18 +88,25 @@ def test_matches_the_formula(dtype, shape):
     _assert_matches_formula(_inputs(*shape, dtype))
 
 
+@contextlib.contextmanager
+def two_threads(n_components):
+    """Torch (and so the kernel) at two threads for a call of ``n_components`` components."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _fused._threads(n_components) == 2
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 @requires_fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_the_formula_with_two_threads(dtype):
     # large enough for the kernel to split the work
     shape = (300, 40, 30)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        assert _fused._threads(math.prod(shape)) == 2
+    with two_threads(math.prod(shape)):
         _assert_matches_formula(_inputs(*shape, dtype, seed=3))
-    finally:
-        torch.set_num_threads(previous)
 
 
 @requires_fused
@@ -509,15 +517,10 @@ def test_sparse_route_far_from_every_component_and_two_threads(dtype):
         loc += 30.0
         x[1::3] = torch.where(x[1::3] != 0, x[1::3] + 30.0, x[1::3])
         scale.fill_(1.0)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        assert _fused._threads(300 * 40 * 30) == 2
+    with two_threads(300 * 40 * 30):
         out, _ = _value_and_grads(_fused_fn, x, loc, scale, logits)
         assert float(out.min()) < -300  # sums of 2**-400 and less of the bound
         _assert_matches_formula([x, loc, scale, logits], rtol=1e-10 if dtype == torch.float64 else 1e-3)
-    finally:
-        torch.set_num_threads(previous)
 
 
 @requires_fused
@@ -607,14 +610,9 @@ def test_transposed_route_far_from_every_component_and_two_threads(monkeypatch, 
     with torch.no_grad():
         x[::2] += 60.0  # the exact-peak path for every other row
         scale.fill_(1.0)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        assert _fused._threads(300 * 40 * 30) == 2
+    with two_threads(300 * 40 * 30):
         assert float(_no_grad_output(x, loc, scale, logits).min()) < -1500
         _assert_inference_matches_formula([x, loc, scale, logits], rtol=1e-10 if dtype == torch.float64 else 1e-3)
-    finally:
-        torch.set_num_threads(previous)
     assert calls
 
 
@@ -683,13 +681,8 @@ def test_sparse_inference_takes_the_complement_route(monkeypatch, dtype, shape):
 def test_complement_route_with_two_threads(monkeypatch, dtype):
     calls = _count_calls(monkeypatch, f"ugmm_fused_complement_forward_{_fused._suffix(dtype)}")
     inputs = _sparse_inputs(300, 200, 130, dtype, seed=31)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        assert _fused._threads(300 * 200 * 130) == 2
+    with two_threads(300 * 200 * 130):
         _assert_inference_matches_formula(inputs)
-    finally:
-        torch.set_num_threads(previous)
     assert calls
 
 
