@@ -105,10 +105,12 @@ class UGMMProductLayer(UGMMLayer):
     Dropout removes components and renormalises the weights over the rest,
     as in :class:`UGMMLayer`; :meth:`forward_observed` does the same for
     missing inputs. No exponential is evaluated, so the cost per component
-    is a few multiply-adds. Training runs on PyTorch; the estimators'
-    prediction (inside :func:`sklearn_ugmm.nn._fused.inference_routes`, no
-    gradient, no dropout) runs on the fused kernel library unless
-    ``kernel="reference"``.
+    is a few multiply-adds. On the CPU, calls without dropout or missing
+    inputs run on the fused kernel library (forward and backward; the
+    estimators' prediction, inside
+    :func:`sklearn_ugmm.nn._fused.inference_routes`, on a route that keeps
+    its prepared parameters) unless ``kernel="reference"``; the others on
+    PyTorch (:func:`product_log_density`).
 
     Parameters
     ----------
@@ -126,10 +128,10 @@ class UGMMProductLayer(UGMMLayer):
     block_elements : int, default=DEFAULT_BLOCK_ELEMENTS
         Largest (batch x out x in) block held in memory at once.
     kernel : {"auto", "fused", "reference"}, default="auto"
-        As for :class:`UGMMLayer`, for the inference route only (training
-        always runs on PyTorch): "reference" keeps prediction on PyTorch,
+        As for :class:`UGMMLayer`: "reference" keeps every call on PyTorch,
         "auto" takes the kernel library for calls of at least
-        ``AUTO_FUSED_MIN_COMPONENTS`` components.
+        ``AUTO_FUSED_MIN_COMPONENTS`` components, "fused" for all it can
+        take.
     generator : torch.Generator, optional
         Source of randomness for the initial parameters and the dropout
         masks; the global generator when None.
@@ -175,13 +177,10 @@ class UGMMProductLayer(UGMMLayer):
     def _inference_on_fused_kernel(self, x):
         """Whether this call is the estimators' prediction (:func:`_fused.inference_routes`,
         no gradient, no dropout) and can run on the fused kernel library."""
-        kernel = getattr(self, "kernel", "auto")
         return (
-            kernel != "reference"
-            and _fused.inference_routes_active()  # only the estimators' evaluation copies: never stepped in place
-            and not (self.training and self.dropout > 0)
+            _fused.inference_routes_active()  # only the estimators' evaluation copies: never stepped in place
             and not (torch.is_grad_enabled() and any(p.requires_grad for p in (x, self.loc, self.raw_scale, self.logits)))
-            and _fused_applies(x, self.loc, self.raw_scale, self.logits, kernel)
+            and self._on_fused_kernel(x)
         )
 
     def _on_fused_kernel(self, x):
