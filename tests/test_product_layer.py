@@ -379,6 +379,23 @@ def test_training_on_the_kernel_library_matches_the_formula(monkeypatch, dtype, 
 
 @requires_fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_on_the_kernel_library_with_tied_means(monkeypatch, dtype):
+    calls = _count_training_route_calls(monkeypatch)
+    layer = _layer(20, 6, seed=22, dtype=dtype, kernel="fused", tie_means=True)
+    x = _inputs(50, 20, seed=23, dtype=dtype).requires_grad_(True)
+    out = layer(x)
+    assert calls and layer.loc.shape == (6,)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(24), dtype=dtype)
+    grads = torch.autograd.grad(out, [x, layer.loc, layer.raw_scale, layer.logits], grad)
+    reference = product_log_density(x, layer.component_loc, layer.scale, torch.log_softmax(layer.logits, 1),
+                                    block_elements=10**9)
+    ref_grads = torch.autograd.grad(reference, [x, layer.loc, layer.raw_scale, layer.logits], grad)
+    _assert_close_to(out.detach(), reference.detach().double(), dtype)
+    _assert_gradients_close(grads, [g.double() for g in ref_grads], dtype)
+
+
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_training_on_the_kernel_library_clips_tiny_scales_as_the_reference(dtype):
     tiny = 1e-25 if dtype == torch.float32 else 1e-75
     layer = _layer(16, 5, seed=16, dtype=dtype, kernel="fused", min_scale=tiny / 10)
