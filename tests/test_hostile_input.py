@@ -11,7 +11,6 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator
 

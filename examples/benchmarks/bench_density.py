@@ -29,7 +29,6 @@ Examples::
 
 import argparse
 import ast
-import sys
 import time
 import warnings
 from collections import Counter

@@ -639,7 +639,7 @@ class AutoregressiveUGMM(GeneratorMixin, nn.Module):
             Source of randomness for the shifts of split components; the
             global generator when None.
         """
-        dtype, device = self.linear.dtype, self.linear.device
+        dtype = self.linear.dtype
         w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
         mu = torch.as_tensor(means, dtype=torch.float64)
         cov = torch.as_tensor(covariances, dtype=torch.float64)
