@@ -206,6 +206,12 @@ def _ptr(t):
     return t.data_ptr()
 
 
+def _padded(n, dtype):
+    """``n`` rounded up to whole vectors of the kernel library's width for ``dtype``."""
+    width = load().widths[dtype]
+    return -(-n // width) * width
+
+
 def _optional_ptr(t):
     return None if t is None else _ptr(t)
 
@@ -302,7 +308,7 @@ def _prepare_layer(layer, dtype):
         return entry
     lib = load()
     n_out, n_in = layer.logits.shape
-    kp = -(-n_in // lib.widths[dtype]) * lib.widths[dtype]
+    kp = _padded(n_in, dtype)
     suffix = _suffix(dtype)
     with torch.no_grad():
         loc = layer.component_loc.detach()
@@ -386,21 +392,25 @@ class _PreparedProduct:
         self.key, self.params, self.cst = key, params, cst
 
 
+def _product_params(loc, inv, hw):
+    """The product kernel's parameters (out, 3, kp): loc, inv and hw, each zero-padded to whole vectors."""
+    n_out, n_in = loc.shape
+    params = loc.new_zeros((n_out, 3, _padded(n_in, loc.dtype)))
+    params[:, 0, :n_in] = loc
+    params[:, 1, :n_in] = inv
+    params[:, 2, :n_in] = hw
+    return params
+
+
 def _prepare_product(layer, dtype):
     key = _parameter_key(layer, dtype)
     entry = _PREPARED.get(layer)
     if entry is not None and entry.key == key:
         return entry
-    n_out, n_in = layer.logits.shape
-    width = load().widths[dtype]
-    kp = -(-n_in // width) * width
     with torch.no_grad():
         scale = layer.scale.detach()
         weights = torch.log_softmax(layer.logits.detach(), dim=1).exp()
-        params = scale.new_zeros((n_out, 3, kp))
-        params[:, 0, :n_in] = layer.component_loc.detach()
-        params[:, 1, :n_in] = scale.reciprocal()
-        params[:, 2, :n_in] = -0.5 * weights
+        params = _product_params(layer.component_loc.detach(), scale.reciprocal(), -0.5 * weights)
         cst = -(weights.double() * (scale.double().log() + _HALF_LOG_2PI)).sum(dim=1).to(dtype)
         if not (bool(torch.isfinite(params).all()) and bool(torch.isfinite(cst).all())):
             params = cst = None
@@ -424,13 +434,9 @@ class _ProductSquares(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, loc, scale, inv, hw, z_lim):
         n_batch, n_in = x.shape
-        n_out = loc.shape[0]
-        kp = -(-n_in // load().widths[x.dtype]) * load().widths[x.dtype]
+        params = _product_params(loc.detach(), inv.detach(), hw.detach())
+        n_out, _, kp = params.shape
         x_p = torch.nn.functional.pad(x.detach(), (0, kp - n_in)).contiguous()
-        params = x.new_zeros((n_out, 3, kp))
-        params[:, 0, :n_in] = loc.detach()
-        params[:, 1, :n_in] = inv.detach()
-        params[:, 2, :n_in] = hw.detach()
         out = x.new_empty((n_batch, n_out))
         no_constant = x.new_zeros(n_out)  # (a name keeps it alive: the kernel gets its address only)
         getattr(load(), f"ugmm_fused_product_forward_{_suffix(x.dtype)}")(
@@ -599,8 +605,7 @@ def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False, routes=N
     lib = load()
     suffix = _suffix(x_p.dtype)
     if x_mask is None and n_batch > 1 and n_zero >= SPARSE_MIN_ZERO_FRACTION * n_batch * n_in:
-        width = lib.widths[x_p.dtype]
-        jp = -(-n_out // width) * width
+        jp = _padded(n_out, x_p.dtype)
         params_t, e0 = _route_parameters(routes, "sparse", params, jp, with_e0=True)
         if fast:
             # the complement route: no matrix product over the zero inputs
@@ -620,7 +625,7 @@ def _forward(n_in, x_p, x_mask, params, bound, n_zero, inference=False, routes=N
         return out, shift_t, (zeros, params_t)
     width = lib.widths[x_p.dtype]
     if fast and x_mask is None and _transposed_pays(n_in, n_out, width):
-        jp = -(-n_out // width) * width
+        jp = _padded(n_out, x_p.dtype)
         params_t, _ = _route_parameters(routes, "transposed", params, jp, with_e0=False)
         getattr(lib, f"ugmm_fused_transposed_forward_{suffix}")(
             n_batch, n_out, n_in, kp, jp, _ptr(x_p), _ptr(params), _ptr(params_t), _ptr(bound), _ptr(out),
@@ -676,8 +681,7 @@ def _prepare(x, loc, scale, log_weights, z_lim, missing):
     lib = load()
     n_batch, n_in = x.shape
     n_out = log_weights.shape[0]
-    width = lib.widths[x.dtype]
-    kp = -(-n_in // width) * width
+    kp = _padded(n_in, x.dtype)
     with torch.no_grad():
         x_p = x.detach().contiguous()
         x_mask = None
