@@ -284,14 +284,10 @@ class UGMMLayer(nn.Module):
         # N(loc | x, s^2) = N(x | loc, s^2): tied means use the same kernel
         kernel = getattr(self, "kernel", "auto")  # layers pickled before the option
         if (
-            kernel != "reference"
-            and _fused.inference_routes_active()  # only the estimators' evaluation copies: never stepped in place
-            and not (self.training and self.dropout > 0)
-            and not (torch.is_grad_enabled() and any(p.requires_grad for p in (x, self.loc, self.raw_scale, self.logits)))
-            and type(self).log_weights is UGMMLayer.log_weights  # subclasses may mask the weights
+            type(self).log_weights is UGMMLayer.log_weights  # subclasses may mask the weights
             and type(self).scale is UGMMLayer.scale
             and type(self).component_loc is UGMMLayer.component_loc
-            and _fused_applies(x, self.loc, self.raw_scale, self.logits, kernel)
+            and self._on_prediction_route(x)
         ):
             # inference: the parameters' part of the kernel's work is kept between calls
             out = _fused.cached_log_density(self, x, _z_limit(x.dtype))
@@ -321,6 +317,24 @@ class UGMMLayer(nn.Module):
             self.log_weights() if log_weights is None else log_weights,
             block_elements=self.block_elements,
             kernel=kernel,
+        )
+
+    def _on_kernel_library(self, x):
+        """Whether the fused kernel library takes this call without dropout (``kernel`` allowing)."""
+        kernel = getattr(self, "kernel", "auto")  # layers pickled before the option
+        return (
+            kernel != "reference"
+            and not (self.training and self.dropout > 0)
+            and _fused_applies(x, self.loc, self.raw_scale, self.logits, kernel)
+        )
+
+    def _on_prediction_route(self, x):
+        """Whether this call is the estimators' prediction (:func:`_fused.inference_routes`, no
+        gradient wanted, no dropout) and runs on the kernel library's prediction route."""
+        return (
+            _fused.inference_routes_active()  # only the estimators' evaluation copies: never stepped in place
+            and not (torch.is_grad_enabled() and any(p.requires_grad for p in (x, self.loc, self.raw_scale, self.logits)))
+            and self._on_kernel_library(x)
         )
 
     def forward_observed(self, x, observed):

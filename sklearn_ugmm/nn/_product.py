@@ -3,7 +3,7 @@
 import torch
 
 from . import _fused
-from ._functional import _HALF_LOG_2PI, DEFAULT_BLOCK_ELEMENTS, _fused_applies, _z_limit
+from ._functional import _HALF_LOG_2PI, DEFAULT_BLOCK_ELEMENTS, _z_limit
 from ._layer import UGMMLayer, _kept_components
 
 __all__ = ["UGMMProductLayer", "product_log_density"]
@@ -161,35 +161,17 @@ class UGMMProductLayer(UGMMLayer):
             ``sum_k pi_jk log N(x_k | mu_jk, sigma_jk**2)`` of each neuron.
         """
         self._check_input(x)
-        if self._inference_on_fused_kernel(x):
+        if self._on_prediction_route(x):
             out = _fused.cached_product_log_density(self, x, _z_limit(x.dtype))
             if out is not None:
                 return out
         log_weights = torch.log_softmax(self.logits, dim=1)
-        if self._on_fused_kernel(x):
+        if self._on_kernel_library(x):
             out = _fused.product_log_density_fused(x, self.component_loc, self.scale, log_weights, _z_limit(x.dtype))
             if out is not None:
                 return out
         return product_log_density(
             x, self.component_loc, self.scale, log_weights, dropped=self._dropped(), block_elements=self.block_elements,
-        )
-
-    def _inference_on_fused_kernel(self, x):
-        """Whether this call is the estimators' prediction (:func:`_fused.inference_routes`,
-        no gradient, no dropout) and can run on the fused kernel library."""
-        return (
-            _fused.inference_routes_active()  # only the estimators' evaluation copies: never stepped in place
-            and not (torch.is_grad_enabled() and any(p.requires_grad for p in (x, self.loc, self.raw_scale, self.logits)))
-            and self._on_fused_kernel(x)
-        )
-
-    def _on_fused_kernel(self, x):
-        """Whether this call (training or not; no dropout, no missing inputs) runs on the kernel library."""
-        kernel = getattr(self, "kernel", "auto")
-        return (
-            kernel != "reference"
-            and not (self.training and self.dropout > 0)
-            and _fused_applies(x, self.loc, self.raw_scale, self.logits, kernel)
         )
 
     def forward_observed(self, x, observed):
