@@ -207,7 +207,6 @@ class BaseUGMM(BaseEstimator):
         n_before = self._train(
             net, X_train, y_train, continuing=continuing, incremental=incremental,
             loss=objective.training_loss(resolved), learning_rate_init=resolved["learning_rate_init"],
-            restart_rate=self.learning_rate == "cosine",
         )
         history = self._history_attributes(net, n_before, append=continuing, warn=not incremental)
         # commit
@@ -223,14 +222,13 @@ class BaseUGMM(BaseEstimator):
         self._evaluation_module = evaluation
         return self
 
-    def _train(self, net, X_train, y_train, *, continuing, incremental, loss, learning_rate_init, restart_rate=False):
+    def _train(self, net, X_train, y_train, *, continuing, incremental, loss, learning_rate_init):
         """Run ``fit`` (or one ``partial_fit`` epoch, continuing the committed optimiser and history).
 
         ``loss``: the objective's ``(forward, per_sample_loss)`` (see
-        ``training_loss`` of the objectives). ``restart_rate``: a continued
-        ``partial_fit`` trains at ``learning_rate_init``, not at the rate the
-        committed optimiser ended with (the cosine schedule of a ``fit`` ends
-        near zero).
+        ``training_loss`` of the objectives). After a ``learning_rate="cosine"``
+        fit a continued ``partial_fit`` trains at ``learning_rate_init``, not
+        at the rate the committed optimiser ended with (near zero).
 
         Returns the number of completed epochs the history held before. Raises
         ``KeyboardInterrupt`` when interrupted before completing an epoch.
@@ -251,7 +249,7 @@ class BaseUGMM(BaseEstimator):
                 net.initialize()
                 if continuing:
                     net.optimizer_.load_state_dict(copy.deepcopy(self.net_.optimizer_.state_dict()))
-                    if restart_rate:
+                    if self.learning_rate == "cosine":
                         for group in net.optimizer_.param_groups:
                             group["lr"] = learning_rate_init
                     # a new list of the same rows: training appends rows and writes only to its own
