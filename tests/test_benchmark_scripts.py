@@ -141,6 +141,25 @@ def test_suite_rule_reserved_sets_and_halves():
     _check_halves(bench_suite, sets)
 
 
+@pytest.mark.parametrize("config", ["svc", "rf", "lda", "gnb"])
+def test_suite_simple_baselines_take_the_mlps_preprocessing(config):
+    import pandas as pd
+
+    import bench_suite
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(
+        {"x": rng.normal(size=150), "colour": pd.Categorical(rng.choice(["red", "blue", "green"], 150))}
+    )
+    y = np.where((X["colour"] == "red").to_numpy() | (X["x"] > 0.5).to_numpy(), 1, 0)
+    model = bench_suite.make_model(config, X, {})
+    assert type(model[-1]) is type(bench_suite.BASELINES[config]())
+    folds = bench_suite.evaluate(config, X, y, {})
+    assert len(folds) == bench_suite.N_FOLDS
+    for fold in folds:
+        assert 0.5 < fold["acc"] <= 1 and np.isfinite(fold["logloss"]) and fold["resolved"] is None
+
+
 def _check_halves(bench_suite, sets):
     """Assert what the fixed split promises; return ``(tuning, reporting)`` as sets of names."""
     halves = bench_suite.halves(sets)

@@ -39,7 +39,10 @@ was ever chosen on, and both halves get multi-class sets.
   ``--set`` overrides; the raw DataFrame goes in, nominal columns as pandas
   categories, which the classifier one-hot encodes itself);
 * ``mlp``: ``MLPClassifier(random_state=0)`` with its defaults behind
-  ``StandardScaler`` (numeric columns) and ``OneHotEncoder`` (nominal ones).
+  ``StandardScaler`` (numeric columns) and ``OneHotEncoder`` (nominal ones);
+* the simple baselines of ``BASELINES`` (``--config svc``, ``rf``, ``lda``,
+  ``gnb``) behind the same preprocessing, to say where the sets that the
+  uGMM network loses stand for other models.
 
 Each fold records test accuracy, test log-loss, training accuracy, epochs
 and fit time (seconds, one torch thread). Results are written one file per
@@ -51,6 +54,7 @@ Examples::
     python examples/benchmarks/bench_suite.py --list
     python examples/benchmarks/bench_suite.py --half tuning --config mlp
     python examples/benchmarks/bench_suite.py --half tuning --config lr1e-2 --set learning_rate_init=1e-2
+    python examples/benchmarks/bench_suite.py --half reporting --config rf   # a simple baseline
     python examples/benchmarks/bench_suite.py --half reporting --report ugmm   # table of existing results
 """
 
@@ -65,13 +69,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
+from sklearn.naive_bayes import GaussianNB
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import LabelEncoder, OneHotEncoder, StandardScaler
+from sklearn.svm import SVC
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import DEFAULT_DATA_DIR  # noqa: E402
@@ -173,19 +182,37 @@ def halves(sets):
 
 
 # ---------------------------------------------------------------------- models
+#: Simple baselines (``--config NAME``), each behind the MLP's preprocessing: what a
+#: practitioner would try first. The RBF SVM's probabilities are Platt-scaled by 5-fold
+#: cross-validation, as ``SVC(probability=True)`` did before scikit-learn 1.9 deprecated it.
+BASELINES = {
+    "svc": lambda: CalibratedClassifierCV(SVC(), ensemble=False),
+    "rf": lambda: RandomForestClassifier(random_state=0),
+    "lda": lambda: LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"),
+    "gnb": lambda: GaussianNB(),
+}
+
+
 def is_mlp(config):
     """Configurations named ``mlp`` or ``mlp-...`` are the MLP (a second name re-times it)."""
     return config == "mlp" or config.startswith("mlp-")
 
 
+def is_sklearn(config):
+    """The MLP and the simple baselines: scikit-learn pipelines, not UGMMClassifier."""
+    return is_mlp(config) or config in BASELINES
+
+
 def make_model(config, X, params):
-    if is_mlp(config):
+    if is_sklearn(config):
         nominal = [c for c in X.columns if X[c].dtype == "category"]
         numeric = [c for c in X.columns if c not in nominal]
         prep = ColumnTransformer(
-            [("num", StandardScaler(), numeric), ("cat", OneHotEncoder(handle_unknown="ignore"), nominal)]
+            [("num", StandardScaler(), numeric), ("cat", OneHotEncoder(handle_unknown="ignore"), nominal)],
+            sparse_threshold=0.3 if is_mlp(config) else 0,  # (GaussianNB and LDA need dense input)
         )
-        return make_pipeline(prep, MLPClassifier(random_state=0))
+        model = MLPClassifier(random_state=0) if is_mlp(config) else BASELINES[config]()
+        return make_pipeline(prep, model)
     from sklearn_ugmm import UGMMClassifier
 
     return UGMMClassifier(random_state=0, **params)
@@ -204,14 +231,14 @@ def evaluate(config, X, y, params):
             model.fit(X.iloc[train], y[train])
             fit_s = time.perf_counter() - start
         proba = model.predict_proba(X.iloc[test])
-        est = model[-1] if is_mlp(config) else model
+        est = model[-1] if is_sklearn(config) else model
         folds.append({
             "acc": float(np.mean(est.classes_[proba.argmax(1)] == y[test])),
             "logloss": float(log_loss(y[test], proba, labels=labels)),
             "train_acc": float(model.score(X.iloc[train], y[train])),
-            "n_iter": int(est.n_iter_),
+            "n_iter": int(np.max(getattr(est, "n_iter_", 0))),
             "fit_s": fit_s,
-            "resolved": None if is_mlp(config) else {
+            "resolved": None if is_sklearn(config) else {
                 k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
                 for k, v in est.resolved_params_.items()
             },
