@@ -153,7 +153,7 @@ def test_suite_simple_baselines_take_the_mlps_preprocessing(config):
     )
     y = np.where((X["colour"] == "red").to_numpy() | (X["x"] > 0.5).to_numpy(), 1, 0)
     model = bench_suite.make_model(config, X, {})
-    assert type(model[-1]) is type(bench_suite.BASELINES[config]())
+    assert type(model[-1]) is type(bench_suite.BASELINES[config](0))
     folds = bench_suite.evaluate(config, X, y, {})
     assert len(folds) == bench_suite.N_FOLDS
     for fold in folds:

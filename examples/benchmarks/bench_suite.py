@@ -44,6 +44,9 @@ was ever chosen on, and both halves get multi-class sets.
   ``gnb``) behind the same preprocessing, to say where the sets that the
   uGMM network loses stand for other models.
 
+``--seed N`` gives every model ``random_state=N`` instead (the folds stay
+the same), to see how much a set's result owes to the models' seeds.
+
 Each fold records test accuracy, test log-loss, training accuracy, epochs
 and fit time (seconds, one torch thread). Results are written one file per
 set and configuration (``<results>/<config>/<set>.json``), so the suite can
@@ -186,10 +189,10 @@ def halves(sets):
 #: practitioner would try first. The RBF SVM's probabilities are Platt-scaled by 5-fold
 #: cross-validation, as ``SVC(probability=True)`` did before scikit-learn 1.9 deprecated it.
 BASELINES = {
-    "svc": lambda: CalibratedClassifierCV(SVC(), ensemble=False),
-    "rf": lambda: RandomForestClassifier(random_state=0),
-    "lda": lambda: LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"),
-    "gnb": lambda: GaussianNB(),
+    "svc": lambda seed: CalibratedClassifierCV(SVC(), ensemble=False),
+    "rf": lambda seed: RandomForestClassifier(random_state=seed),
+    "lda": lambda seed: LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"),
+    "gnb": lambda seed: GaussianNB(),
 }
 
 
@@ -203,7 +206,8 @@ def is_sklearn(config):
     return is_mlp(config) or config in BASELINES
 
 
-def make_model(config, X, params):
+def make_model(config, X, params, seed=0):
+    """The model of ``config`` for the frame ``X``; ``seed`` is its ``random_state``."""
     if is_sklearn(config):
         nominal = [c for c in X.columns if X[c].dtype == "category"]
         numeric = [c for c in X.columns if c not in nominal]
@@ -211,20 +215,20 @@ def make_model(config, X, params):
             [("num", StandardScaler(), numeric), ("cat", OneHotEncoder(handle_unknown="ignore"), nominal)],
             sparse_threshold=0.3 if is_mlp(config) else 0,  # (GaussianNB and LDA need dense input)
         )
-        model = MLPClassifier(random_state=0) if is_mlp(config) else BASELINES[config]()
+        model = MLPClassifier(random_state=seed) if is_mlp(config) else BASELINES[config](seed)
         return make_pipeline(prep, model)
     from sklearn_ugmm import UGMMClassifier
 
-    return UGMMClassifier(random_state=0, **params)
+    return UGMMClassifier(random_state=seed, **params)
 
 
-def evaluate(config, X, y, params):
+def evaluate(config, X, y, params, seed=0):
     """3-fold CV of one model on one set: per-fold metrics."""
     folds = []
     cv = StratifiedKFold(n_splits=N_FOLDS, shuffle=True, random_state=0)
     labels = np.unique(y)
     for train, test in cv.split(X, y):
-        model = make_model(config, X, params)
+        model = make_model(config, X, params, seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             start = time.perf_counter()
@@ -266,7 +270,7 @@ def commit_hash():
         return "unknown"
 
 
-def run(config, names, sets, params, results):
+def run(config, names, sets, params, results, seed=0):
     out_dir = results / config
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -276,9 +280,9 @@ def run(config, names, sets, params, results):
         X, y = sets[name]
         X, y = _subsample_frame(X, y)
         start = time.perf_counter()
-        folds = evaluate(config, X, y, params)
+        folds = evaluate(config, X, y, params, seed)
         record = {
-            "set": name, "config": config, "params": {k: repr(v) for k, v in params.items()},
+            "set": name, "config": config, "params": {k: repr(v) for k, v in params.items()}, "seed": seed,
             "n": len(X), "d": encoded_width(X), "k": int(len(np.unique(y))), "commit": commit_hash(),
             "folds": folds, **summary(folds),
         }
@@ -360,11 +364,13 @@ def main(argv=None):
     parser.add_argument("--half", choices=("tuning", "reporting", "all"), default="tuning")
     parser.add_argument(
         "--config", default="ugmm",
-        help="'mlp' (or 'mlp-NAME', the MLP again, e.g. to time it next to a run), or a name for this "
-        "UGMMClassifier configuration",
+        help="'mlp' (or 'mlp-NAME', the MLP again, e.g. to time it next to a run), a simple baseline "
+        f"({', '.join(BASELINES)}), or a name for this UGMMClassifier configuration",
     )
     parser.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
                         help="UGMMClassifier parameter override (repeatable)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the models' random_state (the folds stay those of seed 0); name the config after it")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--list", action="store_true", help="print the suite and its halves, run nothing")
     parser.add_argument("--report", metavar="CONFIG", help="print the table of CONFIG against the baseline, run nothing")
@@ -391,7 +397,7 @@ def main(argv=None):
     for item in args.set:
         key, _, value = item.partition("=")
         params[key] = parse_value(value)
-    run(args.config, names, sets, params, Path(args.results))
+    run(args.config, names, sets, params, Path(args.results), seed=args.seed)
     return None
 
 
