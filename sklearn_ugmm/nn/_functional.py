@@ -307,7 +307,7 @@ def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK
     kernel : {"auto", "fused", "reference"}, default="auto"
         Implementation. ``"reference"`` is the blocked PyTorch kernel
         described above. ``"fused"`` is a C++ kernel, compiled with the
-        system compiler on first use (about a second) and cached under
+        system compiler on first use (a few seconds) and cached under
         ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), for
         float32 and float64 CPU tensors: one pass over the inputs per (sample,
         neuron), nothing of size (batch, out, in) in memory, several times
@@ -355,8 +355,15 @@ def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK
 _warned_unavailable = False
 
 
-def _fused_applies(x, loc, scale, log_weights, kernel):
-    """Whether this call can and should run on the fused kernel."""
+def _fused_applies(x, loc, scale, log_weights, kernel, prediction=False):
+    """Whether this call can and should run on the fused kernel.
+
+    With ``kernel="auto"`` calls of fewer than ``AUTO_FUSED_MIN_COMPONENTS``
+    components stay on PyTorch, so that small fits never build the library.
+    ``prediction`` (the layers' prediction routes, whose parameters are
+    prepared once and cost a few microseconds a call) takes calls of any
+    size, but only once the library is loaded: a prediction never builds it.
+    """
     global _warned_unavailable
     dtype = x.dtype  # (no generator over the tensors: this runs on every layer call)
     if not (x.is_cpu and loc.is_cpu and scale.is_cpu and log_weights.is_cpu):
@@ -366,7 +373,8 @@ def _fused_applies(x, loc, scale, log_weights, kernel):
     if x.dtype not in (torch.float32, torch.float64):
         return False
     if kernel == "auto" and x.shape[0] * log_weights.numel() < AUTO_FUSED_MIN_COMPONENTS:
-        return False
+        if not (prediction and _fused.loaded()):
+            return False
     if _fused.load() is None:
         if kernel == "fused" and not _warned_unavailable:
             _warned_unavailable = True

@@ -192,6 +192,11 @@ def load():
     return _library or None
 
 
+def loaded():
+    """Whether :func:`load` has already loaded the library in this process (never builds it)."""
+    return bool(_library)
+
+
 def failure_reason():
     """Why :func:`load` returned None (empty when the kernel loaded or was not tried)."""
     return _failure

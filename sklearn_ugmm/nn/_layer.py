@@ -319,13 +319,14 @@ class UGMMLayer(nn.Module):
             kernel=kernel,
         )
 
-    def _on_kernel_library(self, x):
-        """Whether the fused kernel library takes this call without dropout (``kernel`` allowing)."""
+    def _on_kernel_library(self, x, prediction=False):
+        """Whether the fused kernel library takes this call without dropout (``kernel`` allowing;
+        ``prediction``: a prediction route's call, see :func:`_fused_applies`)."""
         kernel = getattr(self, "kernel", "auto")  # layers pickled before the option
         return (
             kernel != "reference"
             and not (self.training and self.dropout > 0)
-            and _fused_applies(x, self.loc, self.raw_scale, self.logits, kernel)
+            and _fused_applies(x, self.loc, self.raw_scale, self.logits, kernel, prediction=prediction)
         )
 
     def _on_prediction_route(self, x):
@@ -334,7 +335,7 @@ class UGMMLayer(nn.Module):
         return (
             _fused.inference_routes_active()  # only the estimators' evaluation copies: never stepped in place
             and not (torch.is_grad_enabled() and any(p.requires_grad for p in (x, self.loc, self.raw_scale, self.logits)))
-            and self._on_kernel_library(x)
+            and self._on_kernel_library(x, prediction=True)
         )
 
     def forward_observed(self, x, observed):
