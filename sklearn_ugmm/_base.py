@@ -143,11 +143,13 @@ class BaseUGMM(BaseEstimator):
                 setattr(self, name, value)
 
     # ------------------------------------------------------------------ what each estimator supplies
-    def _objective(self, n_features, classes, fitted=False):
+    def _objective(self, n_features, classes, fitted=False, continuing=False):
         """The objective object for ``n_features`` inputs (and ``classes``).
 
         ``fitted``: of the fitted network (its "auto" architecture as
-        ``resolved_params_`` recorded it), not of a new fit.
+        ``resolved_params_`` recorded it), not of a new fit. ``continuing``:
+        of the current parameters, their "auto" architecture the fitted one
+        (what a continued fit must find).
         """
         raise NotImplementedError
 
@@ -165,6 +167,7 @@ class BaseUGMM(BaseEstimator):
         continuing = self.__sklearn_is_fitted__() and (incremental or self.warm_start)
         # validate
         X, y, features, encoder = self._validated(X, y, reset=not continuing)
+        current_network = self._checked_structure(incremental) if continuing else None
         y_index, classes = self._targets(y, classes, continuing=continuing, incremental=incremental)
         sample_weight = self._check_weights(sample_weight, X, y, classes, incremental=incremental)
         objective = self._objective(X.shape[1] if encoder is None else encoder.n_outputs_, classes, fitted=continuing)
@@ -193,7 +196,7 @@ class BaseUGMM(BaseEstimator):
         validation = None if split is None else (inputs[split[1]], targets[split[1]])
         # initialise
         if continuing:
-            module = copy.deepcopy(self.module_)
+            module = _continued_copy(self.module_, current_network)
         else:
             module = objective.new_module(generator)
             seen = sample_weight[train_idx] > 0
@@ -221,6 +224,33 @@ class BaseUGMM(BaseEstimator):
         self.__dict__.update(fitted)
         self._evaluation_module = evaluation
         return self
+
+    def _structure_difference(self):
+        """Why the parameters no longer give the fitted network (set_params after fit), or None.
+
+        The parameters that shape the network (its sizes, output neurons,
+        objective, tied means, free components, order) are compared through
+        the network they would build now: the same layers, the same tensor
+        shapes, the same masks and orders. ``"auto"`` sizes keep the fitted
+        ones, even where the formula has changed since the model was saved.
+        """
+        current = self._objective(
+            self._n_network_inputs(), getattr(self, "classes_", None), continuing=True
+        ).new_module(torch.Generator())
+        return _module_difference(self.module_, current), current
+
+    def _checked_structure(self, incremental):
+        """The network the parameters give now (untrained), to continue training the fitted one
+        (``warm_start``, ``partial_fit``); an error if the two differ in structure."""
+        difference, current = self._structure_difference()
+        if difference is not None:
+            how = "partial_fit" if incremental else "fit with warm_start=True"
+            raise ValueError(
+                f"{type(self).__name__}.{how} continues the fitted network, but the parameters no longer give "
+                f"it: {difference}. A parameter that shapes the network was changed after fitting; set it back, "
+                "or fit a new network (warm_start=False)."
+            )
+        return current
 
     def _train(self, net, X_train, y_train, *, continuing, incremental, loss, learning_rate_init):
         """Run ``fit`` (or one ``partial_fit`` epoch, continuing the committed optimiser and history).
@@ -631,6 +661,43 @@ def _completed_epochs(net):
 
 def _device_of(module):
     return next(module.parameters()).device
+
+
+def _continued_copy(fitted, current):
+    """A copy of the fitted network to train on, with the ``dropout`` of ``current`` (same structure)."""
+    module = copy.deepcopy(fitted)
+    parts = dict(current.named_modules())
+    for name, part in module.named_modules():
+        if hasattr(part, "dropout"):
+            part.dropout = parts[name].dropout
+    return module
+
+
+def _module_difference(fitted, current):
+    """The first structural difference between two networks, in words, or None.
+
+    Module types and names, parameter and buffer shapes, and the values of
+    integer and boolean buffers (orders, degrees, masks) must agree; the
+    values of float buffers and parameters are fitted, not structure.
+    """
+    fitted_parts, current_parts = list(fitted.named_modules()), list(current.named_modules())
+    for (name, part), (name_now, part_now) in zip(fitted_parts, current_parts):
+        if name != name_now or type(part) is not type(part_now):
+            where = f"module {name!r}" if name else "the network"
+            return f"{where} is a {type(part).__name__}, the parameters give a {type(part_now).__name__}"
+    if len(fitted_parts) != len(current_parts):
+        return f"the network has {len(fitted_parts)} modules, the parameters give {len(current_parts)}"
+    state, state_now = fitted.state_dict(), current.state_dict()
+    if list(state) != list(state_now):
+        extra = sorted(set(state).symmetric_difference(state_now)) or sorted(state)
+        return f"the tensors differ ({', '.join(extra[:3])})"
+    for name, tensor in state.items():
+        now = state_now[name]
+        if tensor.shape != now.shape:
+            return f"{name} has shape {tuple(tensor.shape)}, the parameters give {tuple(now.shape)}"
+        if not (tensor.is_floating_point() or tensor.is_complex()) and not torch.equal(tensor.cpu(), now.cpu()):
+            return f"{name} is {tensor.cpu().tolist()}, the parameters give {now.cpu().tolist()}"
+    return None
 
 
 def _evaluation_copy(module):

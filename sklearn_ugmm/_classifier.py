@@ -525,15 +525,16 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     _requires_y = True
     _fit_allows_nan = True
 
-    def _objective(self, n_features, classes, fitted=False):
-        resolved = getattr(self, "resolved_params_", None) if fitted else None
-        if resolved is not None and "hidden_layer_sizes" in resolved:
+    def _objective(self, n_features, classes, fitted=False, continuing=False):
+        resolved = getattr(self, "resolved_params_", None) if fitted or continuing else None
+        keep_sizes = fitted or (isinstance(self.hidden_layer_sizes, str) and self.hidden_layer_sizes == "auto")
+        if resolved is not None and "hidden_layer_sizes" in resolved and keep_sizes:
             # the fitted network's sizes, even if the "auto" formula has changed since it was saved
             sizes = tuple(resolved["hidden_layer_sizes"])
         else:
             sizes = self._hidden_sizes(n_features, len(classes))
         output_layer = self.output_layer
-        if resolved is not None:
+        if resolved is not None and fitted:
             # the fitted network's output layer; models saved before the option had mixtures
             output_layer = resolved.get("output_layer", "mixture")
         return make_classifier_objective(

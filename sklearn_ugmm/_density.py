@@ -241,7 +241,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         """
         return self._fit(X, None, sample_weight, incremental=True)
 
-    def _objective(self, n_features, classes=None, fitted=False):
+    def _objective(self, n_features, classes=None, fitted=False, continuing=False):
         return DensityObjective(
             n_features,
             self._hidden_sizes(),

@@ -202,6 +202,10 @@ def save_model(estimator, path):
 
     Raises
     ------
+    ValueError
+        If a parameter that shapes the network (for example
+        ``hidden_layer_sizes`` or ``tie_means``) was changed by
+        ``set_params`` after fitting: the file could not rebuild the network.
     OSError
         If the file cannot be written; the message names ``path``.
 
@@ -220,6 +224,13 @@ def save_model(estimator, path):
     name = type(estimator).__name__
     if name not in _registry():
         raise TypeError(f"save_model supports UGMMClassifier and UGMMDensityEstimator, got {name}.")
+    difference, _ = estimator._structure_difference()
+    if difference is not None:
+        raise ValueError(
+            f"save_model rebuilds the network from the estimator's parameters, but they no longer give the fitted "
+            f"network: {difference}. A parameter that shapes the network was changed after fitting; set it back, "
+            "or fit again, before saving."
+        )
     params = {k: _json_value(v, k) for k, v in estimator.get_params(deep=False).items()}
     fitted = {k: _json_value(getattr(estimator, k), k) for k in _FITTED_SCALARS}
     fitted.update({k: _json_value(getattr(estimator, k), k) for k in _FITTED_LISTS})

@@ -385,3 +385,48 @@ def test_concurrent_predictions_share_the_evaluation_network_safely(iris):
         results = list(pool.map(lambda rows: clf.predict_proba(X[rows]), [slice(None)] * 8))
     for result in results:
         np.testing.assert_array_equal(result, expected)
+
+
+STRUCTURE_CHANGES = [
+    (UGMMClassifier, {"hidden_layer_sizes": (7,)}, "layers.0.loc has shape (6, 4), the parameters give (7, 4)"),
+    (UGMMClassifier, {"tie_means": True}, "layers.0.loc has shape (6, 4), the parameters give (6,)"),
+    (UGMMClassifier, {"output_layer": "mixture"}, "'layers.1' is a UGMMProductLayer, the parameters give a UGMMLayer"),
+    (UGMMClassifier, {"objective": "generative"}, "is a UGMMProductLayer"),
+    (UGMMDensityEstimator, {"n_free_components": 3}, "free_loc has shape (4, 8), the parameters give (4, 3)"),
+    (UGMMDensityEstimator, {"order": [3, 2, 1, 0]}, "order is [0, 1, 2, 3], the parameters give [3, 2, 1, 0]"),
+]
+
+
+@pytest.mark.parametrize("Estimator, change, difference", STRUCTURE_CHANGES)
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
+def test_continued_training_refuses_a_network_the_parameters_no_longer_give(
+    iris, tmp_path, Estimator, change, difference, how
+):
+    # a warm start or partial_fit trains the fitted network: one of another shape must not be trained
+    # silently as if nothing changed (nor recorded with the new output layer and saved so)
+    X, y = iris
+    params = CLF if Estimator is UGMMClassifier else DENSITY
+    est = Estimator(**params, warm_start=how == "warm_start").fit(X, y)
+    before = _fingerprint(est, X)
+    est.set_params(**change)
+    with pytest.raises(ValueError, match="continues the fitted network") as error:
+        est.fit(X, y) if how == "warm_start" else est.partial_fit(X, y)
+    assert difference in str(error.value)
+    # save_model would rebuild the network from the parameters: it refuses too, and writes nothing
+    path = tmp_path / "model.ugmm"
+    with pytest.raises(ValueError, match="no longer give the fitted network"):
+        save_model(est, path)
+    assert not path.exists()
+    est.set_params(**{k: params.get(k, Estimator().get_params()[k]) for k in change})
+    _assert_unchanged(est, X, before)
+    est.fit(X, y) if how == "warm_start" else est.partial_fit(X, y)
+    save_model(est, path)
+
+
+@pytest.mark.parametrize("Estimator", [UGMMClassifier, UGMMDensityEstimator])
+def test_continued_training_takes_the_new_dropout(iris, Estimator):
+    X, y = iris
+    est = Estimator(**(CLF if Estimator is UGMMClassifier else DENSITY), warm_start=True).fit(X, y)
+    est.set_params(dropout=0.25).fit(X, y)
+    rates = {m.dropout for m in est.module_.modules() if hasattr(m, "dropout")}
+    assert rates == {0.25}
