@@ -152,6 +152,7 @@ class _ClassifierObjective:
             kernel=self.kernel,
             generator=generator,
             output_layer=self.output_layer,
+            dtype=torch.float32,  # whatever torch's default dtype: the estimators train in float32
         )
 
     def validation_score(self, module, X, packed):
@@ -371,6 +372,7 @@ class DensityObjective:
             order=self.order,
             dropout=self.dropout,
             generator=generator,
+            dtype=torch.float32,
         )
 
     def network_inputs(self, Xs, y_index):

@@ -570,3 +570,26 @@ def test_cosine_fitted_model_round_trips_and_trains_on_at_its_initial_rate(tmp_p
     loaded.partial_fit(X, y)
     assert loaded.net_.optimizer_.param_groups[0]["lr"] == 3e-2
     assert any(not torch.equal(a, b) for a, b in zip(before, loaded.module_.parameters()))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("Estimator", [UGMMClassifier, UGMMDensityEstimator])
+def test_torch_default_dtype_changes_neither_fits_nor_files(iris, tmp_path, Estimator):
+    X, y = iris
+    scores = "predict_proba" if Estimator is UGMMClassifier else "score_samples"
+    reference = Estimator(max_iter=3, random_state=0).fit(X, y)
+    save_model(reference, tmp_path / "float32.ugmm")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        # the estimators train in float32 whatever the default, and read files written under another one
+        fitted = Estimator(max_iter=3, random_state=0).fit(X, y)
+        assert {p.dtype for p in fitted.module_.parameters()} == {torch.float32}
+        np.testing.assert_array_equal(getattr(fitted, scores)(X), getattr(reference, scores)(X))
+        loaded = load_model(tmp_path / "float32.ugmm")
+        np.testing.assert_array_equal(getattr(loaded, scores)(X), getattr(reference, scores)(X))
+        save_model(fitted, tmp_path / "float64-default.ugmm")
+    finally:
+        torch.set_default_dtype(previous)
+    loaded = load_model(tmp_path / "float64-default.ugmm")
+    np.testing.assert_array_equal(getattr(loaded, scores)(X), getattr(reference, scores)(X))
