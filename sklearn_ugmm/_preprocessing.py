@@ -580,6 +580,9 @@ class CategoricalEncoder:
         return np.hstack(blocks) if blocks else np.zeros((len(X), 0))
 
     def _numeric(self, values, j):
+        missing = missing_entries(values)
+        if missing.any():  # None, pd.NA (nullable Int64, Float64, boolean columns) and NaT: NaN
+            values = np.where(missing, np.nan, np.asarray(values, dtype=object))
         try:
             values = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError) as exc:
@@ -592,11 +595,27 @@ class CategoricalEncoder:
         return values
 
     def to_metadata(self):
-        """The fitted state as plain JSON values: ``{"is_categorical": [...], "categories": [[...], ...]}``."""
-        return {
-            "is_categorical": [bool(v) for v in self.is_categorical],
-            "categories": [[v.item() if isinstance(v, np.generic) else v for v in c] for c in self.categories_],
-        }
+        """The fitted state as plain JSON values: ``{"is_categorical": [...], "categories": [[...], ...]}``.
+
+        Raises
+        ------
+        ValueError
+            If a category is not a string or a number (a pandas ``Interval``
+            from ``pd.cut``, a timestamp, bytes, a bool): the file format
+            stores only those.
+        """
+        categories = []
+        for j, values in zip(np.flatnonzero(self.is_categorical), self.categories_):
+            values = [v.item() if isinstance(v, np.generic) else v for v in values]
+            odd = next((v for v in values if isinstance(v, bool) or not isinstance(v, (str, int, float))), None)
+            if odd is not None:
+                raise ValueError(
+                    f"Column {_column_name(self.feature_names, j)} has a category of type {type(odd).__name__} "
+                    f"({odd!r}); a saved model stores only string and number categories. Convert the column "
+                    "before fitting (for example X[column] = X[column].astype(str))."
+                )
+            categories.append(values)
+        return {"is_categorical": [bool(v) for v in self.is_categorical], "categories": categories}
 
     @classmethod
     def from_metadata(cls, metadata, n_features, feature_names=None):

@@ -227,6 +227,21 @@ def test_missing_and_unseen_categories_are_missing_inputs():
     assert np.all(np.isfinite(fitted.predict_proba(missing)))
 
 
+@pytest.mark.parametrize("dtype", ["Int64", "Float64", "boolean"])
+def test_nullable_numeric_columns_beside_categories_take_pd_na_as_missing(dtype):
+    # with a categorical column the frame reaches the encoder as objects, where pd.NA is no float
+    frame, y = _table()
+    values = (frame["size"] > 1.0) if dtype == "boolean" else (frame["size"] * 10).round()
+    nullable = pd.array(values.astype(float if dtype == "Float64" else values.dtype), dtype=dtype)
+    nullable[[3, 7]] = pd.NA
+    with_na = frame.assign(size=nullable)
+    with_nan = frame.assign(size=np.where(pd.isna(nullable), np.nan, values.astype(float)))
+    clf = UGMMClassifier(**FAST).fit(with_na, y)
+    reference = UGMMClassifier(**FAST).fit(with_nan, y)
+    np.testing.assert_array_equal(clf.predict_proba(with_na), reference.predict_proba(with_nan))
+    assert np.isnan(clf.scaler_.encoder.transform(with_na.to_numpy())[[3, 7], 0]).all()
+
+
 def test_exactly_255_categories_are_accepted():
     rng = np.random.RandomState(0)
     frame = pd.DataFrame({"x": rng.normal(size=510), "code": [f"c{i % 255}" for i in range(510)]})
@@ -249,6 +264,11 @@ def test_categorical_model_round_trips_through_save_model(tmp_path):
     assert [c.tolist() for c in loaded.scaler_.encoder.categories_] == [c.tolist() for c in clf.scaler_.encoder.categories_]
     np.testing.assert_array_equal(loaded.predict_proba(frame), clf.predict_proba(frame))
     loaded.partial_fit(frame, y)  # continues training on the raw table
+    # categories the format cannot store (pd.cut's intervals) fit and predict, and refuse to be saved
+    binned = frame.assign(size=pd.cut(frame["size"], bins=[-10, 0, 1, 10]))
+    with pytest.raises(ValueError, match=r"Column 'size' has a category of type Interval .*astype\(str\)"):
+        save_model(UGMMClassifier(**FAST).fit(binned, y), tmp_path / "binned.ugmm")
+    assert not (tmp_path / "binned.ugmm").exists()
 
     from sklearn_ugmm._persistence import _digest
 
