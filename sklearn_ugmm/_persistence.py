@@ -367,12 +367,51 @@ def _empty_hooks():
     return {}
 
 
-class _IndexReader(pickle.Unpickler):
+def _plain_keys(keys):
+    """Refuse dictionary keys other than strings and integers.
+
+    A tuple key built from shared references (``t = (t, t)`` nested D
+    deep, a few bytes per level) costs 2**D operations to hash: a small
+    file would hang the loader. Torch's index keys are strings.
+    """
+    if not all(type(key) in (str, int) for key in keys):
+        raise pickle.UnpicklingError("a model file's index has only string keys")
+
+
+class _IndexReader(pickle._Unpickler):
     """Reads the pickled index of a torch archive: plain containers and tensor records only.
 
     Only the two callables torch's format uses are resolved, to recorders
-    that allocate nothing; every other global is refused.
+    that allocate nothing; every other global is refused. Dictionary keys
+    must be strings or integers, and sets (which hash their items) are
+    refused: hashing is where a hostile index could spend exponential
+    time. The pure-Python unpickler, so that these opcodes can be checked;
+    an index is a few kilobytes.
     """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _load_setitem(self):
+        _plain_keys([self.stack[-2]])
+        pickle._Unpickler.load_setitem(self)
+
+    def _load_setitems(self):
+        _plain_keys(self.stack[0::2])  # the items since the mark
+        pickle._Unpickler.load_setitems(self)
+
+    def _load_dict(self):
+        _plain_keys(self.stack[0::2])
+        pickle._Unpickler.load_dict(self)
+
+    def _refuse_set(self):
+        raise pickle.UnpicklingError("a model file's index holds no sets")
+
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.DICT[0]] = _load_dict
+    for _opcode in (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET):
+        dispatch[_opcode[0]] = _refuse_set
+    del _opcode
 
     def find_class(self, module, name):
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):

@@ -492,6 +492,33 @@ def test_foreign_archives_raise_value_error(tmp_path):
             load_model(tmp_path / name)
 
 
+def _with_index(source, path, index):
+    """``source`` with its pickled index (``<prefix>/data.pkl``) replaced by ``index``."""
+    with zipfile.ZipFile(source) as archive_in, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive_out:
+        for info in archive_in.infolist():
+            data = index if info.filename.endswith("/data.pkl") else archive_in.read(info.filename)
+            archive_out.writestr(info.filename, data)
+    return path
+
+
+def test_index_that_would_hash_for_ever_is_refused_at_once(tiny, tmp_path):
+    # t = (t, t) nested 64 deep through the memo: 2**64 hash operations as a dictionary key,
+    # from 600 bytes; a set hashes its items the same way
+    source, _, _ = tiny
+    nested = b")q\x000" + b"0".join([b"h\x00h\x00\x86q\x00"] * 64)
+    indexes = {
+        "key": b"\x80\x02}" + nested + b"Ns.",
+        "keys": b"\x80\x02}(" + nested + b"Nu.",
+        "dict": b"\x80\x02(" + nested + b"Nd.",
+        "set": b"\x80\x04\x8f(" + nested + b"\x90.",
+        "frozenset": b"\x80\x04(" + nested + b"\x91.",
+    }
+    for name, index in indexes.items():
+        path = _with_index(source, tmp_path / f"{name}.ugmm", index)
+        with pytest.raises(ValueError, match="only string keys|no sets"):
+            load_model(path)
+
+
 def _zip_regions(raw):
     """Byte offsets in a zip file of each entry's payload (by name) and of the end record."""
     with zipfile.ZipFile(io.BytesIO(raw)) as archive:
