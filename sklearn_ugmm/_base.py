@@ -161,6 +161,21 @@ class BaseUGMM(BaseEstimator):
         """``(train_idx, valid_idx)`` for early stopping, or None to train on every row."""
         raise NotImplementedError
 
+    def _validation_split(self, sample_weight, y_index, rng):
+        """:meth:`_split` of the rows of positive weight; the rows of weight 0 go to training.
+
+        A row of weight 0 counts in no loss: in the validation split it is
+        wasted, and a split holding nothing else measures nothing (a loss of
+        0 every epoch, so the best epoch is the first). With every weight
+        positive this is :meth:`_split` of all the rows.
+        """
+        weighted = np.flatnonzero(sample_weight > 0)
+        split = self._split(len(weighted), None if y_index is None else y_index[weighted], rng)
+        if split is None:
+            return None
+        train, valid = weighted[split[0]], weighted[split[1]]
+        return np.concatenate([train, np.flatnonzero(sample_weight <= 0)]), valid
+
     # ------------------------------------------------------------------ the fit skeleton
     def _fit(self, X, y=None, sample_weight=None, *, incremental=False, classes=None):
         """Fit (``incremental``: one ``partial_fit`` epoch) as a transaction; return self."""
@@ -177,7 +192,7 @@ class BaseUGMM(BaseEstimator):
             rng = local_random_state(self.random_state)
             generator = _torch_generator(rng)
             device = resolve_device(self.device)
-        split = self._split(len(X), y_index, rng) if self.early_stopping and not incremental else None
+        split = self._validation_split(sample_weight, y_index, rng) if self.early_stopping and not incremental else None
         train_idx = np.arange(len(X)) if split is None else split[0]
         # resolve the "auto" parameters
         if continuing and incremental:

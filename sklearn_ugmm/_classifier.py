@@ -258,7 +258,9 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         default because the restored epoch gives better calibrated
         probabilities than training to convergence.
     validation_fraction : float, default=0.1
-        Share of the training data held out for early stopping.
+        Share of the training data held out for early stopping (stratified
+        by class where every class allows it), drawn among the rows of
+        positive ``sample_weight``: rows of weight 0 always train.
     n_iter_no_change : int or np.inf, default=20
         Epochs without progress before training stops; ``np.inf`` turns the
         stopping rule off, so training runs exactly ``max_iter`` epochs
@@ -586,6 +588,8 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         return class_weights(self.class_weight, classes, y, incremental=incremental)
 
     def _split(self, n_samples, y_index, rng):
+        if n_samples < 2:
+            return None  # (one row of positive weight) nothing to hold out: train on every row
         indices = np.arange(n_samples)
         seed = rng.randint(np.iinfo(np.int32).max)
         try:

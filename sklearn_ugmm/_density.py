@@ -77,7 +77,8 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         log-likelihood stops improving and restore the best epoch. On by
         default: without it the model overfits small data sets.
     validation_fraction : float, default=0.1
-        Share of the training data held out for early stopping.
+        Share of the training data held out for early stopping, drawn among
+        the rows of positive ``sample_weight``: rows of weight 0 always train.
     n_iter_no_change : int or np.inf, default=10
         Epochs without progress (an improvement of at least ``tol`` of the
         monitored loss) before training stops; ``np.inf`` turns the stopping

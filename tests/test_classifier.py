@@ -18,7 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from skorch.callbacks import Callback
 
-from sklearn_ugmm import UGMMClassifier
+from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator
 from sklearn_ugmm._objectives import GenerativeObjective, label_values
 
 FAST = dict(hidden_layer_sizes=(8,), max_iter=15, n_iter_no_change=np.inf, random_state=0)
@@ -149,6 +149,30 @@ def test_sample_weight_enters_the_loss(iris):
         UGMMClassifier(**FAST).fit(X, y, sample_weight=np.zeros(150))
     with pytest.raises(ValueError, match="(?i)negative"):
         UGMMClassifier(**FAST).fit(X, y, sample_weight=-np.ones(150))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("Estimator", [UGMMClassifier, UGMMDensityEstimator])
+def test_validation_rows_are_drawn_among_the_weighted_ones(iris, Estimator):
+    # twelve rows of weight 1, the rest 0: a validation split of zero-weight rows measured a loss
+    # of 0 every epoch, and the stopping rule kept the first epoch's weights
+    X, y = iris
+    w = np.zeros(len(X))
+    w[[0, 1, 2, 3, 50, 51, 52, 53, 100, 101, 102, 103]] = 1.0
+    for seed in range(4):
+        est = Estimator(hidden_layer_sizes=(8,), max_iter=30, random_state=seed).fit(X, y, sample_weight=w)
+        assert np.all(np.isfinite(est.validation_scores_))
+        _, valid = est._validation_split(w, y if Estimator is UGMMClassifier else None, np.random.RandomState(seed))
+        assert len(valid) > 0 and np.all(w[valid] > 0)
+    # every weight positive: the split of all the rows, as before
+    full = UGMMClassifier()._validation_split(np.ones(len(X)), y, np.random.RandomState(0))
+    plain = UGMMClassifier()._split(len(X), y, np.random.RandomState(0))
+    for a, b in zip(full, plain):
+        np.testing.assert_array_equal(a, b)
+    # a single weighted row: nothing to hold out
+    one = np.zeros(len(X))
+    one[7] = 1.0
+    assert UGMMClassifier(max_iter=2, random_state=0).fit(X, y, sample_weight=one).n_iter_ == 2
 
 
 def test_weighted_loss_formula():
