@@ -652,16 +652,24 @@ def _encoder_of(estimator):
 
 
 def _network_features(scaler, X, dtype=np.float32):
-    """X as the network sees it: scaled, and finite in float32 (the model computes in float32); NaN stays."""
+    """X as the network sees it: scaled; NaN stays.
+
+    float32 (training): refused where a value overflows it. float64
+    (inference): values astronomically far out are clipped at 1e30 standard
+    deviations, as the density's are, so such a row still gets its
+    (saturated) prediction.
+    """
     Xs = scaler.transform(X)
     _check_every_row_observed(Xs)
+    if np.dtype(dtype) == np.float64:
+        return np.clip(Xs, -1e30, 1e30)
     X32 = Xs.astype(np.float32)
     if np.isinf(X32).any():  # NaN stays NaN in float32: only an overflow (or an inf) gives inf
         raise ValueError(
             "Input contains values too large for float32 after scaling; "
             "the model computes in float32."
         )
-    return X32 if np.dtype(dtype) == np.float32 else Xs.astype(dtype, copy=False)
+    return X32
 
 
 def _missing_as_zero(X):

@@ -175,6 +175,22 @@ def test_validation_rows_are_drawn_among_the_weighted_ones(iris, Estimator):
     assert UGMMClassifier(max_iter=2, random_state=0).fit(X, y, sample_weight=one).n_iter_ == 2
 
 
+@pytest.mark.parametrize("objective", ["discriminative", "generative"])
+def test_astronomically_far_rows_get_a_prediction(iris, objective):
+    # inference runs in float64: a row at 1e300 is clipped (at 1e30 standard deviations), not refused
+    # for overflowing float32, and never gives NaN
+    X, y = iris
+    clf = UGMMClassifier(objective=objective, **FAST).fit(X, y)
+    far = np.vstack([X[:2] * 1e300, -X[:2] * 1e300, X[:1] + [1e300, 0, 0, 0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        proba = clf.predict_proba(far)
+        scores = clf.score_samples(far)
+    assert np.all(np.isfinite(proba)) and np.allclose(proba.sum(axis=1), 1) and not np.isnan(scores).any()
+    np.testing.assert_array_equal(proba, clf.predict_proba(np.vstack([X[:2] * 1e200, -X[:2] * 1e200, X[:1] + [1e200, 0, 0, 0]])))
+    np.testing.assert_array_equal(clf.predict(far), proba.argmax(axis=1))
+
+
 def test_weighted_loss_formula():
     from sklearn_ugmm._engine import WeightedLoss
 
