@@ -7,6 +7,7 @@ subclass it. Sample weights travel in the target array: the last column of
 losses into ``sum(w * loss) / sum(w)``.
 """
 
+import copy
 import math
 import warnings
 
@@ -169,6 +170,36 @@ class PenalisedNet(NeuralNet):
 
 #: How fast the weight average's horizon grows: at most this many epochs per epoch run.
 AVERAGING_RAMP = 0.5
+
+
+class BestEpochStopping(EarlyStopping):
+    """skorch's ``EarlyStopping`` that restores the epoch of the lowest monitored loss.
+
+    Patience counts epochs without an improvement by ``threshold``, as in
+    skorch and ``MLPClassifier``; the weights restored at the end are those
+    of the lowest loss seen (``MLPClassifier``'s ``best_coefs_``), where
+    skorch restores the last epoch that improved by more than
+    ``threshold``, which may be a few epochs before the lowest.
+    """
+
+    def on_train_begin(self, net, **kwargs):
+        super().on_train_begin(net, **kwargs)
+        self.lowest_ = np.inf
+
+    def on_epoch_end(self, net, **kwargs):
+        score = net.history[-1, self.monitor]
+        if self._is_score_improved(score):
+            self.misses_ = 0
+            self.dynamic_threshold_ = self._calc_new_threshold(score)
+        else:
+            self.misses_ += 1
+        if score < self.lowest_:
+            self.lowest_ = score
+            self.best_epoch_ = net.history[-1, "epoch"]
+            if self.load_best:
+                self.best_model_weights_ = copy.deepcopy(net.module_.state_dict())
+        if self.misses_ == self.patience:
+            raise KeyboardInterrupt
 
 
 class WeightAveraging(Callback):
@@ -367,7 +398,7 @@ def build_net(
     callbacks.append(
         (
             "stopping",
-            EarlyStopping(
+            BestEpochStopping(
                 monitor=monitor,
                 patience=n_iter_no_change,
                 threshold=tol,

@@ -239,3 +239,40 @@ def test_classifier_averages_weights_in_fit_only():
         UGMMClassifier(averaging_epochs="sometimes").fit(X, y)
     with pytest.raises(ValueError, match="averaging_epochs"):
         UGMMClassifier(averaging_epochs=0.5).fit(X, y)
+
+
+class _StubNet:
+    """What a stopping rule reads of a skorch net: its history and module."""
+
+    def __init__(self):
+        from skorch.history import History
+
+        self.history, self.module_, self.verbose = History(), torch.nn.Linear(1, 1), 0
+
+
+@pytest.mark.parametrize("rule", ["ours", "skorch"])
+def test_stopping_restores_the_epoch_of_the_lowest_loss(rule):
+    # patience counts epochs without an improvement by tol; the weights kept are those of the
+    # lowest loss (epoch 4), as MLPClassifier's best_coefs_, not of the last improvement by tol (epoch 2)
+    from skorch.callbacks import EarlyStopping
+    from skorch.utils import noop
+
+    from sklearn_ugmm._engine import BestEpochStopping
+
+    Rule = BestEpochStopping if rule == "ours" else EarlyStopping
+    stopping = Rule(monitor="valid_loss", patience=3, threshold=1e-2, threshold_mode="abs", load_best=True, sink=noop)
+    net = _StubNet()
+    stopping.on_train_begin(net)
+    for epoch, loss in enumerate([1.0, 0.5, 0.499, 0.4985, 0.4995], start=1):
+        net.history.new_epoch()
+        net.history.record("epoch", epoch)
+        net.history.record("valid_loss", loss)
+        with torch.no_grad():
+            net.module_.weight.fill_(epoch)
+        try:
+            stopping.on_epoch_end(net)
+        except KeyboardInterrupt:
+            break
+    assert epoch == 5  # three epochs without an improvement by 1e-2
+    stopping.on_train_end(net)
+    assert net.module_.weight.item() == (4 if rule == "ours" else 2)
