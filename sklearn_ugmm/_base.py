@@ -23,8 +23,9 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils._param_validation import Interval, InvalidParameterError, Options, StrOptions
 from sklearn.utils.validation import _check_sample_weight, validate_data
+from skorch.callbacks import Callback
 
 from ._engine import _state_copy, build_net, pack_target
 from ._preprocessing import CategoricalEncoder, FeatureScaler, categorical_columns_from_dtype
@@ -181,6 +182,7 @@ class BaseUGMM(BaseEstimator):
         """Fit (``incremental``: one ``partial_fit`` epoch) as a transaction; return self."""
         continuing = self.__sklearn_is_fitted__() and (incremental or self.warm_start)
         # validate
+        _check_callbacks(self.callbacks)
         X, y, features, encoder = self._validated(X, y, reset=not continuing)
         current_network = self._checked_structure(incremental) if continuing else None
         y_index, classes = self._targets(y, classes, continuing=continuing, incremental=incremental)
@@ -684,6 +686,17 @@ def _completed_epochs(net):
 
 def _device_of(module):
     return next(module.parameters()).device
+
+
+def _check_callbacks(callbacks):
+    """Every entry of the ``callbacks`` parameter is a skorch callback or a (name, callback) pair."""
+    for i, entry in enumerate(callbacks or ()):
+        callback = entry[1] if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str) else entry
+        if not isinstance(callback, Callback):
+            raise InvalidParameterError(
+                f"The 'callbacks' parameter must hold skorch callbacks or (name, callback) pairs; "
+                f"entry {i} is {entry!r}."
+            )
 
 
 def _continued_copy(fitted, current):

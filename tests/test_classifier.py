@@ -16,6 +16,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import InvalidParameterError
 from skorch.callbacks import Callback
 
 from sklearn_ugmm import UGMMClassifier, UGMMDensityEstimator
@@ -282,6 +283,11 @@ def test_user_callbacks_run(iris):
     counter = Count()
     clf = UGMMClassifier(**dict(FAST, callbacks=[counter])).fit(X, y)
     assert dict(clf.net_.callbacks_)["user_0_Count"].epochs == clf.n_iter_
+    named = UGMMClassifier(**dict(FAST, callbacks=[("counter", Count())])).fit(X, y)
+    assert dict(named.net_.callbacks_)["counter"].epochs == named.n_iter_
+    for bad in (["x"], [("counter", "x")], [(Count(), "counter")], [Count]):
+        with pytest.raises(InvalidParameterError, match="'callbacks' parameter must hold skorch callbacks"):
+            UGMMClassifier(**dict(FAST, callbacks=bad)).fit(X, y)
 
 
 def test_verbose_prints_progress(iris, capsys):
