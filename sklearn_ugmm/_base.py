@@ -473,6 +473,7 @@ class BaseUGMM(BaseEstimator):
             penalty=objective.penalty(resolved.get("precision_penalty"), n_train),
             averaging_epochs=resolved.get("averaging_epochs") if adaptive else None,
             steps_per_epoch=math.ceil(n_train / batch_size),
+            progress_epochs=None if adaptive else 1,
         )
 
     def _history_attributes(self, net, n_before, append, warn):

@@ -343,6 +343,7 @@ def build_net(
     cosine_epochs=None,
     penalty=None,
     averaging_epochs=None,
+    progress_epochs=None,
     steps_per_epoch=1,
     output_fn=None,
 ):
@@ -364,7 +365,9 @@ def build_net(
     half cosine that would reach zero after ``cosine_epochs`` epochs. With
     ``averaging_epochs`` (more than 1) the net validates, stops on and ends
     with a moving average of the weights over about that many epochs of
-    ``steps_per_epoch`` steps (:class:`WeightAveraging`).
+    ``steps_per_epoch`` steps (:class:`WeightAveraging`). ``progress_epochs``:
+    the epochs of one training call, for the progress display (a
+    ``partial_fit`` call trains one), when it is not ``max_iter``.
     """
     monitor = "train_loss" if validation_data is None else validation_monitor
     callbacks = []
@@ -394,7 +397,7 @@ def build_net(
         callbacks.append(("cosine_lr", LRScheduler(policy=CosineAnnealingLR, T_max=cosine_epochs)))
     if verbose:
         # before the stopping rule, which ends the epoch by raising
-        callbacks.append(("progress", EpochProgress(monitor, threshold=tol)))
+        callbacks.append(("progress", EpochProgress(monitor, epochs=progress_epochs)))
     callbacks.append(
         (
             "stopping",

@@ -13,6 +13,7 @@ import math
 import sys
 import time
 
+import numpy as np
 from skorch.callbacks import Callback
 
 __all__ = ["EpochProgress", "format_duration"]
@@ -47,23 +48,23 @@ class EpochProgress(Callback):
     ----------
     monitor : str, default="valid_loss"
         History entry whose best (lowest) value is shown and whose stopping
-        rule is reported at the end.
-    threshold : float, default=0.0
-        Improvement of ``monitor`` that makes an epoch the new best, as for
-        the stopping rule (``tol``), so that the best epoch shown is the one
-        early stopping keeps.
+        rule is reported at the end; the best epoch shown is the one early
+        stopping keeps.
     stream : file-like or None, default=None
         Where to write; ``sys.stdout`` at the start of training when None.
     interval : float, default=10.0
         Seconds between plain lines when the stream is not a terminal (the
         first and the last epoch are always shown); 0 shows every epoch.
+    epochs : int or None, default=None
+        Epochs of one training call when it is not ``net.max_epochs`` (a
+        ``partial_fit`` call trains one).
     """
 
-    def __init__(self, monitor="valid_loss", threshold=0.0, stream=None, interval=10.0):
+    def __init__(self, monitor="valid_loss", stream=None, interval=10.0, epochs=None):
         self.monitor = monitor
-        self.threshold = threshold
         self.stream = stream
         self.interval = interval
+        self.epochs = epochs
 
     def initialize(self):
         self._stream = None
@@ -83,7 +84,7 @@ class EpochProgress(Callback):
 
     def on_epoch_end(self, net, **kwargs):
         done = len(net.history) - self._first_epoch
-        total = net.max_epochs
+        total = net.max_epochs if self.epochs is None else self.epochs
         elapsed = time.perf_counter() - self._start
         per_epoch = elapsed / done
         line = (
@@ -115,7 +116,7 @@ class EpochProgress(Callback):
             )
             if getattr(stopping, "load_best", False) and stopping.best_epoch_ > self._first_epoch:
                 summary += f", kept epoch {stopping.best_epoch_ - self._first_epoch}"
-        elif done >= net.max_epochs:
+        elif self.epochs is None and done >= net.max_epochs:
             summary += "; reached max_iter"
         self._write(("\n" if self._live and self._width else "") + summary + "\n")
         self._stream = None
@@ -127,10 +128,7 @@ class EpochProgress(Callback):
             parts.append(f"train loss {row['train_loss']:.4f}")
         if self.monitor in row:
             values = [r[self.monitor] for r in history[self._first_epoch :] if self.monitor in r]
-            best = 0
-            for epoch, value in enumerate(values):
-                if value < values[best] - self.threshold:
-                    best = epoch
+            best = int(np.nanargmin(values)) if not np.all(np.isnan(values)) else 0
             name = self.monitor.replace("_", " ")
             parts.append(f"{name} {row[self.monitor]:.4f} (best {values[best]:.4f} at epoch {best + 1})")
         if "valid_score" in row and "valid_log_loss" in row:

@@ -4,6 +4,7 @@ import io
 import re
 import sys
 
+import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 from sklearn.exceptions import ConvergenceWarning
@@ -37,14 +38,9 @@ def test_log_output_is_plain_lines_with_progress_and_a_summary(monkeypatch):
         assert re.search(r"/epoch  at most .+ left", line)
         assert "valid loss" in line and "(best " in line and "valid accuracy" in line
     assert "valid_log_loss" not in out  # one validation loss, not two identical columns
-    # the best epoch is the one early stopping keeps: the last to improve by at least tol
+    # the best epoch is the one early stopping keeps: the lowest validation loss
     valid_loss = clf.net_.history[:, "valid_loss"]
-    best = 0
-    for epoch in range(len(valid_loss)):
-        if valid_loss[epoch] < valid_loss[best] - clf.tol:
-            best = epoch
-    best += 1
-    assert best < clf.n_iter_ - clf.n_iter_no_change + 1
+    best = int(np.argmin(valid_loss)) + 1
     assert f"(best {valid_loss[best - 1]:.4f} at epoch {best})" in lines[-2]
     assert lines[-1].startswith(f"trained {clf.n_iter_} epoch(s) in ")
     assert "stopped: valid_loss did not improve" in lines[-1] and f"kept epoch {best}" in lines[-1]
@@ -64,6 +60,18 @@ def test_terminal_output_is_one_updating_line(monkeypatch):
 def test_density_progress_shows_its_validation_loss_once(monkeypatch):
     _, out = _fit_verbose(monkeypatch, io.StringIO(), make=UGMMDensityEstimator, n_iter_no_change=2)
     assert "valid loss" in out and "valid accuracy" not in out and "valid score" not in out
+
+
+def test_partial_fit_reports_its_one_epoch(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stream)
+    X, y = load_iris(return_X_y=True)
+    clf = UGMMClassifier(hidden_layer_sizes=(4,), max_iter=50, random_state=0, verbose=1)
+    for _ in range(3):
+        clf.partial_fit(X, y, classes=[0, 1, 2])
+    lines = [line for line in stream.getvalue().splitlines() if not line.startswith("UGMMClassifier: ")]
+    assert [line.split()[:2] for line in lines[::2]] == [["epoch", "1/1"]] * 3
+    assert all(line.startswith("trained 1 epoch(s) in ") and "max_iter" not in line for line in lines[1::2])
 
 
 def test_quiet_by_default(monkeypatch):
