@@ -315,3 +315,29 @@ def test_free_components_reproduce_a_full_covariance_mixture():
         assert float((model.log_prob(X) - gmm.log_prob(X)).abs().mean()) < 0.2
     with pytest.raises(ValueError):
         model.init_from_mixture(weights, means[:, :2], covs)
+
+
+@pytest.mark.parametrize(
+    "n_features, hidden, n_free",
+    [(1, (4,), 2), (3, (), 1), (3, (), 3), (2, (3,), 2), (3, (4,), 3), (4, (5, 2), 2), (5, (6, 3), 2)],
+)
+def test_n_parameters_is_the_rank_of_the_jacobian(n_features, hidden, n_free):
+    # the parameters that can change the density: the rank of d log p(x_i) / d theta over many
+    # samples at a generic point (masked entries, hidden neurons no conditional reads, softmax
+    # shifts and the redundant shared linear term all drop out)
+    g = torch.Generator().manual_seed(0)
+    model = AutoregressiveUGMM(n_features, hidden, n_free_components=n_free, generator=g, dtype=torch.float64)
+    X = torch.randn(400, n_features, generator=g, dtype=torch.float64)
+    model.init_from_data(X, generator=g)
+    params = list(model.parameters())
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    rows = []
+    for x in X:
+        grads = torch.autograd.grad(model.log_prob(x[None]).sum(), params, allow_unused=True)
+        rows.append(torch.cat([torch.zeros(p.numel(), dtype=p.dtype) if d is None else d.reshape(-1)
+                               for d, p in zip(grads, params)]))
+    singular = torch.linalg.svdvals(torch.stack(rows))
+    rank = int((singular > 1e-9 * singular[0]).sum())
+    assert model.n_parameters() == rank

@@ -310,8 +310,15 @@ class AutoregressiveUGMM(GeneratorMixin, nn.Module):
     def n_parameters(self):
         """Number of free parameters (for BIC and AIC).
 
-        Counts only entries that the masks leave in the model, less one
-        mixing logit per softmax (their common shift changes nothing).
+        Counts only entries that can change the density: those the masks
+        leave in the model, of hidden neurons that some conditional reads
+        (directly or through later layers; with one feature, none), less one
+        mixing logit per softmax (their common shift changes nothing), and
+        one gate of the free components per tied entry (likewise). The
+        shared linear term of a conditional without tied components adds
+        nothing to its free components' own linear terms and is not counted.
+        This is the rank of the Jacobian of the log-density with respect to
+        all parameters at a generic point (the tests check it).
 
         Returns
         -------
@@ -319,15 +326,19 @@ class AutoregressiveUGMM(GeneratorMixin, nn.Module):
             Number of free parameters.
         """
         count = 0
-        for layer in self.hidden:
-            allowed = int(layer.mask.sum())
-            count += 3 * allowed - layer.out_features
+        live = self.out_mask.any(dim=0)  # neurons of the last hidden layer that a conditional reads
+        for layer in reversed(self.hidden):
+            inputs = layer.mask[live].sum(dim=1)
+            count += int((3 * inputs - 1).sum())
+            live = layer.mask[live].any(dim=0)  # the neurons of the layer below that a live one reads
         n_linear = int(self.linear_mask.sum())
         n_tied = int(self.out_mask.sum())
         K, D = self.n_free_components, self.n_features
-        count += n_linear  # shared linear term
+        count += int(self.linear_mask[self.out_mask.any(dim=1)].sum())  # shared linear term
         count += 3 * D * K - D  # free loc, scale, logits
-        count += K * n_linear + K * n_tied  # free components' linear terms and gates
+        # free components' linear terms, and their gates: the free logits are normalised among
+        # themselves, so a common shift of the K gates of one tied entry changes nothing
+        count += K * n_linear + (K - 1) * n_tied
         count += 6 * n_tied  # tied bias, slope, scale, scale gate, logit, gate
         return count
 
