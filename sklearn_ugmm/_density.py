@@ -88,7 +88,10 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         Dropout of the hidden layers' mixture components during training.
     standardize : bool, default=True
         Standardise features internally; :meth:`score_samples` adds the
-        log-Jacobian so densities are in the original feature space.
+        log-Jacobian so densities are in the original feature space. No
+        component is narrower than 1e-3 in the network's units: with extreme
+        outliers, which inflate the standard deviation, use False on
+        features in sensible units (see the user guide's limitations).
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N", "mps" or "auto".
     n_threads : int or None, default=None
