@@ -367,7 +367,9 @@ class FeatureScaler:
         Raises
         ------
         ValueError
-            If arrays are missing, unexpected or of different lengths.
+            If arrays are missing, unexpected or of different lengths, or
+            hold values no fit gives (non-finite, a scale that is not
+            positive, a power outside the fitted range).
         """
         expected = set(cls.array_names(method))
         if set(arrays) != expected:
@@ -376,6 +378,17 @@ class FeatureScaler:
         shapes = {value.shape for value in values.values()}
         if len(shapes) != 1 or len(next(iter(shapes))) != 1:
             raise ValueError(f"FeatureScaler arrays must be 1-d and of one length, got shapes {sorted(shapes)}.")
+        if not all(np.isfinite(value).all() for value in values.values()):
+            raise ValueError("FeatureScaler arrays must be finite.")
+        for name in ("scale", "power_scale"):
+            if name in values and not (values[name] > 0).all():
+                raise ValueError(f"FeatureScaler {name} must be positive.")
+        if method == "yeo-johnson":
+            lambdas = values["power_lambdas"]
+            if not ((LAMBDA_BOUNDS[0] <= lambdas) & (lambdas <= LAMBDA_BOUNDS[1])).all():
+                raise ValueError(f"FeatureScaler power_lambdas must lie in {LAMBDA_BOUNDS}.")
+            if not (values["power_low"] <= values["power_high"]).all():
+                raise ValueError("FeatureScaler power_low must not exceed power_high.")
         scaler = cls(method, encoder)
         scaler.mean_, scaler.scale_ = values["mean"], values["scale"]
         scaler.power_params_ = None

@@ -444,6 +444,8 @@ _MALFORMED = {
     "scaling array of the wrong shape": _set_tensor("scaler.mean", torch.zeros(1, dtype=torch.float64)),
     "scaling array of the wrong dtype": _set_tensor("scaler.scale", torch.ones(2, dtype=torch.float32)),
     "scaling array of another scaler": _set_tensor("scaler.power_lambdas", torch.ones(2, dtype=torch.float64)),
+    "scaling by zero": _set_tensor("scaler.scale", torch.tensor([1.0, 0.0], dtype=torch.float64)),
+    "scaling centre of NaN": _set_tensor("scaler.mean", torch.tensor([float("nan"), 0.0], dtype=torch.float64)),
     "optimiser state of the wrong shape": _set_tensor("training.optimizer.0.exp_avg", torch.zeros(3, 3)),
     "optimiser state of a parameter that does not exist": _set_tensor("training.optimizer.99.step", torch.zeros(())),
     "generator state of the wrong size": _set_tensor("training.generator", torch.zeros(7, dtype=torch.uint8)),

@@ -185,3 +185,23 @@ def test_feature_scaler_rejects_inconsistent_arrays(skewed):
     arrays["mean"] = arrays["mean"][:2]
     with pytest.raises(ValueError, match="one length"):
         FeatureScaler.from_arrays(arrays, method="yeo-johnson")
+
+
+@pytest.mark.parametrize(
+    "name, value, match",
+    [
+        ("scale", 0.0, "scale must be positive"),
+        ("power_scale", -1.0, "power_scale must be positive"),
+        ("mean", np.inf, "must be finite"),
+        ("power_lambdas", 10.0, "power_lambdas must lie in"),
+        ("power_low", 1e9, "power_low must not exceed power_high"),
+    ],
+)
+def test_feature_scaler_rejects_values_no_fit_gives(skewed, name, value, match):
+    # (a forged model file: its checksum does not stop a forger)
+    arrays = FeatureScaler("yeo-johnson").fit(skewed).to_arrays()
+    FeatureScaler.from_arrays(arrays, method="yeo-johnson")
+    arrays[name] = arrays[name].copy()
+    arrays[name][0] = value
+    with pytest.raises(ValueError, match=match):
+        FeatureScaler.from_arrays(arrays, method="yeo-johnson")
