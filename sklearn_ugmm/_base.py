@@ -28,7 +28,7 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 from skorch.callbacks import Callback
 
 from ._engine import _state_copy, build_net, pack_target
-from ._preprocessing import CategoricalEncoder, FeatureScaler, categorical_columns_from_dtype
+from ._preprocessing import CategoricalEncoder, FeatureScaler, categorical_columns_from_dtype, check_no_time_columns
 from ._threads import initialisation_limit, thread_limit
 from .nn import _fused
 from .nn._net import INIT_MAX_SAMPLES, evenly_spaced_rows
@@ -330,6 +330,7 @@ class BaseUGMM(BaseEstimator):
         categorical columns, in which case ``X`` is float64; with them, ``X``
         keeps its raw values (objects) for the encoder.
         """
+        check_no_time_columns(X)
         saved = {name: self.__dict__[name] for name in _FEATURE_ATTRIBUTES if name in self.__dict__}
         if reset:
             mask = self._categorical_mask(X)
@@ -367,6 +368,7 @@ class BaseUGMM(BaseEstimator):
 
     def _validated_input(self, X):
         """``validate_data(reset=False)`` for inference: float, or raw values for the categorical encoder."""
+        check_no_time_columns(X)
         options = self._validation_options(categorical=_encoder_of(self) is not None, dtype=(np.float64, np.float32))
         return validate_data(self, X, reset=False, **options)
 

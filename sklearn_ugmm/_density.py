@@ -12,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import BaseUGMM, _torch_generator, local_random_state
 from ._objectives import DensityObjective
+from ._preprocessing import check_no_time_columns
 from .nn._autoregressive import unsupported_missing
 from ._threads import thread_limit
 
@@ -316,6 +317,7 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         (1,)
         """
         check_is_fitted(self)
+        check_no_time_columns(X)
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32), ensure_all_finite="allow-nan")
         missing = np.isnan(X)
         log_jacobian = np.log(self.scaler_.scale_)

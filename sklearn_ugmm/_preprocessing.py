@@ -432,6 +432,32 @@ def categorical_columns_from_dtype(X):
     ]
 
 
+def check_no_time_columns(X):
+    """Refuse the datetime, timedelta and period columns of a pandas DataFrame with a clear error.
+
+    numpy cannot make them floats (its own message names no column), and
+    their order is not a category either.
+    """
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency of the tests only
+        return
+    if not isinstance(X, pd.DataFrame):
+        return
+    time = [
+        f"{X.columns[j]!r} ({dtype})"
+        for j, dtype in enumerate(X.dtypes)
+        if pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype)
+        or isinstance(dtype, pd.PeriodDtype)
+    ]
+    if time:
+        raise ValueError(
+            f"Column(s) {', '.join(time)} hold dates or durations, which are neither numbers nor categories. "
+            "Convert them to numbers first (for example the timestamp in seconds, the day of the week, "
+            "the duration in hours) or drop them."
+        )
+
+
 def categorical_mask(X, categorical_features):
     """The boolean mask of the categorical columns of the training ``X``, or None if there are none.
 

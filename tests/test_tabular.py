@@ -242,6 +242,26 @@ def test_nullable_numeric_columns_beside_categories_take_pd_na_as_missing(dtype)
     assert np.isnan(clf.scaler_.encoder.transform(with_na.to_numpy())[[3, 7], 0]).all()
 
 
+@pytest.mark.parametrize("with_categories", [False, True])
+@pytest.mark.parametrize(
+    "column",
+    [pd.date_range("2020-01-01", periods=5), pd.date_range("2020-01-01", periods=5, tz="UTC"),
+     pd.to_timedelta(range(5), unit="h"), pd.period_range("2020-01", periods=5, freq="M")],
+    ids=["datetime", "datetime-tz", "timedelta", "period"],
+)
+def test_date_and_duration_columns_are_refused_by_name(column, with_categories):
+    X = pd.DataFrame({"size": np.arange(5.0), "when": column})
+    if with_categories:
+        X["colour"] = pd.Categorical(list("abcab"))
+    with pytest.raises(ValueError, match=r"Column\(s\) 'when' \(.*\) hold dates or durations"):
+        UGMMClassifier(**FAST).fit(X, [0, 1, 0, 1, 0])
+    fitted = UGMMClassifier(**FAST).fit(X.drop(columns="when"), [0, 1, 0, 1, 0])
+    with pytest.raises(ValueError, match="hold dates or durations"):
+        fitted.predict(X)
+    with pytest.raises(ValueError, match="hold dates or durations"):
+        UGMMDensityEstimator(max_iter=2).fit(X[["size", "when"]])
+
+
 def test_exactly_255_categories_are_accepted():
     rng = np.random.RandomState(0)
     frame = pd.DataFrame({"x": rng.normal(size=510), "code": [f"c{i % 255}" for i in range(510)]})
