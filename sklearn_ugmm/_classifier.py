@@ -372,9 +372,11 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     best_loss_ : float
         Smallest training loss in ``loss_curve_``.
     validation_scores_ : list of float or None
-        Validation accuracy per epoch (``early_stopping=True`` only). Early
-        stopping itself watches the validation loss of the training
-        objective and restores the best epoch.
+        Validation accuracy per epoch (``early_stopping=True`` only), one
+        entry per entry of ``loss_curve_``: NaN for epochs trained without a
+        validation split (``partial_fit``). Early stopping itself watches
+        the validation loss of the training objective and restores the
+        epoch where it was lowest.
     best_validation_score_ : float or None
         Best validation accuracy (``early_stopping=True`` only).
     net_ : skorch.NeuralNet

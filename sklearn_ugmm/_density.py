@@ -132,7 +132,9 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
     best_loss_ : float
         Smallest training loss in ``loss_curve_``.
     validation_scores_ : list of float or None
-        Validation mean log-likelihood per epoch (standardised space).
+        Validation mean log-likelihood per epoch (standardised space;
+        ``early_stopping=True`` only), one entry per entry of ``loss_curve_``:
+        NaN for epochs trained without a validation split (``partial_fit``).
     best_validation_score_ : float or None
         Best validation mean log-likelihood (``early_stopping=True`` only).
     net_ : skorch.NeuralNet
