@@ -258,7 +258,8 @@ class BaseUGMM(BaseEstimator):
 
     def _checked_structure(self, incremental):
         """The network the parameters give now (untrained), to continue training the fitted one
-        (``warm_start``, ``partial_fit``); an error if the two differ in structure."""
+        (``warm_start``, ``partial_fit``); an error if the two differ in structure. Its dropout and
+        kernel options are the ones the continued fit takes."""
         difference, current = self._structure_difference()
         if difference is not None:
             how = "partial_fit" if incremental else "fit with warm_start=True"
@@ -702,13 +703,18 @@ def _check_callbacks(callbacks):
             )
 
 
+#: Options that the layers hold but that shape nothing: a continued fit takes the current ones.
+_LAYER_TRAINING_OPTIONS = ("dropout", "kernel")
+
+
 def _continued_copy(fitted, current):
-    """A copy of the fitted network to train on, with the ``dropout`` of ``current`` (same structure)."""
+    """A copy of the fitted network to train on, with the training options of ``current`` (same structure)."""
     module = copy.deepcopy(fitted)
     parts = dict(current.named_modules())
     for name, part in module.named_modules():
-        if hasattr(part, "dropout"):
-            part.dropout = parts[name].dropout
+        for option in _LAYER_TRAINING_OPTIONS:
+            if hasattr(part, option):
+                setattr(part, option, getattr(parts[name], option))
     return module
 
 

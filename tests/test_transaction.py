@@ -424,9 +424,11 @@ def test_continued_training_refuses_a_network_the_parameters_no_longer_give(
 
 
 @pytest.mark.parametrize("Estimator", [UGMMClassifier, UGMMDensityEstimator])
-def test_continued_training_takes_the_new_dropout(iris, Estimator):
+def test_continued_training_takes_the_new_dropout_and_kernel(iris, Estimator):
     X, y = iris
     est = Estimator(**(CLF if Estimator is UGMMClassifier else DENSITY), warm_start=True).fit(X, y)
-    est.set_params(dropout=0.25).fit(X, y)
+    est.set_params(dropout=0.25, **({"kernel": "reference"} if Estimator is UGMMClassifier else {})).fit(X, y)
     rates = {m.dropout for m in est.module_.modules() if hasattr(m, "dropout")}
     assert rates == {0.25}
+    if Estimator is UGMMClassifier:
+        assert {m.kernel for m in est.module_.modules() if hasattr(m, "kernel")} == {"reference"}
