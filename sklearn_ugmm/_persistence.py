@@ -375,7 +375,7 @@ def _plain_keys(keys):
     file would hang the loader. Torch's index keys are strings.
     """
     if not all(type(key) in (str, int) for key in keys):
-        raise pickle.UnpicklingError("a model file's index has only string keys")
+        raise pickle.UnpicklingError("the keys of a model file's index are strings or integers")
 
 
 class _IndexReader(pickle._Unpickler):
