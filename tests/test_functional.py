@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sklearn_ugmm.nn import _functional, ugmm_log_density, ugmm_log_density_reference
+from sklearn_ugmm.nn import _functional, _fused, ugmm_log_density, ugmm_log_density_reference
 
 
 def _params(n_batch, n_in, n_out, dtype, seed=0):
@@ -227,3 +227,37 @@ def test_huge_inputs_never_give_nan_gradients_in_float32():
         grads = torch.autograd.grad(out, (x, loc, scale, log_w), grad)
         assert bool(torch.isfinite(out).all())
         assert all(bool(torch.isfinite(t).all()) for t in grads)
+
+
+@pytest.mark.parametrize("kernel", ["reference", "fused"])
+@pytest.mark.parametrize("layer", ["mixture", "product"])
+def test_second_derivatives_are_refused_not_wrong(kernel, layer):
+    # a Hessian or a gradient penalty needs the graph of the backward pass: the kernels' backward
+    # passes are first order, so that graph would miss their terms without an error
+    from sklearn_ugmm.nn import UGMMLayer, UGMMProductLayer
+
+    if kernel == "fused" and _fused.load() is None:
+        pytest.skip(f"fused kernel unavailable: {_fused.failure_reason()}")
+    torch.manual_seed(0)
+    Layer = UGMMLayer if layer == "mixture" else UGMMProductLayer
+    module = Layer(3, 2, kernel=kernel, dtype=torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    module(x).sum().backward()  # first derivatives as before
+    assert torch.isfinite(module.raw_scale.grad).all()
+    if layer == "product" and kernel == "reference":
+        # plain autograd: its second derivatives are right
+        gradient, = torch.autograd.grad(module(x).sum(), x, create_graph=True)
+        hessian = torch.autograd.functional.hessian(lambda r: torch.func.functional_call(module, {"raw_scale": r}, (x,)).sum(),
+                                                    module.raw_scale.detach())
+        assert gradient.requires_grad and torch.isfinite(hessian).all()
+        return
+    with pytest.raises(RuntimeError, match="first derivatives only.*ugmm_log_density_reference"):
+        torch.autograd.grad(module(x).sum(), x, create_graph=True)[0].sum().backward()
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.functional.hessian(
+            lambda r: torch.func.functional_call(module, {"raw_scale": r}, (x,)).sum(), module.raw_scale.detach()
+        )
+    # the plain formula is differentiable twice
+    loc, scale, log_w = module.loc, torch.nn.functional.softplus(module.raw_scale), torch.log_softmax(module.logits, 1)
+    gradient, = torch.autograd.grad(ugmm_log_density_reference(x, loc, scale, log_w).sum(), x, create_graph=True)
+    gradient.sum().backward()

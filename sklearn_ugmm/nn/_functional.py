@@ -21,6 +21,7 @@ import warnings
 import torch
 
 from . import _fused
+from ._first_order import first_order_only
 
 __all__ = [
     "ugmm_log_density",
@@ -200,7 +201,7 @@ class _UGMMLogDensity(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only
     def backward(ctx, grad_out):
         x, loc, scale, log_weights, out = ctx.saved_tensors
         n_batch, n_in = x.shape
@@ -324,6 +325,13 @@ def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK
     -------
     Tensor of shape (batch, out)
         Log-density of each neuron's mixture at each sample.
+
+    Raises
+    ------
+    RuntimeError
+        From a backward pass asked to build a graph (``create_graph=True``:
+        Hessians, gradient penalties): both kernels give first derivatives
+        only. :func:`ugmm_log_density_reference` is differentiable twice.
 
     Examples
     --------

@@ -52,6 +52,8 @@ from pathlib import Path
 
 import torch
 
+from ._first_order import first_order_only
+
 _SOURCE = Path(__file__).with_name("_fused_kernel.cpp")
 #: Components (batch x out x in) per thread below which a call stays on one thread.
 GRAIN_COMPONENTS = 2**17
@@ -452,6 +454,7 @@ class _ProductSquares(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only
     def backward(ctx, grad_out):
         x_p, params = ctx.saved_tensors
         n_batch, kp = x_p.shape
@@ -726,7 +729,7 @@ class _FusedLogDensity(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only
     def backward(ctx, grad_out):
         x_p, x_mask, params, shift_t, sig, weights, zeros, params_t = ctx.saved_tensors
         n_batch, kp = x_p.shape
