@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
+from sklearn_ugmm.nn import _layer
 from sklearn_ugmm.nn._autoregressive import AutoregressiveUGMM, MaskedUGMMLayer, hidden_degrees
 
 
@@ -341,3 +342,21 @@ def test_n_parameters_is_the_rank_of_the_jacobian(n_features, hidden, n_free):
     singular = torch.linalg.svdvals(torch.stack(rows))
     rank = int((singular > 1e-9 * singular[0]).sum())
     assert model.n_parameters() == rank
+
+
+def test_masked_layer_with_missing_inputs_never_reads_a_disallowed_one():
+    torch.manual_seed(0)
+    mask = torch.tensor([[True, False, False], [True, True, True]])
+    layer = MaskedUGMMLayer(3, 2, mask=mask, dtype=torch.float64)
+    x = torch.tensor([[0.3, 5.0, float("nan")]], dtype=torch.float64)
+    observed = ~torch.isnan(x)
+    out = layer.forward_observed(x, observed)
+    changed = layer.forward_observed(x.clone().index_fill_(1, torch.tensor([1]), -7.0), observed)
+    assert out[0, 0] == changed[0, 0]  # neuron 0 reads input 0 only
+    # in training mode dropout removes neuron 0's only allowed component (its mask keeps one allowed
+    # component, dropped here by hand): the fallback keeps the allowed ones, still not input 1
+    keep = _layer._kept_components(observed, torch.full((2, 3), -math.inf, dtype=torch.float64), layer.mask)
+    assert keep[0, 0].tolist() == [True, False, False] and keep[0, 1].tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="neuron 0 sees none of its allowed inputs in sample 0"):
+        layer.forward_observed(torch.tensor([[float("nan"), 5.0, 0.0]], dtype=torch.float64),
+                               torch.tensor([[False, True, True]]))

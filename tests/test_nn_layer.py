@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from sklearn_ugmm.nn import UGMMLayer
+from sklearn_ugmm.nn import UGMMLayer, UGMMProductLayer, ugmm_log_density
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -272,3 +272,49 @@ def test_reference_scale_travels_with_the_state_dict():
     clone.load_state_dict(layer.state_dict())
     torch.testing.assert_close(clone.reference_scale, layer.reference_scale)
     torch.testing.assert_close(clone.precision_penalty(), layer.precision_penalty())
+
+
+@pytest.mark.parametrize("Layer", [UGMMLayer, UGMMProductLayer])
+@pytest.mark.parametrize("x_dtype, layer_dtype", [(torch.float32, torch.float64), (torch.float64, torch.float32)])
+def test_an_input_of_another_dtype_is_refused_as_nn_linear_does(Layer, x_dtype, layer_dtype):
+    # a float32 input into a float64 layer ran forward at float32 and failed in backward
+    layer = Layer(3, 2, dtype=layer_dtype)
+    x = torch.randn(4, 3, dtype=x_dtype, requires_grad=True)
+    with pytest.raises(RuntimeError, match="expected input of the layer's dtype"):
+        layer(x)
+    with pytest.raises(RuntimeError, match="expected input of the layer's dtype"):
+        layer.forward_observed(x, torch.ones(4, 3, dtype=torch.bool))
+    layer(x.detach().to(layer_dtype).requires_grad_()).sum().backward()
+    with pytest.raises(RuntimeError, match="must share a dtype"):
+        ugmm_log_density(x, layer.loc.detach(), torch.ones(2, 3, dtype=layer_dtype), torch.zeros(2, 3, dtype=layer_dtype))
+
+
+@pytest.mark.parametrize("Layer", [UGMMLayer, UGMMProductLayer])
+@pytest.mark.parametrize("kernel", ["reference", "auto"])
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_an_empty_batch_is_an_empty_output_in_the_graph(Layer, kernel, dropout):
+    layer = Layer(5, 3, kernel=kernel, dropout=dropout)
+    x = torch.zeros(0, 5, requires_grad=True)
+    for out in (layer(x), layer.forward_observed(x, torch.ones(0, 5, dtype=torch.bool))):
+        assert out.shape == (0, 3) and out.requires_grad
+        out.sum().backward()
+    assert layer.raw_scale.grad is not None and not layer.raw_scale.grad.any()
+
+
+@pytest.mark.parametrize("Layer", [UGMMLayer, UGMMProductLayer])
+def test_float16_layers_compute_in_float32(Layer):
+    # float16 cannot hold the kernels' bounds: a far input gave -inf, and the layer could not be built
+    torch.manual_seed(0)
+    layer = Layer(3, 2, dtype=torch.float16)
+    with torch.no_grad():
+        layer.raw_scale.fill_(0.5)  # scales of about 1: gradients within float16's range
+    x = torch.randn(16, 3).half().requires_grad_()
+    out = layer(x)
+    out.sum().backward()
+    assert out.dtype == torch.float16 and torch.isfinite(out).all() and torch.isfinite(layer.raw_scale.grad).all()
+    wide = Layer(3, 2)
+    wide.load_state_dict({name: value.float() for name, value in layer.state_dict().items()})
+    torch.testing.assert_close(out.float(), wide(x.detach().float()), rtol=2e-3, atol=1e-3)
+    far = torch.tensor([[7.0]]).half()
+    parts = torch.zeros(1, 1).half(), torch.ones(1, 1).half(), torch.zeros(1, 1).half()
+    torch.testing.assert_close(ugmm_log_density(far, *parts).float(), torch.tensor([[-25.4189]]), rtol=1e-3, atol=0)

@@ -123,6 +123,34 @@ class MaskedUGMMLayer(UGMMLayer):
         self.mask.copy_(mask)
         return self
 
+    def forward_observed(self, x, observed):
+        """:meth:`UGMMLayer.forward_observed` over each neuron's allowed inputs.
+
+        Every neuron needs at least one observed allowed input in each
+        sample: it never reads a disallowed one.
+
+        Parameters
+        ----------
+        x : Tensor of shape (batch, in_features)
+            Input activations; entries that are not observed are ignored.
+        observed : bool Tensor of shape (batch, in_features)
+            Which inputs each sample has.
+
+        Returns
+        -------
+        out : Tensor of shape (batch, out_features)
+            Output log-density of each neuron.
+        """
+        observed = self._check_observed(x, observed)
+        blind = ~(observed[:, None, :] & self.mask[None]).any(dim=2)
+        if bool(blind.any()):
+            sample, neuron = (int(i) for i in blind.nonzero()[0])
+            raise ValueError(
+                f"neuron {neuron} sees none of its allowed inputs in sample {sample}: every neuron of a "
+                "masked layer needs one observed allowed input"
+            )
+        return super().forward_observed(x, observed)
+
     def log_weights(self):
         """Masked log mixing weights, with this forward pass's dropout applied.
 

@@ -353,6 +353,17 @@ def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK
         )
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if not x.dtype == loc.dtype == scale.dtype == log_weights.dtype:
+        raise RuntimeError(
+            f"x, loc, scale and log_weights must share a dtype, got {x.dtype}, {loc.dtype}, {scale.dtype} "
+            f"and {log_weights.dtype}"
+        )
+    if x.dtype == torch.float16:
+        # float16 cannot hold the kernels' bounds (2**-60 underflows): computed in float32
+        out = ugmm_log_density(
+            x.float(), loc.float(), scale.float(), log_weights.float(), block_elements=block_elements, kernel=kernel
+        )
+        return out.half()
     if kernel != "reference" and _fused_applies(x, loc, scale, log_weights, kernel):
         out = _fused.log_density(x, loc, scale, log_weights, _z_limit(x.dtype))
         if out is not None:  # None: distances need clipping

@@ -29,10 +29,12 @@ def raw_scale_for(scale, min_scale):
     """The unconstrained value whose ``min_scale + softplus`` is ``scale``.
 
     Values at or below ``min_scale`` are raised just above it and values are
-    capped at 1e30.
+    capped at 1e30. 16-bit values are converted in float32, whose range the
+    bounds need.
     """
-    excess = (scale - min_scale).clamp(min=1e-6 * max(min_scale, 1e-30), max=1e30)
-    return _inverse_softplus(excess)
+    work = scale.float() if scale.dtype in (torch.float16, torch.bfloat16) else scale
+    excess = (work - min_scale).clamp(min=1e-6 * max(min_scale, 1e-30), max=1e30)
+    return _inverse_softplus(excess).to(scale.dtype)
 
 
 class GeneratorMixin:
@@ -384,10 +386,19 @@ class UGMMLayer(nn.Module):
         return self._observed_plain(x, observed, log_weights)
 
     def _check_input(self, x):
-        """Raise a ValueError unless ``x`` has shape (batch, in_features)."""
+        """Raise a ValueError unless ``x`` has shape (batch, in_features), a RuntimeError unless the layer's dtype."""
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"expected input of shape (batch, {self.in_features}), got {tuple(x.shape)}"
+            )
+        self._check_dtype(x)
+
+    def _check_dtype(self, x):
+        # as nn.Linear: no silent promotion (the backward pass would fail on the mix)
+        if x.dtype != self.logits.dtype:
+            raise RuntimeError(
+                f"expected input of the layer's dtype {self.logits.dtype}, got {x.dtype}; "
+                "convert the input (x.to(dtype)) or the layer (layer.to(dtype))"
             )
 
     def _check_observed(self, x, observed):
@@ -397,6 +408,7 @@ class UGMMLayer(nn.Module):
                 f"expected input and observed mask of shape (batch, {self.in_features}), "
                 f"got {tuple(x.shape)} and {tuple(observed.shape)}"
             )
+        self._check_dtype(x)
         observed = observed.to(device=x.device, dtype=torch.bool)
         if not bool(observed.any(dim=1).all()):
             raise ValueError("every sample needs at least one observed input")
@@ -404,6 +416,8 @@ class UGMMLayer(nn.Module):
 
     def _observed_plain(self, x, observed, log_weights):
         """:meth:`forward_observed` with the plain formula for rows that miss inputs."""
+        if x.shape[0] == 0:  # (an empty output in the graph, as forward's)
+            return ugmm_log_density(x, self.component_loc, self.scale, log_weights, kernel="reference")
         complete = observed.all(dim=1)
         out = x.new_empty((x.shape[0], self.out_features))
         if bool(complete.any()):
@@ -413,7 +427,7 @@ class UGMMLayer(nn.Module):
             )
         incomplete = ~complete
         if bool(incomplete.any()):
-            keep = _kept_components(observed[incomplete], log_weights)
+            keep = _kept_components(observed[incomplete], log_weights, getattr(self, "mask", None))
             numerator, log_mass = ugmm_observed_parts(
                 x[incomplete], keep, self.component_loc, self.scale, torch.log_softmax(self.logits, dim=1),
                 block_elements=self.block_elements,
@@ -428,12 +442,14 @@ class UGMMLayer(nn.Module):
         )
 
 
-def _kept_components(observed, log_weights):
+def _kept_components(observed, log_weights, allowed=None):
     """(batch, out, in) mask of the components each neuron keeps for each sample.
 
     The observed inputs' components that ``log_weights`` has not removed
-    (dropout); a neuron left with none for a sample keeps all its observed ones.
+    (dropout); a neuron left with none for a sample keeps all its observed
+    ones (of those ``allowed``, an (out, in) mask, when given).
     """
     keep = observed[:, None, :] & torch.isfinite(log_weights)[None]
     lost = ~keep.any(dim=2, keepdim=True)
-    return keep | (lost & observed[:, None, :])
+    fallback = observed[:, None, :] if allowed is None else observed[:, None, :] & allowed[None]
+    return keep | (lost & fallback)

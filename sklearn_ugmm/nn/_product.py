@@ -57,6 +57,12 @@ def product_log_density(
     >>> product_log_density(x, torch.zeros(4, 3), torch.ones(4, 3), log_w)[0, 0]
     tensor(-0.9189)
     """
+    if x.dtype == torch.float16:  # (its clipping bound, about 16 standard deviations, is too tight): float32
+        out = product_log_density(
+            x.float(), loc.float(), scale.float(), log_weights.float(), observed=observed, dropped=dropped,
+            block_elements=block_elements,
+        )
+        return out.half()
     n_out, n_in = loc.shape
     limit = _z_limit(x.dtype)
     log_norm = torch.log(scale) + _HALF_LOG_2PI
@@ -71,7 +77,7 @@ def product_log_density(
         present = torch.zeros_like(log_weights).masked_fill(removed, -torch.inf)
     rows = max(1, int(block_elements) // max(1, n_out * n_in))
     blocks = []
-    for start in range(0, x.shape[0], rows):
+    for start in range(0, max(x.shape[0], 1), rows):  # (an empty batch: one empty block, in the graph)
         z = ((x[start : start + rows, None, :] - loc) / scale).clamp(-limit, limit)
         terms = -0.5 * z * z - log_norm
         if observed is None:
@@ -80,8 +86,6 @@ def product_log_density(
         keep = _kept_components(observed[start : start + rows], present)
         kept_weights = torch.softmax(log_weights.masked_fill(~keep, -torch.inf), dim=-1)
         blocks.append((torch.where(keep, terms, 0.0) * kept_weights).sum(dim=-1))
-    if not blocks:
-        return x.new_empty((0, n_out))
     return torch.cat(blocks)
 
 
