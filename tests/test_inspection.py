@@ -394,3 +394,27 @@ def test_matplotlib_missing(clf, iris, monkeypatch):
     ):
         with pytest.raises(ImportError, match=r"pip install sklearn-ugmm\[plot\]"):
             call()
+
+
+def test_neuron_display_with_missing_inputs(clf, tied_clf, iris):
+    # a missing entry (NaN, or a missing category) reached the displays as NaN activations: a blank
+    # or failing plot; the first layer renormalises over the observed inputs, as the network does
+    X, _ = iris
+    X = X.copy()
+    X.iloc[0, 1] = np.nan
+    for layer in (0, 1, 2):
+        disp = NeuronDisplay.from_estimator(clf, X, layer=layer, neuron=0)
+        assert np.isfinite(disp.grid).all() and np.isfinite(disp.density).all()
+    hidden = NeuronDisplay.from_estimator(clf, X, layer=1, neuron=0).activations
+    Xs = clf.scaler_.transform(X.to_numpy())
+    with torch.no_grad():
+        x = torch.as_tensor(Xs, dtype=torch.float32)
+        expected = clf.module_.layers[0].forward_observed(x, ~torch.isnan(x)).double().numpy()
+    live = np.flatnonzero(np.isfinite(clf.module_.layers[1].log_weights().detach().numpy()[0]))
+    np.testing.assert_allclose(hidden, expected[:, live], rtol=1e-6)
+    # tied means: the sample's missing input has no component; the medians skip missing entries
+    one = NeuronDisplay.from_estimator(tied_clf, X, neuron=2, sample=0)
+    assert len(one.means) == 3 and one.input_names == [n for n in X.columns if n != X.columns[1]]
+    np.testing.assert_allclose(one.weights.sum(), 1.0)
+    typical = NeuronDisplay.from_estimator(tied_clf, X, neuron=2)
+    np.testing.assert_allclose(typical.means, np.nanmedian(tied_clf.scaler_.transform(X.to_numpy()), axis=0), rtol=1e-5, atol=1e-5)

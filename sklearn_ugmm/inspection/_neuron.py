@@ -269,9 +269,17 @@ class NeuronDisplay:
         if layer_module.tie_means:
             eval_point = float(loc[neuron, 0])
             if sample is None:
-                means = np.median(activations, axis=0)
+                observed = ~np.isnan(activations).all(axis=0)
+                means = np.nanmedian(activations[:, observed], axis=0) if observed.any() else None
             else:
                 means = activations[_check_sample_index(sample, len(activations))]
+                observed = ~np.isnan(means)  # the sample's missing inputs have no component
+                means = means[observed]
+            if means is None or not observed.any():
+                raise ValueError("No observed activation reaches this neuron in X (every input is missing).")
+            live, weights, scales, activations = live[observed], weights[observed], scales[observed], activations[:, observed]
+            weights = weights / weights.sum()
+            names = [name for name, keep in zip(names, observed) if keep]
         else:
             if sample is not None:
                 raise ValueError("sample is only used by tied-means layers.")
@@ -279,8 +287,8 @@ class NeuronDisplay:
         points = [activations.ravel(), means]
         if eval_point is not None:
             points.append([eval_point])
-        low = min(float(np.min(p)) for p in points)
-        high = max(float(np.max(p)) for p in points)
+        low = min(float(np.nanmin(p)) for p in points)  # NaN: a missing input
+        high = max(float(np.nanmax(p)) for p in points)
         pad = 0.05 * (high - low) if high > low else 1.0
         grid = np.linspace(low - pad, high + pad, int(n_points))
         combination = "product" if isinstance(layer_module, UGMMProductLayer) else "mixture"

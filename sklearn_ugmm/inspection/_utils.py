@@ -115,7 +115,10 @@ def network_inputs(estimator, X, y=None):
 
 @torch.no_grad()
 def layer_inputs(estimator, X, layer, y=None):
-    """Activations reaching ``layer`` for the samples X, shape (n_samples, in_features)."""
+    """Activations reaching ``layer`` for the samples X, shape (n_samples, in_features).
+
+    NaN marks a missing input (layer 0 only: the layers after it see none).
+    """
     layers, kind = uGMM_layers(estimator)
     layer = check_layer_index(layers, layer)
     module = estimator.module_
@@ -126,8 +129,10 @@ def layer_inputs(estimator, X, layer, y=None):
     was_training = module.training
     module.eval()
     try:
-        for earlier in layers[:layer]:
-            h = earlier(h)
+        for i, earlier in enumerate(layers[:layer]):
+            missing = torch.isnan(h)
+            # as the network: the first layer renormalises each neuron over the observed inputs
+            h = earlier.forward_observed(h, ~missing) if i == 0 and bool(missing.any()) else earlier(h)
     finally:
         module.train(was_training)
     return h.cpu().double().numpy()
