@@ -249,6 +249,20 @@ def test_layer_display_classifier(clf, iris, tmp_path):
     assert deeper.ax_.get_xlabel() == "neuron of layer 1"
 
 
+def test_layer_display_labels_many_rows_by_neuron_index(iris):
+    # above 40 rows matplotlib picks the ticks: they must still name neurons, not row positions
+    X, y = iris
+    wide = UGMMClassifier(hidden_layer_sizes=(60,), max_iter=2, n_iter_no_change=np.inf, random_state=0).fit(X, y)
+    disp = LayerDisplay.from_estimator(wide, layer=1, neurons=[2, 1, 0])  # 60 inputs: neurons of layer 0
+    disp.figure_.canvas.draw()
+    shown = {(t.get_position()[0], t.get_text()) for t in disp.ax_.get_xticklabels() if t.get_text()}
+    assert shown and all(text == f"n{int(round(x))}" for x, text in shown)
+    rows = LayerDisplay.from_estimator(wide, layer=0, neurons=np.arange(10, 60))
+    rows.figure_.canvas.draw()
+    shown = {(t.get_position()[1], t.get_text()) for t in rows.ax_.get_yticklabels() if t.get_text()}
+    assert shown and all(text == str(10 + int(round(y))) for y, text in shown)
+
+
 def test_layer_display_without_feature_names(iris):
     X, y = iris
     est = UGMMClassifier(hidden_layer_sizes=(3,), objective="generative", max_iter=2, n_iter_no_change=np.inf, random_state=0)

@@ -187,12 +187,28 @@ class LayerDisplay:
             ax.set_xticks(np.arange(n_inputs))
             rotate = n_inputs * max(len(str(name)) for name in self.input_names) > 24
             ax.set_xticklabels(self.input_names, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+        elif self.input_names is not None:
+            _label_some_ticks(ax.xaxis, [str(name) for name in self.input_names])
         if n_neurons <= _MAX_TICK_LABELS:
             ax.set_yticks(np.arange(n_neurons))
             ax.set_yticklabels([str(int(j)) for j in neurons])
+        else:  # some rows get a tick, labelled with the neuron's index (not the row's)
+            _label_some_ticks(ax.yaxis, [str(int(j)) for j in neurons])
         ax.set_xlabel(self.input_label)
         ax.set_ylabel("neuron")
         ax.set_title("mixing weights" if self.layer is None else f"mixing weights of layer {self.layer}")
         self.ax_ = ax
         self.figure_ = ax.figure
         return self
+
+
+def _label_some_ticks(axis, labels):
+    """Integer ticks chosen by matplotlib on ``axis``, each labelled with ``labels[position]``."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    def label(value, _):
+        position = int(round(value))
+        return labels[position] if abs(value - position) < 1e-6 and 0 <= position < len(labels) else ""
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_major_formatter(FuncFormatter(label))
