@@ -110,18 +110,21 @@ class UGMMNet(GeneratorMixin, nn.Module):
         return self
 
     def _input_dropout_mask(self, missing):
-        """Entries of the batch dropped by input dropout (never a missing one; every row keeps one input)."""
+        """Entries of the batch dropped by input dropout (never a missing one; every row keeps one of the
+        droppable inputs it has)."""
         generator = self.layers[0].generator
         device = generator.device if generator is not None else missing.device
         u = torch.rand(missing.shape, generator=generator, device=device).to(missing.device)
         observed = ~missing
+        # the first n inputs may be dropped (after them: the generative objective's label input)
+        n = missing.shape[1] if self.input_dropout_inputs is None else self.input_dropout_inputs
         drop = (u < self.input_dropout) & observed
-        if self.input_dropout_inputs is not None:
-            drop[:, self.input_dropout_inputs :] = False
-        lost = ~(observed & ~drop).any(dim=1)
+        drop[:, n:] = False
+        # every row keeps one of those inputs (the label alone is no row of features)
+        lost = ~(observed & ~drop)[:, :n].any(dim=1) & observed[:, :n].any(dim=1)
         if bool(lost.any()):
-            # a row that would lose every input keeps its observed one with the largest draw
-            best = u.masked_fill(missing, -1.0).argmax(dim=1)
+            # a row that would lose them all keeps its observed one with the largest draw
+            best = u[:, :n].masked_fill(missing[:, :n], -1.0).argmax(dim=1)
             keep = torch.nn.functional.one_hot(best, u.shape[1]).bool() & lost[:, None]
             drop &= ~keep
         return drop
