@@ -179,7 +179,8 @@ class BestEpochStopping(EarlyStopping):
     skorch and ``MLPClassifier``; the weights restored at the end are those
     of the lowest loss seen (``MLPClassifier``'s ``best_coefs_``), where
     skorch restores the last epoch that improved by more than
-    ``threshold``, which may be a few epochs before the lowest.
+    ``threshold``, which may be a few epochs before the lowest. The epoch
+    that stops training still ends for the callbacks after this one.
     """
 
     def on_train_begin(self, net, **kwargs):
@@ -199,6 +200,10 @@ class BestEpochStopping(EarlyStopping):
             if self.load_best:
                 self.best_model_weights_ = copy.deepcopy(net.module_.state_dict())
         if self.misses_ == self.patience:
+            # the epoch ends here: the callbacks after this one (the user's) still see it end
+            callbacks = [callback for _, callback in getattr(net, "callbacks_", ())]
+            for callback in callbacks[callbacks.index(self) + 1 :] if self in callbacks else ():
+                callback.on_epoch_end(net, **kwargs)
             raise KeyboardInterrupt
 
 

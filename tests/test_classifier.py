@@ -283,6 +283,10 @@ def test_user_callbacks_run(iris):
     counter = Count()
     clf = UGMMClassifier(**dict(FAST, callbacks=[counter])).fit(X, y)
     assert dict(clf.net_.callbacks_)["user_0_Count"].epochs == clf.n_iter_
+    # the epoch at which early stopping ends training ends for them too
+    stopped = UGMMClassifier(hidden_layer_sizes=(8,), n_iter_no_change=2, tol=10.0, random_state=0,
+                             callbacks=[Count()]).fit(X, y)
+    assert stopped.n_iter_ == 3 and dict(stopped.net_.callbacks_)["user_0_Count"].epochs == 3
     named = UGMMClassifier(**dict(FAST, callbacks=[("counter", Count())])).fit(X, y)
     assert dict(named.net_.callbacks_)["counter"].epochs == named.n_iter_
     for bad in (["x"], [("counter", "x")], [(Count(), "counter")], [Count]):
