@@ -136,3 +136,54 @@ def test_initialisation_caps_every_thread_pool(monkeypatch, make, objective):
     assert len(pools) == 1 and {n for _, n in pools[0]} == {1}  # torch's OpenMP, BLAS, scikit-learn's OpenMP
     assert torch.get_num_threads() == 2
     assert {info["num_threads"] for info in threadpool_info() if info["internal_api"] == "openmp"} != {1}
+
+
+def _mkl_threads():
+    """The MKL that torch links statically: its thread count for the calling thread, or None without it."""
+    import ctypes
+    import os
+
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        return lib.MKL_Get_Max_Threads()
+    except (OSError, AttributeError):
+        return None
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_fit_caps_the_mkl_threads_that_torch_set_num_threads_made_explicit():
+    # torch.set_num_threads(2) (the fixture) sets MKL's thread-local count, which threadpoolctl cannot
+    # see: capping OpenMP alone left torch's matrix products and exponentials on two threads
+    if _mkl_threads() is None:
+        pytest.skip("torch is built without MKL here")
+    assert _mkl_threads() == 2
+    seen = []
+
+    class MKLRecorder(Callback):
+        def on_batch_begin(self, net, **kwargs):
+            seen.append(_mkl_threads())
+
+    X, y = load_iris(return_X_y=True)
+    UGMMClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0, callbacks=[MKLRecorder()]).fit(X, y)
+    assert set(seen) == {1}
+    assert _mkl_threads() == 2
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_concurrent_fits_leave_the_process_blas_threads_as_they_were():
+    # the initialisation caps the process-wide BLAS pools: a per-thread cap restored every pool it
+    # recorded, so a fit that began under another fit's cap left numpy at one BLAS thread
+    before = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+    if before <= {1}:
+        pytest.skip("BLAS runs one thread here: nothing to leave behind")
+    X, y = load_iris(return_X_y=True)
+    for make in (UGMMClassifier, UGMMDensityEstimator, UGMMClassifier, UGMMDensityEstimator):
+        fits = [
+            threading.Thread(target=lambda: make(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(X, y))
+            for _ in range(3)
+        ]
+        for fit in fits:
+            fit.start()
+        for fit in fits:
+            fit.join()
+        assert {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"} == before
