@@ -72,12 +72,7 @@ def resolve_device(device):
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device={device!r} is not a valid device; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'."
-        ) from exc
+    resolved = parse_device(device)
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
@@ -92,9 +87,27 @@ def resolve_device(device):
     elif resolved.type == "mps":
         if not _mps_available():
             raise ValueError(f"device={device!r} was requested but MPS is not available.")
-    elif resolved.type != "cpu":
-        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'.")
     return resolved
+
+
+def parse_device(device):
+    """``torch.device(device)`` for the devices the estimators support, whether or not this machine has them.
+
+    Raises
+    ------
+    ValueError
+        If ``device`` is not a device string, or names a device type other
+        than "cpu", "cuda" and "mps".
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a valid device; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'."
+        ) from exc
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'.")
+    return parsed
 
 
 def _mps_available():

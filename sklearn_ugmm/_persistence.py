@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import training_tensor_layout
+from ._base import parse_device, training_tensor_layout
 from ._preprocessing import CategoricalEncoder, FeatureScaler
 
 __all__ = ["save_model", "load_model"]
@@ -797,7 +797,8 @@ def load_model(path, *, device=None):
     Raises
     ------
     ValueError
-        If the file is not a regular file, not a sklearn-ugmm model, was
+        If ``device`` is not a device string the estimators support, or the
+        file is not a regular file, not a sklearn-ugmm model, was
         modified or corrupted after saving, or does not match the estimator
         it describes.
     OSError
@@ -820,6 +821,8 @@ def load_model(path, *, device=None):
     >>> bool(np.array_equal(loaded.predict(X), clf.predict(X)))
     True
     """
+    if device is not None and device != "auto":
+        parse_device(device)  # a typo is an error; a device this machine lacks falls back to the CPU
     with _open_regular(path) as file:
         try:
             archive = zipfile.ZipFile(file)

@@ -622,3 +622,17 @@ def test_torch_default_dtype_changes_neither_fits_nor_files(iris, tmp_path, Esti
         torch.set_default_dtype(previous)
     loaded = load_model(tmp_path / "float64-default.ugmm")
     np.testing.assert_array_equal(getattr(loaded, scores)(X), getattr(reference, scores)(X))
+
+
+def test_load_model_device(tiny):
+    source, X, proba = tiny
+    np.testing.assert_array_equal(load_model(source, device="cpu").predict_proba(X), proba)
+    np.testing.assert_array_equal(load_model(source, device="auto").predict_proba(X), proba)
+    for typo, match in (("bogus", "not a valid device"), ("cuda:-1", "not a valid device"), ("meta", "not supported")):
+        with pytest.raises(ValueError, match=match):
+            load_model(source, device=typo)
+    if not torch.cuda.is_available():
+        # a device this machine lacks: the CPU, with a warning
+        with pytest.warns(UserWarning, match="Loading the model on the CPU instead"):
+            loaded = load_model(source, device="cuda")
+        np.testing.assert_array_equal(loaded.predict_proba(X), proba)
