@@ -218,7 +218,7 @@ class GenerativeObjective(_ClassifierObjective):
     #: a conditional term of weight 0.2 steadies its class scores (see
     #: UGMMClassifier's ``conditional_weight`` for the measurements)
     auto = {
-        "learning_rate_init": 1e-2, "averaging_epochs": None, "precision_penalty": 0.0, "standardize": True,
+        "learning_rate_init": 1e-2, "averaging_epochs": 1.0, "precision_penalty": 0.0, "standardize": True,
         "conditional_weight": 0.2,
     }
 

@@ -349,8 +349,12 @@ def test_resolved_auto_parameters_are_visible_after_fit(iris, capsys):
     generative = UGMMClassifier(**dict(CLF, objective="generative", batch_size=20, verbose=1)).fit(X, y)
     resolved = generative.resolved_params_
     assert (resolved["learning_rate_init"], resolved["batch_size"], resolved["precision_penalty"]) == (1e-2, 20, 0.0)
-    assert resolved["averaging_epochs"] is None and resolved["standardize"] is True
+    assert resolved["averaging_epochs"] == 1.0 and resolved["standardize"] is True  # (1: no averaging)
     assert resolved["output_layer"] == "mixture" and resolved["conditional_weight"] == 0.2
+    # the resolved values are valid parameters: they set the same fit
+    explicit = UGMMClassifier(**dict(CLF, objective="generative"))
+    explicit.set_params(**{k: v for k, v in resolved.items() if k != "n_train"})
+    np.testing.assert_array_equal(explicit.fit(X, y).predict_proba(X), generative.predict_proba(X))
     assert "learning_rate_init=0.01" in capsys.readouterr().out
     density = UGMMDensityEstimator(**DENSITY).fit(X)
     assert density.resolved_params_["learning_rate_init"] == 3e-3
