@@ -22,7 +22,8 @@ FLOPs); one training step (cross-entropy, Adam with its fused kernel as in
 the estimators, the stated batch), as the
 median over interleaved rounds of wall-clock time and of process CPU time
 (the CPU time is what to compare on a machine shared with other jobs);
-prediction time per 1000 rows (``torch.no_grad``, eval mode, and for the
+prediction time per 1000 rows (``PREDICT_REPEATS`` calls after a warm-up call
+in each round; ``torch.no_grad``, eval mode, and for the
 uGMM networks the kernel's inference-only routes, as in the estimators'
 prediction methods: ``sklearn_ugmm.nn._fused.inference_routes``), wall and
 CPU, in float32 and (CPU) in float64, the dtype the estimators evaluate in
@@ -159,7 +160,15 @@ def make_predict64(model, X):
     return predict
 
 
-def _timed(fn, repeats):
+#: Timed calls of each prediction per round, after one untimed call: a single call of a
+#: 0.2 ms prediction right after another variant ran measured its cold caches (the
+#: float64 ratios moved by a third between identical runs).
+PREDICT_REPEATS = 10
+
+
+def _timed(fn, repeats, warm=False):
+    if warm:
+        fn()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         fn()
@@ -187,11 +196,11 @@ def measure_times(name, variants, batch, predict_rows, rounds, output_layer=OUTP
             wall, cpu = _timed(step, 3)
             samples[v]["step"].append(wall)
             samples[v]["step_cpu"].append(cpu)
-            wall, cpu = _timed(predict, 2)
+            wall, cpu = _timed(predict, PREDICT_REPEATS, warm=True)
             # per 1000 rows
             samples[v]["predict"].append(wall * 1000 / predict_rows)
             samples[v]["predict_cpu"].append(cpu * 1000 / predict_rows)
-            _, cpu = _timed(predict64, 1)
+            _, cpu = _timed(predict64, PREDICT_REPEATS, warm=True)
             samples[v]["predict64_cpu"].append(cpu * 1000 / predict_rows)
     return {v: {k: float(np.median(s)) for k, s in d.items()} for v, d in samples.items()}, origin
 
