@@ -211,7 +211,9 @@ class BaseUGMM(BaseEstimator):
         train_idx = np.arange(len(X)) if split is None else split[0]
         # resolve the "auto" parameters
         if continuing and incremental:
-            resolved = dict(self.resolved_params_)
+            # the first call's values, but batches fit this call's rows (a small first chunk would
+            # otherwise cap every later call's batches at its length)
+            resolved = dict(self.resolved_params_, batch_size=self._call_batch_size(objective, len(train_idx)))
         else:
             resolved = self._resolve_params(objective, len(train_idx), X[train_idx])
             if continuing:
@@ -240,6 +242,7 @@ class BaseUGMM(BaseEstimator):
         n_before = self._train(
             net, X_train, y_train, continuing=continuing, incremental=incremental,
             loss=objective.training_loss(resolved), learning_rate_init=resolved["learning_rate_init"],
+            validation=validation,
         )
         history = self._history_attributes(net, n_before, append=continuing, warn=not incremental)
         # commit
@@ -294,7 +297,13 @@ class BaseUGMM(BaseEstimator):
         self._checked_network = (key, current)
         return current
 
-    def _train(self, net, X_train, y_train, *, continuing, incremental, loss, learning_rate_init):
+    def _call_batch_size(self, objective, n_rows):
+        """The batch size of a ``partial_fit`` call on ``n_rows`` rows: the parameter ("auto": for
+        ``n_rows``) and at most ``n_rows``, as ``MLPClassifier`` clips it on every call."""
+        size = objective.auto_values(n_rows)["batch_size"] if self.batch_size == "auto" else self.batch_size
+        return int(min(size, n_rows))
+
+    def _train(self, net, X_train, y_train, *, continuing, incremental, loss, learning_rate_init, validation=None):
         """Run ``fit`` (or one ``partial_fit`` epoch, continuing the committed optimiser and history).
 
         ``loss``: the objective's ``(forward, per_sample_loss)`` (see
@@ -316,7 +325,9 @@ class BaseUGMM(BaseEstimator):
             if not incremental:
                 rows = evenly_spaced_rows(len(X_train), PROGRESS_CHECK_ROWS)
                 start_state = _state_copy(net.module)
-                start_loss, _ = training_loss(net.module, loss, X_train[rows], y_train[rows])
+                # the loss that decides: the validation loss when early stopping chose the epoch by it
+                judged = (X_train[rows], y_train[rows]) if validation is None else _evenly_spaced(validation)
+                start_loss, _ = training_loss(net.module, loss, *judged)
             if incremental:
                 net.initialize()
                 if continuing:
@@ -335,7 +346,12 @@ class BaseUGMM(BaseEstimator):
                 raise KeyboardInterrupt  # nothing to keep: the estimator stays as it was
             if not incremental:
                 end_loss, outputs = training_loss(net.module_, loss, X_train[rows], y_train[rows])
-                problem = divergence(start_loss, end_loss, outputs, X_train[rows], tol=self.tol)
+                if validation is not None:
+                    end_loss, _ = training_loss(net.module_, loss, *judged)
+                problem = divergence(
+                    start_loss, end_loss, outputs, X_train[rows], tol=self.tol,
+                    which="training" if validation is None else "validation",
+                )
                 if problem:
                     net.module_.load_state_dict(start_state)
                     warnings.warn(
@@ -819,10 +835,18 @@ def training_loss(module, loss, X, packed):
 DIVERGENCE_MARGIN = 0.01
 
 
-def divergence(start_loss, end_loss, outputs, X, tol=0.0):
+def _evenly_spaced(data):
+    """At most ``PROGRESS_CHECK_ROWS`` evenly spaced rows of ``(X, packed targets)``."""
+    X, packed = data
+    rows = evenly_spaced_rows(len(X), PROGRESS_CHECK_ROWS)
+    return X[rows], packed[rows]
+
+
+def divergence(start_loss, end_loss, outputs, X, tol=0.0, which="training"):
     """Why a fit diverged (a sentence), or an empty string if it did not.
 
-    It did if it ended with a training loss higher than it started with by
+    It did if it ended with a ``which`` loss (training, or validation where
+    early stopping chose the epoch by it) higher than it started with by
     more than ``tol`` and more than :data:`DIVERGENCE_MARGIN` (relative to
     the start, at least that much in absolute terms), or not finite, or if
     its outputs are the same for every row although the rows differ (a
@@ -832,7 +856,7 @@ def divergence(start_loss, end_loss, outputs, X, tol=0.0):
     """
     margin = max(tol, DIVERGENCE_MARGIN * max(1.0, abs(start_loss)))
     if not end_loss <= start_loss + margin:
-        return f"the training loss ended at {end_loss:.6g}, higher than it started ({start_loss:.6g})"
+        return f"the {which} loss ended at {end_loss:.6g}, higher than it started ({start_loss:.6g})"
     outputs = outputs.reshape(len(outputs), -1)
     spread = np.ptp(outputs, axis=0)
     constant = np.all(spread <= 1e-6 * (1.0 + np.abs(outputs).max(axis=0)))

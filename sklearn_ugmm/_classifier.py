@@ -407,7 +407,8 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         ``conditional_weight``), and ``n_train``, the rows
         trained on (after the validation split) that ``batch_size`` and the
         precision penalty depend on. ``partial_fit`` keeps those of its
-        first call.
+        first call, except ``batch_size``, resolved again for each call's
+        rows (and at most their number, as ``MLPClassifier`` clips it).
 
     Examples
     --------

@@ -155,7 +155,9 @@ class UGMMDensityEstimator(DensityMixin, BaseUGMM):
         The values this fit used for the parameters that can be "auto"
         (``learning_rate_init``, ``batch_size``), ``standardize``, and
         ``n_train``, the rows trained on (after the validation split).
-        ``partial_fit`` keeps those of its first call.
+        ``partial_fit`` keeps those of its first call, except
+        ``batch_size``, resolved again for each call's rows (and at most
+        their number).
 
     Examples
     --------

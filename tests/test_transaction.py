@@ -7,6 +7,7 @@ original, the fitted net holds no validation rows, and the density estimator
 fits two samples.
 """
 
+import math
 import pickle
 import warnings
 
@@ -436,3 +437,21 @@ def test_continued_training_takes_the_new_dropout_and_kernel(iris, Estimator):
     assert rates == {0.25}
     if Estimator is UGMMClassifier:
         assert {m.kernel for m in est.module_.modules() if hasattr(m, "kernel")} == {"reference"}
+
+
+@pytest.mark.filterwarnings("ignore:Got batch_size")
+@pytest.mark.parametrize("Estimator", [UGMMClassifier, UGMMDensityEstimator])
+@pytest.mark.parametrize("batch_size", ["auto", 64])
+def test_partial_fit_batches_follow_each_calls_rows(iris, Estimator, batch_size):
+    # a first chunk of 4 rows capped every later call's batches at 4 (a 3000-row call took 40 times longer)
+    X, y = iris
+    est = Estimator(hidden_layer_sizes=(4,), batch_size=batch_size, random_state=0)
+    first = np.r_[0, 50, 100, 1]
+    est.partial_fit(X[first], y[first], classes=[0, 1, 2]) if Estimator is UGMMClassifier else est.partial_fit(X[first])
+    assert est.resolved_params_["batch_size"] == 4
+    est.partial_fit(X, y) if Estimator is UGMMClassifier else est.partial_fit(X)
+    expected = 64 if batch_size == 64 else (
+        est._objective(X.shape[1], np.array([0, 1, 2]) if Estimator is UGMMClassifier else None).auto_values(150)["batch_size"]
+    )
+    assert est.net_.batch_size == est.resolved_params_["batch_size"] == expected > 4
+    assert len(est.net_.history[-1]["batches"]) == math.ceil(150 / expected)
