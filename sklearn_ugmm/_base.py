@@ -315,7 +315,8 @@ class BaseUGMM(BaseEstimator):
         ``KeyboardInterrupt`` when interrupted before completing an epoch.
 
         A ``fit`` that ends with a training loss higher than it started with
-        (by more than ``tol`` and 1%: :func:`divergence`), or with the same output for every (distinct)
+        (by more than ``tol`` and 1%: :func:`divergence`; with early stopping,
+        only if its validation loss rose too), or with the same output for every (distinct)
         training row, diverged: the network gets back the weights it had when
         the fit started, with a ConvergenceWarning. It is still a completed
         fit, committed as such.
@@ -325,9 +326,10 @@ class BaseUGMM(BaseEstimator):
             if not incremental:
                 rows = evenly_spaced_rows(len(X_train), PROGRESS_CHECK_ROWS)
                 start_state = _state_copy(net.module)
-                # the loss that decides: the validation loss when early stopping chose the epoch by it
-                judged = (X_train[rows], y_train[rows]) if validation is None else _evenly_spaced(validation)
-                start_loss, _ = training_loss(net.module, loss, *judged)
+                start_loss, _ = training_loss(net.module, loss, X_train[rows], y_train[rows])
+                if validation is not None:
+                    held_out = _evenly_spaced(validation)
+                    start_valid, _ = training_loss(net.module, loss, *held_out)
             if incremental:
                 net.initialize()
                 if continuing:
@@ -346,12 +348,13 @@ class BaseUGMM(BaseEstimator):
                 raise KeyboardInterrupt  # nothing to keep: the estimator stays as it was
             if not incremental:
                 end_loss, outputs = training_loss(net.module_, loss, X_train[rows], y_train[rows])
-                if validation is not None:
-                    end_loss, _ = training_loss(net.module_, loss, *judged)
-                problem = divergence(
-                    start_loss, end_loss, outputs, X_train[rows], tol=self.tol,
-                    which="training" if validation is None else "validation",
-                )
+                problem = divergence(start_loss, end_loss, outputs, X_train[rows], tol=self.tol)
+                if problem and validation is not None and not loss_rose(
+                    start_valid, training_loss(net.module_, loss, *held_out)[0], self.tol
+                ):
+                    # early stopping chose this epoch by the validation loss, which is no worse than
+                    # the start's: a training loss above the start's is the start's overfitting
+                    problem = ""
                 if problem:
                     net.module_.load_state_dict(start_state)
                     warnings.warn(
@@ -842,11 +845,17 @@ def _evenly_spaced(data):
     return X[rows], packed[rows]
 
 
-def divergence(start_loss, end_loss, outputs, X, tol=0.0, which="training"):
+def loss_rose(start_loss, end_loss, tol=0.0):
+    """Whether ``end_loss`` is above ``start_loss`` by more than ``tol`` and :data:`DIVERGENCE_MARGIN`
+    (relative to the start, at least that much absolutely), or not finite."""
+    margin = max(tol, DIVERGENCE_MARGIN * max(1.0, abs(start_loss)))
+    return not end_loss <= start_loss + margin
+
+
+def divergence(start_loss, end_loss, outputs, X, tol=0.0):
     """Why a fit diverged (a sentence), or an empty string if it did not.
 
-    It did if it ended with a ``which`` loss (training, or validation where
-    early stopping chose the epoch by it) higher than it started with by
+    It did if it ended with a training loss higher than it started with by
     more than ``tol`` and more than :data:`DIVERGENCE_MARGIN` (relative to
     the start, at least that much in absolute terms), or not finite, or if
     its outputs are the same for every row although the rows differ (a
@@ -854,9 +863,8 @@ def divergence(start_loss, end_loss, outputs, X, tol=0.0, which="training"):
     of a short fit from a good data-driven start (a rise of 0.2-0.4%) from
     counting as divergence.
     """
-    margin = max(tol, DIVERGENCE_MARGIN * max(1.0, abs(start_loss)))
-    if not end_loss <= start_loss + margin:
-        return f"the {which} loss ended at {end_loss:.6g}, higher than it started ({start_loss:.6g})"
+    if loss_rose(start_loss, end_loss, tol):
+        return f"the training loss ended at {end_loss:.6g}, higher than it started ({start_loss:.6g})"
     outputs = outputs.reshape(len(outputs), -1)
     spread = np.ptp(outputs, axis=0)
     constant = np.all(spread <= 1e-6 * (1.0 + np.abs(outputs).max(axis=0)))
