@@ -349,8 +349,10 @@ class BaseUGMM(BaseEstimator):
             if not incremental:
                 end_loss, outputs = training_loss(net.module_, loss, X_train[rows], y_train[rows])
                 problem = divergence(start_loss, end_loss, outputs, X_train[rows], tol=self.tol)
-                if problem and validation is not None and not loss_rose(
-                    start_valid, training_loss(net.module_, loss, *held_out)[0], self.tol
+                if (
+                    validation is not None
+                    and loss_rose(start_loss, end_loss, self.tol)  # (not a collapse to a constant)
+                    and not loss_rose(start_valid, training_loss(net.module_, loss, *held_out)[0], self.tol)
                 ):
                     # early stopping chose this epoch by the validation loss, which is no worse than
                     # the start's: a training loss above the start's is the start's overfitting
