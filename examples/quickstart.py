@@ -15,7 +15,7 @@ X_train, X_test, y_train, y_test = train_test_split(X, y, stratify=y, random_sta
 # Raw-scale features are fine: the estimator standardises internally.
 clf = UGMMClassifier(random_state=0).fit(X_train, y_train)
 proba = clf.predict_proba(X_test)
-print(f"uGMM-NN {clf.module_.n_inputs}-{'-'.join(map(str, clf.hidden_layer_sizes))}-{clf.module_.n_outputs}, "
+print(f"uGMM-NN {clf.module_.n_inputs}-{'-'.join(map(str, clf.resolved_params_['hidden_layer_sizes']))}-{clf.module_.n_outputs}, "
       f"{clf.n_iter_} epochs")
 print(f"test accuracy {accuracy_score(y_test, clf.predict(X_test)):.3f}, "
       f"test log-loss {log_loss(y_test, proba):.3f}")

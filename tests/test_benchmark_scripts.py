@@ -210,6 +210,22 @@ def test_bench_missing_masks_and_a_resumable_run(tmp_path):
     assert len(cell["accuracy"]) == 2 and all(0.5 < a <= 1 for a in cell["accuracy"])
     bench_missing.run(["iris"], ["hgb"], [0.3], 2, tmp_path, verbose=False)  # resumes: nothing to do
     assert {path.name: path.read_text() for path in tmp_path.glob("*.json")} == saved
+    # results of another fold count are not taken for these, nor mixed with them
+    with pytest.raises(SystemExit, match="holds 2-fold results for hgb at 0.3, not 3-fold ones"):
+        bench_missing.run(["iris"], ["hgb"], [0.3], 3, tmp_path, verbose=False)
+    assert {path.name: path.read_text() for path in tmp_path.glob("*.json")} == saved
+
+
+def test_bench_ood_refuses_results_of_other_settings(tmp_path):
+    import bench_ood
+
+    saved = {"config": {"n_train": 500, "epochs": 1}, "runs": []}
+    (tmp_path / "mnist_openset.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="holds results of .*'n_train': 500.* not of .*'n_train': 1000"):
+        bench_ood.main(["mnist_openset", "--n-train", "1000", "--results", str(tmp_path)])
+    table_only = tmp_path / "absent"
+    bench_ood.main(["digits_openset", "--table", "--results", str(table_only)])
+    assert not table_only.exists()  # printing the table creates nothing
 
 
 def test_bench_ood_mlp_logits_are_the_softmax_inputs():

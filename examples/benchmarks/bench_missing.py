@@ -179,6 +179,13 @@ def run(sets, models, fractions, n_splits, results_dir, verbose=True, regimes=("
             if model not in REGIME_MODELS[regime]:
                 continue
             results = _load(path)
+            for f in cell_fractions:
+                done = results.get(_cell(model, f))
+                if done is not None and len(done["accuracy"]) != n_splits:
+                    raise SystemExit(
+                        f"{path} holds {len(done['accuracy'])}-fold results for {model} at {f:g}, not "
+                        f"{n_splits}-fold ones: give another --results directory (or the same --folds)."
+                    )
             todo = tuple(f for f in cell_fractions if _cell(model, f) not in results)
             if not todo:
                 continue

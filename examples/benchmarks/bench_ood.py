@@ -198,10 +198,19 @@ def main(argv=None):
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
-    args.results.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        args.results.mkdir(parents=True, exist_ok=True)
     results = {}
     for case in args.cases:
         path = args.results / f"{case}.json"
+        config = {"n_train": args.n_train, "epochs": args.epochs} if case != "digits_openset" else {}
+        if path.exists() and not args.table:
+            saved = json.loads(path.read_text()).get("config", {})
+            if saved != config:
+                raise SystemExit(
+                    f"{path} holds results of {saved}, not of {config}: give another --results directory "
+                    "(or the same options, or --table to print what it holds)."
+                )
         if not path.exists() and not args.table:
             if case != "digits_openset":
                 needed = ["mnist.npz"] + (["fashion_mnist.npz"] if case == "mnist_fashion" else [])
@@ -216,7 +225,6 @@ def main(argv=None):
                 runs = mnist_openset(args.data_dir, args.n_train, args.epochs)
             else:
                 runs = mnist_fashion(args.data_dir, args.n_train, args.epochs)
-            config = {"n_train": args.n_train, "epochs": args.epochs} if case != "digits_openset" else {}
             path.write_text(json.dumps({"config": config, "runs": runs}, indent=1))
             print(f"{case}: done in {time.perf_counter() - start:.0f} s", flush=True)
         if path.exists():

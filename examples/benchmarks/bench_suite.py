@@ -65,7 +65,7 @@ Examples::
     python examples/benchmarks/bench_suite.py --half tuning --config mlp
     python examples/benchmarks/bench_suite.py --half tuning --config lr1e-2 --set learning_rate_init=1e-2
     python examples/benchmarks/bench_suite.py --half reporting --config rf   # a simple baseline
-    python examples/benchmarks/bench_suite.py --half reporting --report ugmm   # table of existing results
+    python examples/benchmarks/bench_suite.py --half reporting --report product   # table of committed results
 """
 
 import argparse
@@ -417,6 +417,10 @@ def main(argv=None):
         return split
     names = sorted(sets) if args.half == "all" else split[args.half]
     if args.sets:
+        left_out = sorted(set(args.sets) - set(names))
+        if left_out:
+            where = "the suite" if args.half == "all" else f"the {args.half} half"
+            print(f"not in {where}, left out: {', '.join(left_out)}", file=sys.stderr)
         names = [n for n in names if n in args.sets]
     if args.report:
         return report(args.report, names, Path(args.results), baseline=args.baseline, rst=args.rst)
