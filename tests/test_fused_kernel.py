@@ -2,7 +2,9 @@
 
 import contextlib
 import math
+import os
 import platform
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -425,9 +427,61 @@ def test_an_unwritable_cache_falls_back_to_a_temporary_directory(monkeypatch, tm
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocked))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     path = _fused._cache_dir()
     assert not str(path).startswith(str(blocked))
     assert path.parent == Path(tempfile.gettempdir())
+    if hasattr(os, "getuid"):
+        # the temporary name is predictable: a directory others may write to is not used
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+        path.chmod(0o777)
+        assert _fused._cache_dir() is None
+
+
+def _copying_compiler(tmp_path, library):
+    """A stand-in compiler that writes a copy of ``library`` where ``-o`` says, and counts its calls."""
+    script = tmp_path / "fake-c++"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"echo call >> {tmp_path / 'calls'}\n"
+        'while [ "$#" -gt 0 ]; do if [ "$1" = "-o" ]; then out="$2"; fi; shift; done\n'
+        f'cp {library} "$out"\n'
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+@requires_fused
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX shell script as the compiler")
+def test_a_damaged_cached_library_is_rebuilt_not_loaded(unbuilt_kernel, tmp_path):
+    # a library cut short (a crash after the build, a broken copy) crashed the process with SIGBUS when
+    # loaded, and any other damaged one switched the kernel off for good
+    real = _fused._build(_fused._compiler())  # (a real build, in this test's cache)
+    compiler = _copying_compiler(tmp_path, real)
+    target = _fused._build(compiler)
+    intact = target.read_bytes()
+    assert (tmp_path / "calls").read_text().count("call") == 1
+    with open(target, "r+b") as f:
+        f.truncate(4096)
+    assert _fused._build(compiler) == target and target.read_bytes() == intact
+    assert (tmp_path / "calls").read_text().count("call") == 2
+    assert _fused._build(compiler) == target  # intact: found, not rebuilt
+    assert (tmp_path / "calls").read_text().count("call") == 2
+
+
+def test_the_cpu_signature_tells_arm_cores_apart():
+    # aarch64's /proc/cpuinfo has no "model name" or "flags" lines: every ARM CPU had the same key, so a
+    # -march=native library could be loaded on another core
+    n1 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n"
+    v1 = "processor\t: 0\nFeatures\t: fp asimd sve i8mm bf16 atomics\nCPU implementer\t: 0x41\nCPU part\t: 0xd40\n"
+    assert _fused._cpu_signature(n1) != _fused._cpu_signature(v1)
+    assert _fused._cpu_signature(n1) == _fused._cpu_signature(n1 + n1)  # one line per core, once
+
+
+def test_an_explicit_compiler_that_is_not_found_is_named(unbuilt_kernel):
+    unbuilt_kernel.setenv("SKLEARN_UGMM_CXX", "g++ -O1")
+    assert _fused.load() is None
+    assert "SKLEARN_UGMM_CXX='g++ -O1' is not an executable on PATH" in _fused.failure_reason()
 
 
 @requires_fused

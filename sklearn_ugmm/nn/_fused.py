@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import weakref
@@ -71,7 +72,12 @@ _failure = ""
 def _compiler():
     explicit = os.environ.get("SKLEARN_UGMM_CXX")
     if explicit:
-        return shutil.which(explicit)
+        found = shutil.which(explicit)
+        if found is None:
+            raise RuntimeError(
+                f"SKLEARN_UGMM_CXX={explicit!r} is not an executable on PATH (name one program, no arguments)"
+            )
+        return found
     for name in ("c++", "g++", "clang++"):
         found = shutil.which(name)
         if found:
@@ -79,18 +85,39 @@ def _compiler():
     return None
 
 
-def _cpu_signature():
-    # -march=native binaries must not be shared between different CPUs
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = [ln for ln in f if ln.startswith(("model name", "flags"))]
-        return "".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() + platform.machine()
+#: /proc/cpuinfo lines that tell CPUs apart: x86 (model, flags) and ARM (features, implementer, part).
+_CPU_LINES = ("model name", "flags", "Features", "CPU implementer", "CPU architecture", "CPU variant", "CPU part")
+
+
+def _cpu_signature(cpuinfo=None):
+    """What distinguishes this CPU, for the cache key: -march=native binaries must not be shared
+    between different CPUs. ``cpuinfo``: the text of /proc/cpuinfo (read when None)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return platform.processor() + platform.machine()
+    lines = {ln.strip() for ln in cpuinfo.splitlines() if ln.startswith(_CPU_LINES)}
+    return "\n".join(sorted(lines)) or platform.processor() + platform.machine()
+
+
+def _private(path):
+    """Whether ``path`` is a directory of this user that no one else may write to (POSIX)."""
+    if not hasattr(os, "getuid"):
+        return True
+    info = os.lstat(path)
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
 def _cache_dir():
-    """Torch's extension directory, or a per-user temporary one when that is not writable."""
+    """Torch's extension directory, or a per-user temporary one when that is not writable.
+
+    The temporary one has a name anyone can predict, so it is used only if
+    it is this user's and nobody else can write to it (a library planted
+    there would run on loading); else None: build in a fresh private
+    directory, for this process only.
+    """
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "torch_extensions"
     )
@@ -102,20 +129,48 @@ def _cache_dir():
     except OSError:
         pass
     user = os.getuid() if hasattr(os, "getuid") else "user"
-    return Path(tempfile.gettempdir()) / f"sklearn_ugmm_fused_{user}"
+    path = Path(tempfile.gettempdir()) / f"sklearn_ugmm_fused_{user}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path if _private(path) else None
+    except OSError:
+        return None
+
+
+def _digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _cached(target):
+    """Whether ``target`` is a complete library this user built: its digest file (written after the
+    library was flushed to disk) names its SHA-256, and both are this user's. A cut or damaged file
+    (a crash after the build, a broken copy) would crash the process when loaded."""
+    check = target.with_suffix(".sha256")
+    try:
+        for path in (target, check):
+            if hasattr(os, "getuid") and os.lstat(path).st_uid != os.getuid():
+                return False
+        return check.read_text().strip() == _digest(target)
+    except OSError:
+        return False
 
 
 def _build(compiler):
     source = _SOURCE.read_text()
     cache = _cache_dir()
-    errors = []
+    if cache is None:
+        cache = Path(tempfile.mkdtemp(prefix="sklearn_ugmm_fused_"))
+    targets = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(
             "\0".join([source, compiler, *flags, _cpu_signature()]).encode()
         ).hexdigest()[:20]
-        target = cache / f"ugmm_fused_{key}.so"
-        if target.exists():
+        targets.append((flags, cache / f"ugmm_fused_{key}.so"))
+    for _, target in targets:  # a library already built with any flag set (a failing set is not retried)
+        if _cached(target):
             return target
+    errors = []
+    for flags, target in targets:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             # build beside the target and rename: concurrent builds never see half a file
@@ -125,15 +180,33 @@ def _build(compiler):
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
                 if done.returncode == 0:
+                    with open(tmp, "rb+") as built:
+                        os.fsync(built.fileno())
+                    digest = _digest(tmp)
                     os.replace(tmp, target)
+                    _write_synced(target.with_suffix(".sha256"), digest)
                     return target
-                errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}")
+                errors.append(f"{' '.join(cmd)}: exit status {done.returncode}: {done.stderr.strip()[-500:]}")
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         except (OSError, subprocess.SubprocessError) as exc:
             errors.append(f"{compiler} {' '.join(flags)}: {exc}")
     raise RuntimeError("; ".join(errors))
+
+
+def _write_synced(path, text):
+    """Write ``text`` to ``path`` atomically, flushed to disk."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _bind(path):
@@ -184,8 +257,8 @@ def load():
     """The fused kernel library, built on first use; None when it is unavailable."""
     global _library, _failure
     if _library is None:
-        compiler = _compiler()
         try:
+            compiler = _compiler()
             if compiler is None:
                 raise RuntimeError("no C++ compiler found (set SKLEARN_UGMM_CXX to choose one)")
             _library = _bind(_build(compiler))
