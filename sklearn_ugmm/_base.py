@@ -23,11 +23,10 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, InvalidParameterError, Options, StrOptions
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import _check_sample_weight, validate_data
-from skorch.callbacks import Callback
 
-from ._engine import _state_copy, build_net, pack_target
+from ._engine import _named, _state_copy, build_net, pack_target
 from ._preprocessing import CategoricalEncoder, FeatureScaler, categorical_columns_from_dtype, check_no_time_columns
 from ._threads import initialisation_limit, thread_limit
 from .nn import _fused
@@ -195,7 +194,7 @@ class BaseUGMM(BaseEstimator):
         """Fit (``incremental``: one ``partial_fit`` epoch) as a transaction; return self."""
         continuing = self.__sklearn_is_fitted__() and (incremental or self.warm_start)
         # validate
-        _check_callbacks(self.callbacks)
+        _named(self.callbacks)  # (checks them before any work)
         X, y, features, encoder = self._validated(X, y, reset=not continuing)
         current_network = self._checked_structure(incremental) if continuing else None
         y_index, classes = self._targets(y, classes, continuing=continuing, incremental=incremental)
@@ -324,9 +323,9 @@ class BaseUGMM(BaseEstimator):
         with thread_limit(self.n_threads, net.module, net.batch_size):
             n_before = 0
             if not incremental:
-                rows = evenly_spaced_rows(len(X_train), PROGRESS_CHECK_ROWS)
+                checked = _evenly_spaced((X_train, y_train))
                 start_state = _state_copy(net.module)
-                start_loss, _ = training_loss(net.module, loss, X_train[rows], y_train[rows])
+                start_loss, _ = training_loss(net.module, loss, *checked)
                 if validation is not None:
                     held_out = _evenly_spaced(validation)
                     start_valid, _ = training_loss(net.module, loss, *held_out)
@@ -347,8 +346,8 @@ class BaseUGMM(BaseEstimator):
             if guard.interrupted_ and guard.completed_epochs_ == 0:
                 raise KeyboardInterrupt  # nothing to keep: the estimator stays as it was
             if not incremental:
-                end_loss, outputs = training_loss(net.module_, loss, X_train[rows], y_train[rows])
-                problem = divergence(start_loss, end_loss, outputs, X_train[rows], tol=self.tol)
+                end_loss, outputs = training_loss(net.module_, loss, *checked)
+                problem = divergence(start_loss, end_loss, outputs, checked[0], tol=self.tol)
                 if (
                     validation is not None
                     and loss_rose(start_loss, end_loss, self.tol)  # (not a collapse to a constant)
@@ -736,17 +735,6 @@ def _completed_epochs(net):
 
 def _device_of(module):
     return next(module.parameters()).device
-
-
-def _check_callbacks(callbacks):
-    """Every entry of the ``callbacks`` parameter is a skorch callback or a (name, callback) pair."""
-    for i, entry in enumerate(callbacks or ()):
-        callback = entry[1] if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str) else entry
-        if not isinstance(callback, Callback):
-            raise InvalidParameterError(
-                f"The 'callbacks' parameter must hold skorch callbacks or (name, callback) pairs; "
-                f"entry {i} is {entry!r}."
-            )
 
 
 #: Options that the layers hold but that shape nothing: a continued fit takes the current ones.

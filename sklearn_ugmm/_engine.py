@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import InvalidParameterError
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.dataset import Dataset
@@ -511,10 +512,14 @@ def _fused_adam(device):
 
 
 def _named(callbacks):
+    """The ``callbacks`` parameter as (name, callback) pairs; InvalidParameterError for any other entry."""
     named = []
-    for i, cb in enumerate(callbacks or ()):
-        if isinstance(cb, tuple):
-            named.append(cb)
-        else:
-            named.append((f"user_{i}_{type(cb).__name__}", cb))
+    for i, entry in enumerate(callbacks or ()):
+        pair = isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
+        if not isinstance(entry[1] if pair else entry, Callback):
+            raise InvalidParameterError(
+                f"The 'callbacks' parameter must hold skorch callbacks or (name, callback) pairs; "
+                f"entry {i} is {entry!r}."
+            )
+        named.append(entry if pair else (f"user_{i}_{type(entry).__name__}", entry))
     return named
