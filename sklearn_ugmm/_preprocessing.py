@@ -488,6 +488,11 @@ def categorical_mask(X, categorical_features):
     return _check_categorical_features(X, categorical_features)
 
 
+def _storable_category(value):
+    """Whether a category can be saved (plain JSON): a string or a number, not a bool."""
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
 def _column_name(feature_names, j):
     return f"{feature_names[j]!r}" if feature_names is not None else f"{j}"
 
@@ -646,7 +651,7 @@ class CategoricalEncoder:
         categories = []
         for j, values in zip(np.flatnonzero(self.is_categorical), self.categories_):
             values = [v.item() if isinstance(v, np.generic) else v for v in values]
-            odd = next((v for v in values if isinstance(v, bool) or not isinstance(v, (str, int, float))), None)
+            odd = next((v for v in values if not _storable_category(v)), None)
             if odd is not None:
                 raise ValueError(
                     f"Column {_column_name(self.feature_names, j)} has a category of type {type(odd).__name__} "
@@ -675,7 +680,7 @@ class CategoricalEncoder:
         for values in categories:
             if not isinstance(values, list) or not 1 <= len(values) <= MAX_CATEGORIES:
                 raise ValueError(f"each categorical column needs 1 to {MAX_CATEGORIES} categories")
-            if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
+            if not all(_storable_category(v) for v in values):
                 raise ValueError("categories must be strings or numbers")
             if len({(type(v), v) for v in values}) != len(values):
                 raise ValueError("categories must be distinct")
