@@ -277,7 +277,7 @@ class NeuronDisplay:
                 means = means[observed]
             if means is None or not observed.any():
                 raise ValueError("No observed activation reaches this neuron in X (every input is missing).")
-            live, weights, scales, activations = live[observed], weights[observed], scales[observed], activations[:, observed]
+            weights, scales, activations = weights[observed], scales[observed], activations[:, observed]
             weights = weights / weights.sum()
             names = [name for name, keep in zip(names, observed) if keep]
         else:

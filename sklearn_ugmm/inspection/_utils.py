@@ -129,8 +129,8 @@ def layer_inputs(estimator, X, layer, y=None):
     was_training = module.training
     module.eval()
     try:
+        missing = torch.isnan(h)
         for i, earlier in enumerate(layers[:layer]):
-            missing = torch.isnan(h)
             # as the network: the first layer renormalises each neuron over the observed inputs
             h = earlier.forward_observed(h, ~missing) if i == 0 and bool(missing.any()) else earlier(h)
     finally:
