@@ -214,7 +214,7 @@ class BaseUGMM(BaseEstimator):
             # otherwise cap every later call's batches at its length)
             resolved = dict(self.resolved_params_, batch_size=self._call_batch_size(objective, len(train_idx)))
         else:
-            resolved = self._resolve_params(objective, len(train_idx), X[train_idx])
+            resolved = self._resolve_params(objective, len(train_idx), X[train_idx], validating=split is not None)
             if continuing:
                 resolved["standardize"] = self.resolved_params_["standardize"]
         if self.verbose and not incremental:
@@ -249,6 +249,7 @@ class BaseUGMM(BaseEstimator):
         if classes is not None:
             fitted["classes_"] = classes
         evaluation = _evaluation_copy(net.module_)
+        fitted.update(self._calibration(objective, evaluation, resolved, validation, continuing, incremental))
         if not continuing:
             self.__dict__.pop("_checked_network", None)
             for name in _FEATURE_ATTRIBUTES:
@@ -454,12 +455,13 @@ class BaseUGMM(BaseEstimator):
             raise ValueError("sample_weight must have at least one positive entry; all weights are zero.")
         return normalised_weights(sample_weight)
 
-    def _resolve_params(self, objective, n_train, X_train=None):
+    def _resolve_params(self, objective, n_train, X_train=None, validating=False):
         """Every "auto" parameter's value for this fit, with ``n_train`` (the rows trained on).
 
-        ``X_train``: the validated training rows, for values that depend on the data.
+        ``X_train``: the validated training rows, for values that depend on the data;
+        ``validating``: early stopping holds out a validation split.
         """
-        auto = {**objective.auto_values(n_train), **self._data_auto_values(X_train)}
+        auto = {**objective.auto_values(n_train, validating), **self._data_auto_values(X_train)}
         resolved = {}
         for name in self._auto_parameters:
             value = getattr(self, name)
@@ -482,6 +484,10 @@ class BaseUGMM(BaseEstimator):
 
     def _configure_module(self, module, objective, resolved):
         """Set the resolved training options that live on the module (none in the base)."""
+
+    def _calibration(self, objective, evaluation, resolved, validation, continuing, incremental):
+        """Fitted attributes that calibrate the trained ``evaluation`` module (none in the base)."""
+        return {}
 
     def _lr_patience(self):
         """Epochs without progress before ``learning_rate="adaptive"`` cuts the rate."""

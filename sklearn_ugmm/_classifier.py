@@ -256,7 +256,8 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         Hold out ``validation_fraction`` of the training data (stratified),
         stop when its loss stops improving and restore the best epoch; on by
         default because the restored epoch gives better calibrated
-        probabilities than training to convergence.
+        probabilities than training to convergence. The split also fits
+        ``temperature_`` (see ``label_smoothing``).
     validation_fraction : float, default=0.1
         Share of the training data held out for early stopping (stratified
         by class where every class allows it), drawn among the rows of
@@ -278,6 +279,33 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         to zero). "auto" is 10 for the discriminative and 1 for the
         generative objective, which it does not help. Applies in ``fit``,
         not in ``partial_fit``.
+    label_smoothing : float or "auto", default="auto"
+        Discriminative objective only: the cross-entropy's targets put
+        ``1 - label_smoothing`` on the true class and spread the rest evenly
+        over all classes (PyTorch's ``cross_entropy(label_smoothing=...)``);
+        the early-stopping rule then watches the smoothed validation loss.
+        Smoothing keeps the scores from growing overconfident on the training
+        rows, so the validation loss turns later and the network trains
+        longer. After a smoothed fit with a validation split, the class
+        scores get a factor ``temperature_`` in ``[1/2, 2]`` that minimises
+        the split's log-loss, which gives back the confidence that smoothing
+        takes away (the predicted class does not change). "auto" is 0.1 for
+        the discriminative objective when ``early_stopping`` holds out a
+        split, and 0 otherwise (without a split nothing would calibrate the
+        smoothed scores); the generative objective has no labels to smooth
+        and refuses a positive value. Chosen on the tuning half of
+        ``examples/benchmarks/bench_suite.py`` (15 sets, 3-fold, model seeds
+        0 / 1 / 2 against the same-seed MLP): accuracy gap -0.00 / -0.03 /
+        +0.07 points against -0.15 / -0.35 / -0.09 without smoothing,
+        log-loss 0.298 / 0.301 / 0.306 against 0.305 / 0.308 / 0.307; fits
+        run about 1.6 times as many epochs. Smoothing 0.05: -0.10 and
+        0.313 at seed 0; 0.1 without the temperature: the same accuracy,
+        log-loss 0.333 (underconfident). Smoothed fits need more epochs: a
+        short fit with early stopping (``max_iter`` of a few tens) is less
+        accurate with it (iris with 30% of the entries missing, 8 hidden
+        neurons, 15 epochs, model seeds 0-4: 0.82 against 0.87; equal from 60
+        epochs). The value used is in ``resolved_params_``; models saved
+        before the option load with 0.
     dropout : float, default=0.0
         Probability of removing each mixture component during training.
     input_dropout : float or "auto", default="auto"
@@ -379,6 +407,12 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         epoch where it was lowest.
     best_validation_score_ : float or None
         Best validation accuracy (``early_stopping=True`` only).
+    temperature_ : float
+        Factor on the class scores in ``predict_proba`` and
+        ``predict_log_proba``: fitted on the validation split after a
+        label-smoothed fit (see ``label_smoothing``), 1 otherwise;
+        ``partial_fit`` keeps the value of the fit it continues.
+        ``predict`` and ``score_samples`` do not use it.
     net_ : skorch.NeuralNet
         The skorch net that trained the model (its history and optimiser
         state; it keeps no validation rows).
@@ -404,7 +438,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         The values this fit used for the parameters that can be "auto"
         (``hidden_layer_sizes``, ``output_layer``, ``learning_rate_init``, ``batch_size``,
         ``precision_penalty``, ``averaging_epochs``, ``standardize``, ``input_dropout``,
-        ``conditional_weight``), and ``n_train``, the rows
+        ``conditional_weight``, ``label_smoothing``), and ``n_train``, the rows
         trained on (after the validation split) that ``batch_size`` and the
         precision penalty depend on. ``partial_fit`` keeps those of its
         first call, except ``batch_size``, resolved again for each call's
@@ -433,6 +467,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         "kernel": [StrOptions({"auto", "fused", "reference"})],
         "precision_penalty": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
         "input_dropout": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="left")],
+        "label_smoothing": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="left")],
         "averaging_epochs": [StrOptions({"auto"}), Interval(Real, 1, None, closed="left")],
         "standardize": ["boolean", StrOptions({"yeo-johnson", "auto"})],
         "class_weight": [dict, StrOptions({"balanced"}), None],
@@ -457,6 +492,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         validation_fraction=0.1,
         n_iter_no_change=20,
         averaging_epochs="auto",
+        label_smoothing="auto",
         dropout=0.0,
         input_dropout="auto",
         tie_means=False,
@@ -525,12 +561,18 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
 
     _auto_parameters = (
         "hidden_layer_sizes", "output_layer", "learning_rate_init", "batch_size", "precision_penalty",
-        "averaging_epochs", "standardize", "input_dropout", "conditional_weight",
+        "averaging_epochs", "standardize", "input_dropout", "conditional_weight", "label_smoothing",
     )
     _requires_y = True
     _fit_allows_nan = True
 
     def _objective(self, n_features, classes, fitted=False, continuing=False):
+        if self.objective == "generative" and not (self.label_smoothing == "auto" or self.label_smoothing == 0):
+            raise ValueError(
+                f"label_smoothing={self.label_smoothing!r} applies to the discriminative objective's "
+                "cross-entropy; the generative objective maximises a joint score, with no labels to smooth. "
+                'Use label_smoothing=0 or "auto".'
+            )
         resolved = getattr(self, "resolved_params_", None) if fitted or continuing else None
         keep_sizes = fitted or (isinstance(self.hidden_layer_sizes, str) and self.hidden_layer_sizes == "auto")
         if resolved is not None and "hidden_layer_sizes" in resolved and keep_sizes:
@@ -562,6 +604,17 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     def _configure_module(self, module, objective, resolved):
         # the generative objective's label input (after the features) is never dropped
         module.set_input_dropout(resolved["input_dropout"], n_inputs=objective.n_features)
+
+    def _calibration(self, objective, evaluation, resolved, validation, continuing, incremental):
+        """``temperature_``: fitted on the validation split after a label-smoothed fit, else 1."""
+        if incremental:
+            # partial_fit holds nothing out: a continued call keeps the fitted temperature
+            return {"temperature_": getattr(self, "temperature_", 1.0) if continuing else 1.0}
+        if validation is None or not resolved["label_smoothing"]:
+            return {"temperature_": 1.0}
+        parameter = next(evaluation.parameters())
+        X = torch.as_tensor(validation[0], device=parameter.device, dtype=parameter.dtype)
+        return {"temperature_": objective.temperature(evaluation, X, validation[1])}
 
     def _targets(self, y, classes, *, continuing, incremental):
         check_classification_targets(y)
@@ -612,7 +665,9 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         )
 
     def _log_proba(self, X):
-        return self._reduced_class_scores(X, lambda scores: torch.log_softmax(scores, dim=1))
+        # models fitted before the temperature existed have none
+        temperature = getattr(self, "temperature_", 1.0)
+        return self._reduced_class_scores(X, lambda scores: torch.log_softmax(temperature * scores, dim=1))
 
     def score_samples(self, X):
         """Log of the model's total score of each sample, summed over the classes.

@@ -245,6 +245,7 @@ def save_model(estimator, path):
     if hasattr(estimator, "classes_"):
         fitted["classes_"] = _json_value(estimator.classes_, "classes_")
         fitted["classes_dtype"] = estimator.classes_.dtype.str
+        fitted["temperature_"] = _json_value(getattr(estimator, "temperature_", 1.0), "temperature_")
     meta = {"format": FORMAT, "estimator": name, "params": params, "fitted": fitted}
     meta_json = json.dumps(meta, sort_keys=True)
     tensors = {f"scaler.{k}": torch.as_tensor(v).contiguous() for k, v in estimator.scaler_.to_arrays().items()}
@@ -561,6 +562,10 @@ def _set_fitted_metadata(estimator, fitted):
     is_classifier = "classes_" in fitted
     required = {*_FITTED_SCALARS, *_FITTED_LISTS, "resolved_params_", "training_state"}
     required |= {"classes_", "classes_dtype"} if is_classifier else set()
+    if is_classifier:
+        # files saved before the temperature existed predict without one
+        fitted.setdefault("temperature_", 1.0)
+        required.add("temperature_")
     if not required <= set(fitted) <= required | {"feature_names_in_", "categorical"}:
         missing = sorted(required - set(fitted))
         raise ValueError(f"unexpected fitted attributes {sorted(fitted)}" + (f" (missing {missing})" if missing else ""))
@@ -570,6 +575,10 @@ def _set_fitted_metadata(estimator, fitted):
     _check_number(fitted["n_iter_"], "n_iter_", integer=True, minimum=0)
     _check_number(fitted["best_loss_"], "best_loss_")
     _check_number(fitted["best_validation_score_"], "best_validation_score_", optional=True)
+    if is_classifier:
+        _check_number(fitted["temperature_"], "temperature_")
+        if not 0 < fitted["temperature_"] < math.inf:
+            raise ValueError("fitted attribute temperature_ must be positive and finite")
     for name in _FITTED_LISTS:
         values = fitted[name]
         if values is None and name == "validation_scores_":
@@ -606,10 +615,10 @@ def _set_fitted_metadata(estimator, fitted):
 
 
 #: What a model saved before each option existed was trained with: the paper's
-#: mixture output neurons, the pure joint generative loss (parameters and
-#: resolved values), no input dropout (resolved values only: files without
+#: mixture output neurons, the pure joint generative loss, no label smoothing
+#: (parameters and resolved values), no input dropout (resolved values only: files without
 #: the input_dropout parameter are refused, as before).
-_PARAMS_SAVED_BEFORE = {"output_layer": "mixture", "conditional_weight": 0.0}
+_PARAMS_SAVED_BEFORE = {"output_layer": "mixture", "conditional_weight": 0.0, "label_smoothing": 0.0}
 _RESOLVED_SAVED_BEFORE = {**_PARAMS_SAVED_BEFORE, "input_dropout": 0.0}
 
 
@@ -658,6 +667,10 @@ def _resolved_params(resolved, estimator):
             raise ValueError("resolved conditional_weight must be finite")
     if "averaging_epochs" in resolved:
         _check_number(resolved["averaging_epochs"], "averaging_epochs", minimum=0, optional=True)
+    if "label_smoothing" in resolved:
+        _check_number(resolved["label_smoothing"], "label_smoothing", minimum=0)
+        if not resolved["label_smoothing"] < 1:
+            raise ValueError("resolved label_smoothing must be below 1")
     return resolved
 
 

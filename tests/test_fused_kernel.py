@@ -929,5 +929,6 @@ def test_only_prediction_takes_the_inference_routes(monkeypatch):
     assert calls[torch.float64]
     with torch.no_grad():  # the same network outside inference_routes
         module = clf._evaluation()
-        log_proba = torch.log_softmax(module(torch.as_tensor(clf.scaler_.transform(X))), dim=1)
+        scores = module(torch.as_tensor(clf.scaler_.transform(X)))
+        log_proba = torch.log_softmax(clf.temperature_ * scores, dim=1)
     assert abs(proba - log_proba.exp().numpy()).max() < 1e-12

@@ -149,10 +149,17 @@ def test_classifier_resolves_output_layer_by_objective():
 
 
 def test_product_output_beats_mixture_on_wine():
-    """The behaviour the default was chosen for: summed evidence classifies better (5-fold CV)."""
+    """The behaviour the default was chosen for: summed evidence classifies better (5-fold CV).
+
+    Without label smoothing, as it was chosen. With it (the default since) wine goes the other
+    way by two rows (0.967 against 0.978), while the tuning half of bench_suite.py still favours
+    the product neurons (gap to the MLP at seed 0: -0.00 against -0.64 points with mixtures).
+    """
     X, y = load_wine(return_X_y=True)
     scores = {
-        output: cross_val_score(UGMMClassifier(output_layer=output, random_state=0), X, y, cv=5).mean()
+        output: cross_val_score(
+            UGMMClassifier(output_layer=output, label_smoothing=0.0, random_state=0), X, y, cv=5
+        ).mean()
         for output in ("product", "mixture")
     }
     assert scores["product"] >= 0.97

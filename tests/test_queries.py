@@ -342,16 +342,21 @@ def _holes(X, fraction, seed):
 def test_classifier_fits_and_predicts_with_missing_values(iris, objective):
     X, y = iris
     X_train = _holes(X, 0.3, seed=0)
-    clf = UGMMClassifier(objective=objective, **FAST).fit(X_train, y)
+    # label smoothing (the discriminative default) trains more slowly: at 15 epochs model seeds 0-4
+    # score 0.80-0.87 on these holes (0.83-0.93 without it), at 60 epochs 0.91-0.92 (0.85-0.93)
+    options = dict(FAST, max_iter=60) if objective == "discriminative" else FAST
+    clf = UGMMClassifier(objective=objective, **options).fit(X_train, y)
     assert clf.__sklearn_tags__().input_tags.allow_nan
     X_test = _holes(X, 0.3, seed=1)
     scores = _reference_scores_with_missing(clf, X_test)
+    # the probabilities are those of the class scores times the fitted temperature; score_samples has none
+    tempered = clf.temperature_ * scores
     log_proba = clf.predict_log_proba(X_test)
-    np.testing.assert_allclose(log_proba, scores - np.logaddexp.reduce(scores, axis=1)[:, None], atol=1e-9)
+    np.testing.assert_allclose(log_proba, tempered - np.logaddexp.reduce(tempered, axis=1)[:, None], atol=1e-9)
     np.testing.assert_allclose(clf.score_samples(X_test), np.logaddexp.reduce(scores, axis=1), atol=1e-9)
     np.testing.assert_allclose(clf.predict_proba(X_test).sum(axis=1), 1.0)
     if objective == "discriminative":  # (the generative one is no classifier after 15 epochs of 8 neurons)
-        assert clf.score(X_test, y) > 0.8
+        assert clf.score(X_test, y) > 0.85
     # complete rows score as they do without NaN rows in the batch
     complete = ~np.isnan(X_test).any(axis=1)
     np.testing.assert_allclose(log_proba[complete], clf.predict_log_proba(X_test[complete]), atol=1e-12)
@@ -521,11 +526,13 @@ def test_classifier_input_dropout_helps_with_missing_test_entries():
     plain = [UGMMClassifier(random_state=seed).fit(X_train, y_train) for seed in seeds]
     aware = [UGMMClassifier(input_dropout=0.4, random_state=seed).fit(X_train, y_train) for seed in seeds]
     # measured over model seeds 0-2 (defaults of 0fc5fcd, mixture outputs): accuracy 0.835 -> 0.948,
-    # log-loss 0.429 -> 0.171; with the product outputs of f06aa69: 0.869 -> 0.940, 0.427 -> 0.167
+    # log-loss 0.429 -> 0.171; with the product outputs of f06aa69: 0.869 -> 0.940, 0.427 -> 0.167;
+    # with label smoothing and its temperature (the defaults since then) the plain network already
+    # copes better with the holes: 0.906 -> 0.925, log-loss 0.244 -> 0.172
     accuracy = [np.mean([model.score(X_test, y_test) for model in models]) for models in (plain, aware)]
     loss = [np.mean([log_loss(y_test, model.predict_proba(X_test)) for model in models]) for models in (plain, aware)]
-    assert accuracy[1] > accuracy[0] + 0.05
-    assert loss[1] < 0.5 * loss[0]
+    assert accuracy[1] > accuracy[0] + 0.01
+    assert loss[1] < 0.8 * loss[0]
 
 
 def test_missing_fraction_counts_nan_and_missing_raw_categories():

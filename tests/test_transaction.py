@@ -69,7 +69,7 @@ def _raise(exc):
     return fail
 
 
-def _nan_loss(output, target):
+def _nan_loss(output, target, **options):
     return torch.full((len(output),), float("nan"), dtype=output.dtype)
 
 
@@ -345,6 +345,7 @@ def test_resolved_auto_parameters_are_visible_after_fit(iris, capsys):
         "standardize": "yeo-johnson",
         "input_dropout": 0.0,
         "conditional_weight": 0.0,
+        "label_smoothing": 0.1,
         "n_train": 135,
     }
     generative = UGMMClassifier(**dict(CLF, objective="generative", batch_size=20, verbose=1)).fit(X, y)
@@ -352,6 +353,7 @@ def test_resolved_auto_parameters_are_visible_after_fit(iris, capsys):
     assert (resolved["learning_rate_init"], resolved["batch_size"], resolved["precision_penalty"]) == (1e-2, 20, 0.0)
     assert resolved["averaging_epochs"] == 1.0 and resolved["standardize"] is True  # (1: no averaging)
     assert resolved["output_layer"] == "mixture" and resolved["conditional_weight"] == 0.2
+    assert resolved["label_smoothing"] == 0.0  # (no labels to smooth)
     # the resolved values are valid parameters: they set the same fit
     explicit = UGMMClassifier(**dict(CLF, objective="generative"))
     explicit.set_params(**{k: v for k, v in resolved.items() if k != "n_train"})
