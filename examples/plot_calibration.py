@@ -8,8 +8,10 @@ Reliability curves of :class:`~sklearn_ugmm.UGMMClassifier` and
 :class:`~sklearn.calibration.CalibrationDisplay`, with the Brier score and
 the log-loss of each. Early stopping (on by default) restores the epoch of
 the best validation loss, which keeps the uGMM probabilities from becoming
-over-confident; :class:`~sklearn.calibration.CalibratedClassifierCV` can
-recalibrate them further.
+over-confident, and after training with smoothed labels (the default) a
+temperature fitted on the same validation split rescales the class scores;
+:class:`~sklearn.calibration.CalibratedClassifierCV` can recalibrate them
+further.
 """
 
 import matplotlib.pyplot as plt

@@ -297,7 +297,7 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         ``examples/benchmarks/bench_suite.py`` (15 sets, 3-fold, model seeds
         0 / 1 / 2 against the same-seed MLP): accuracy gap -0.00 / -0.03 /
         +0.07 points against -0.15 / -0.35 / -0.09 without smoothing,
-        log-loss 0.298 / 0.301 / 0.306 against 0.305 / 0.308 / 0.307; fits
+        log-loss 0.298 / 0.300 / 0.306 against 0.305 / 0.308 / 0.307; fits
         run about 1.6 times as many epochs. Smoothing 0.05: -0.10 and
         0.313 at seed 0; 0.1 without the temperature: the same accuracy,
         log-loss 0.333 (underconfident). Smoothed fits need more epochs: a
@@ -396,7 +396,8 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     n_iter_ : int
         Epochs run.
     loss_curve_ : list of float
-        Training loss per epoch.
+        Training loss per epoch (with ``label_smoothing``, of the smoothed
+        targets).
     best_loss_ : float
         Smallest training loss in ``loss_curve_``.
     validation_scores_ : list of float or None
