@@ -568,12 +568,6 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
     _fit_allows_nan = True
 
     def _objective(self, n_features, classes, fitted=False, continuing=False):
-        if self.objective == "generative" and not (self.label_smoothing == "auto" or self.label_smoothing == 0):
-            raise ValueError(
-                f"label_smoothing={self.label_smoothing!r} applies to the discriminative objective's "
-                "cross-entropy; the generative objective maximises a joint score, with no labels to smooth. "
-                'Use label_smoothing=0 or "auto".'
-            )
         resolved = getattr(self, "resolved_params_", None) if fitted or continuing else None
         keep_sizes = fitted or (isinstance(self.hidden_layer_sizes, str) and self.hidden_layer_sizes == "auto")
         if resolved is not None and "hidden_layer_sizes" in resolved and keep_sizes:

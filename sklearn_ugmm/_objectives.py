@@ -87,7 +87,9 @@ def fitted_temperature(scores, y, sample_weight, bound=TEMPERATURE_BOUND):
     >>> round(fitted_temperature(scores, y, w), 4)  # p = 2/3 right: t = log 2
     0.6931
     """
-    scores, weights = scores.double(), sample_weight.double()
+    # on the CPU, in float64 (which MPS devices lack)
+    scores, weights = scores.detach().to("cpu", torch.float64), sample_weight.to("cpu", torch.float64)
+    y = y.cpu()
 
     def log_loss(log_t):
         losses = torch.nn.functional.cross_entropy(scores * float(np.exp(log_t)), y, reduction="none")
@@ -216,8 +218,8 @@ class _ClassifierObjective:
 
     def temperature(self, module, X, packed):
         """The factor on the class scores that fits the validation rows best (:func:`fitted_temperature`)."""
-        y = torch.as_tensor(np.asarray(packed)[:, 0], device=X.device).long()
-        w = torch.as_tensor(np.asarray(packed)[:, -1], device=X.device, dtype=torch.float64)
+        y = torch.as_tensor(np.asarray(packed)[:, 0]).long()
+        w = torch.as_tensor(np.asarray(packed)[:, -1], dtype=torch.float64)
         with torch.no_grad():
             scores = self.class_scores(module, X[:, : self.n_features])
         return fitted_temperature(scores, y, w)
@@ -346,6 +348,12 @@ class GenerativeObjective(_ClassifierObjective):
         ``(batch, 1 + n_classes)``. With ``w = 0`` it is the paper's joint
         objective, computed exactly as without the option.
         """
+        if resolved.get("label_smoothing", 0.0):
+            raise ValueError(
+                f"label_smoothing={resolved['label_smoothing']!r} applies to the discriminative objective's "
+                "cross-entropy; the generative objective maximises a joint score, with no labels to smooth. "
+                'Use label_smoothing=0 or "auto".'
+            )
         weight = float(resolved.get("conditional_weight") or 0.0)
         if weight == 0:
             return None, self.per_sample_loss

@@ -157,6 +157,17 @@ def test_generative_objective_refuses_smoothing(wine):
     with pytest.raises(ValueError, match="label_smoothing"):
         clf.fit(X, y)
     assert not hasattr(clf, "classes_")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        clf.partial_fit(X, y, classes=np.unique(y))
+    assert not hasattr(clf, "classes_")
+    # a fitted generative model refuses to train on with it, but still predicts (training only)
+    fitted = UGMMClassifier(objective="generative", **FAST).fit(X, y)
+    proba = fitted.predict_proba(X)
+    fitted.set_params(label_smoothing=0.2, warm_start=True)
+    np.testing.assert_array_equal(fitted.predict_proba(X), proba)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        fitted.fit(X, y)
+    np.testing.assert_array_equal(fitted.predict_proba(X), proba)
     with pytest.raises(ValueError):
         UGMMClassifier(label_smoothing=1.0).fit(X, y)
 
