@@ -87,7 +87,7 @@ def test_interval_zero_prints_every_epoch_to_its_own_stream():
     X, y = load_iris(return_X_y=True)
     progress = EpochProgress(stream=stream, interval=0)
     clf = UGMMClassifier(hidden_layer_sizes=(4,), max_iter=4, early_stopping=False, random_state=0, callbacks=[progress])
-    with pytest.warns(ConvergenceWarning, match="training loss has not improved by tol=0.0001 for n_iter_no_change=20"):
+    with pytest.warns(ConvergenceWarning, match="training loss has not improved by tol=0.0001 for n_iter_no_change=10"):
         clf.fit(X, y)
     lines = stream.getvalue().splitlines()
     assert [line.split()[1] for line in lines[:-1]] == ["1/4", "2/4", "3/4", "4/4"]
