@@ -1,7 +1,5 @@
 """UGMMClassifier(conditional_weight=...): the generative objective's hybrid joint + conditional loss."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -9,7 +7,8 @@ from sklearn.datasets import load_iris
 
 from sklearn_ugmm import UGMMClassifier, load_model, save_model
 from sklearn_ugmm._objectives import GenerativeObjective, hybrid_loss, label_values
-from sklearn_ugmm._persistence import _digest
+
+from _model_files import resave_with_meta
 
 FAST = dict(hidden_layer_sizes=(4,), max_iter=3, n_iter_no_change=np.inf, random_state=0)
 
@@ -98,16 +97,6 @@ def test_round_trip_keeps_the_weight(iris, tmp_path):
     assert loaded.fit(X, y).resolved_params_["conditional_weight"] == 0.5
 
 
-def _resave(source, target, edit):
-    content = torch.load(source, weights_only=True)
-    meta = json.loads(content["meta"])
-    edit(meta)
-    content["meta"] = json.dumps(meta, sort_keys=True)
-    content["sha256"] = _digest(content["meta"], content["tensors"])
-    torch.save(content, target)
-    return target
-
-
 def test_files_saved_before_the_option_load_with_weight_zero(iris, tmp_path):
     X, y = iris
     clf = UGMMClassifier(objective="generative", **FAST).fit(X, y)
@@ -117,7 +106,7 @@ def test_files_saved_before_the_option_load_with_weight_zero(iris, tmp_path):
         del meta["params"]["conditional_weight"]
         del meta["fitted"]["resolved_params_"]["conditional_weight"]
 
-    loaded = load_model(_resave(tmp_path / "new.ugmm", tmp_path / "old.ugmm", drop))
+    loaded = load_model(resave_with_meta(tmp_path / "new.ugmm", tmp_path / "old.ugmm", drop))
     assert loaded.conditional_weight == 0.0
     assert loaded.resolved_params_["conditional_weight"] == 0.0
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
@@ -132,6 +121,6 @@ def test_invalid_saved_weights_are_refused(iris, tmp_path, value):
     def edit(meta):
         meta["fitted"]["resolved_params_"]["conditional_weight"] = value
 
-    path = _resave(tmp_path / "new.ugmm", tmp_path / "bad.ugmm", edit)
+    path = resave_with_meta(tmp_path / "new.ugmm", tmp_path / "bad.ugmm", edit)
     with pytest.raises(ValueError):
         load_model(path)

@@ -1,7 +1,5 @@
 """UGMMClassifier(label_smoothing=...): the smoothed cross-entropy and the temperature fitted after it."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,8 @@ from sklearn_ugmm._objectives import (
     DiscriminativeObjective,
     fitted_temperature,
 )
-from sklearn_ugmm._persistence import _digest
+
+from _model_files import resave_with_meta
 
 FAST = dict(hidden_layer_sizes=(8,), max_iter=15, n_iter_no_change=np.inf, random_state=0)
 
@@ -186,16 +185,6 @@ def test_round_trip_keeps_the_temperature(wine, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
 
 
-def _resave(source, target, edit):
-    content = torch.load(source, weights_only=True)
-    meta = json.loads(content["meta"])
-    edit(meta)
-    content["meta"] = json.dumps(meta, sort_keys=True)
-    content["sha256"] = _digest(content["meta"], content["tensors"])
-    torch.save(content, target)
-    return target
-
-
 def test_files_saved_before_the_option_load_unsmoothed_and_untempered(wine, tmp_path):
     X, y = wine
     clf = UGMMClassifier(label_smoothing=0.0, **FAST).fit(X, y)
@@ -206,7 +195,7 @@ def test_files_saved_before_the_option_load_unsmoothed_and_untempered(wine, tmp_
         del meta["fitted"]["resolved_params_"]["label_smoothing"]
         del meta["fitted"]["temperature_"]
 
-    loaded = load_model(_resave(tmp_path / "new.ugmm", tmp_path / "old.ugmm", drop))
+    loaded = load_model(resave_with_meta(tmp_path / "new.ugmm", tmp_path / "old.ugmm", drop))
     assert loaded.label_smoothing == 0.0
     assert loaded.resolved_params_["label_smoothing"] == 0.0
     assert loaded.temperature_ == 1.0
@@ -229,6 +218,6 @@ def test_invalid_saved_values_are_refused(wine, tmp_path, where, value):
         else:
             meta["fitted"]["resolved_params_"]["label_smoothing"] = value
 
-    path = _resave(tmp_path / "new.ugmm", tmp_path / "bad.ugmm", edit)
+    path = resave_with_meta(tmp_path / "new.ugmm", tmp_path / "bad.ugmm", edit)
     with pytest.raises(ValueError):
         load_model(path)
