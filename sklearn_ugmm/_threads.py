@@ -16,7 +16,7 @@ scikit-learn's OpenMP pools (:func:`initialisation_limit`).
 import ctypes
 import os
 import threading
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
 from threadpoolctl import ThreadpoolController
@@ -144,7 +144,5 @@ def initialisation_limit(n_threads):
     if limit is None:
         yield
         return
-    with ExitStack() as stack:
-        stack.enter_context(_blas_limit(limit))
-        stack.enter_context(_this_thread_limit(limit))
+    with _blas_limit(limit), _this_thread_limit(limit):
         yield
