@@ -216,19 +216,22 @@ class _ClassifierObjective:
             dtype=torch.float32,  # whatever torch's default dtype: the estimators train in float32
         )
 
+    def _scored_rows(self, module, X, packed):
+        """``(class scores, labels, weights)`` of the network inputs ``X`` and their packed targets."""
+        packed = np.asarray(packed)
+        y = torch.as_tensor(packed[:, 0], device=X.device).long()
+        w = torch.as_tensor(packed[:, -1], device=X.device, dtype=X.dtype)
+        return self.class_scores(module, X[:, : self.n_features]), y, w
+
     def temperature(self, module, X, packed):
         """The factor on the class scores that fits the validation rows best (:func:`fitted_temperature`)."""
-        y = torch.as_tensor(np.asarray(packed)[:, 0]).long()
-        w = torch.as_tensor(np.asarray(packed)[:, -1], dtype=torch.float64)
         with torch.no_grad():
-            scores = self.class_scores(module, X[:, : self.n_features])
+            scores, y, w = self._scored_rows(module, X, packed)
         return fitted_temperature(scores, y, w)
 
     def validation_score(self, module, X, packed):
         """Weighted accuracy and conditional log-loss of the class scores."""
-        y = torch.as_tensor(np.asarray(packed)[:, 0], device=X.device).long()
-        w = torch.as_tensor(np.asarray(packed)[:, -1], device=X.device, dtype=X.dtype)
-        scores = self.class_scores(module, X[:, : self.n_features])
+        scores, y, w = self._scored_rows(module, X, packed)
         correct = (scores.argmax(dim=1) == y).to(w.dtype)
         log_loss = torch.nn.functional.cross_entropy(scores, y, reduction="none")
         return {
