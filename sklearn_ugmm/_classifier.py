@@ -313,8 +313,15 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         short fit with early stopping (``max_iter`` of a few tens) is less
         accurate with it (iris with 30% of the entries missing, 8 hidden
         neurons, 15 epochs, model seeds 0-4: 0.82 against 0.87; equal from 60
-        epochs). The value used is in ``resolved_params_``; models saved
-        before the option load with 0.
+        epochs). Smoothing blunts :meth:`score_samples` as an
+        out-of-distribution score: it keeps every class's score of a training
+        input within a bounded margin of the best one, so the network's
+        components widen and unusual inputs score nearly as high (digits,
+        classes 5-9 unseen, 5 seeds: AUROC 0.737 against 0.926 with
+        ``label_smoothing=0``), while the largest class probability separates
+        them better (0.944 against 0.933). For novelty detection with
+        ``score_samples`` fit with ``label_smoothing=0``. The value used is in
+        ``resolved_params_``; models saved before the option load with 0.
     dropout : float, default=0.0
         Probability of removing each mixture component during training.
     input_dropout : float or "auto", default="auto"
@@ -688,7 +695,11 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         how typical they are for the fitted model -- novelty and
         out-of-distribution detection (a low score flags an unusual input);
         compare scores of one fitted model only. For a normalised density
-        use :class:`~sklearn_ugmm.UGMMDensityEstimator`.
+        use :class:`~sklearn_ugmm.UGMMDensityEstimator`. A network trained
+        with label smoothing (the default ``label_smoothing="auto"`` when
+        early stopping holds out a split) ranks unusual inputs much less well
+        (see ``label_smoothing``): for novelty detection fit it with
+        ``label_smoothing=0``, or rank by the largest class probability.
 
         Parameters
         ----------

@@ -223,9 +223,28 @@ def test_bench_ood_refuses_results_of_other_settings(tmp_path):
     (tmp_path / "mnist_openset.json").write_text(json.dumps(saved))
     with pytest.raises(SystemExit, match="holds results of .*'n_train': 500.* not of .*'n_train': 1000"):
         bench_ood.main(["mnist_openset", "--n-train", "1000", "--results", str(tmp_path)])
+    # results of the defaults are not taken for an override of ours, nor the other way round
+    (tmp_path / "digits_openset.json").write_text(json.dumps({"config": {}, "runs": []}))
+    with pytest.raises(SystemExit, match="holds results of {}, not of .*'ugmm': {'label_smoothing': 0}"):
+        bench_ood.main(["digits_openset", "--set", "label_smoothing=0", "--results", str(tmp_path)])
+    (tmp_path / "digits_openset.json").write_text(json.dumps({"config": {"ugmm": {"label_smoothing": 0}}, "runs": []}))
+    with pytest.raises(SystemExit, match="'label_smoothing': 0}}, not of {}"):
+        bench_ood.main(["digits_openset", "--results", str(tmp_path)])
     table_only = tmp_path / "absent"
     bench_ood.main(["digits_openset", "--table", "--results", str(table_only)])
     assert not table_only.exists()  # printing the table creates nothing
+
+
+def test_bench_ood_passes_overrides_to_our_model_only():
+    import bench_ood
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    ugmm, mlp, _ = bench_ood.fit_pair(X, y, seed=0, ugmm_params={"label_smoothing": 0.0, "max_iter": 5})
+    assert ugmm.label_smoothing == 0.0 and ugmm.max_iter == 5 and ugmm.n_iter_ == 5
+    assert mlp[-1].max_iter == 500
+    ugmm, _, _ = bench_ood.fit_pair(X, y, seed=0, epochs=1, ugmm_params={"hidden_layer_sizes": (8,)})
+    assert ugmm.hidden_layer_sizes == (8,) and ugmm.max_iter == 1 and not ugmm.early_stopping
 
 
 def test_bench_ood_mlp_logits_are_the_softmax_inputs():
