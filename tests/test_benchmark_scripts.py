@@ -247,6 +247,16 @@ def test_bench_ood_passes_overrides_to_our_model_only():
     assert ugmm.hidden_layer_sizes == (8,) and ugmm.max_iter == 1 and not ugmm.early_stopping
 
 
+def test_set_overrides_parse_literals_and_keep_other_text():
+    from bench_tabular import parse_overrides
+
+    parsed = parse_overrides(["alpha=1e-3", "hidden_layer_sizes=(8, 4)", "standardize=auto", "early_stopping=False",
+                              "max_iter=5", "note=a=b"])
+    assert parsed == {"alpha": 1e-3, "hidden_layer_sizes": (8, 4), "standardize": "auto", "early_stopping": False,
+                      "max_iter": 5, "note": "a=b"}
+    assert parse_overrides([]) == parse_overrides(None) == {}
+
+
 def test_bench_ood_mlp_logits_are_the_softmax_inputs():
     import bench_ood
     from scipy.special import softmax

@@ -26,7 +26,7 @@ from sklearn.neural_network import MLPClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import load_mnist  # noqa: E402
-from bench_tabular import parse_value  # noqa: E402
+from bench_tabular import parse_overrides  # noqa: E402
 
 from sklearn_ugmm import UGMMClassifier  # noqa: E402
 
@@ -43,9 +43,7 @@ def main(argv=None):
     X_train, y_train, X_test, y_test = load_mnist()
     X_train, y_train, X_test, y_test = X_train[:N_TRAIN], y_train[:N_TRAIN], X_test[:N_TEST], y_test[:N_TEST]
     params = dict(hidden_layer_sizes=(128, 64), max_iter=EPOCHS, early_stopping=False, standardize=False, random_state=0)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        params[key] = parse_value(value)
+    params.update(parse_overrides(args.set))
     clf = UGMMClassifier(**params)
     start = time.perf_counter()
     with warnings.catch_warnings():

@@ -28,7 +28,7 @@ Examples::
 """
 
 import argparse
-import ast
+import sys
 import time
 import warnings
 from collections import Counter
@@ -43,6 +43,9 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.neighbors import KernelDensity
 
 from sklearn_ugmm import UGMMDensityEstimator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_tabular import parse_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "tabular"
@@ -108,17 +111,6 @@ def evaluate(X, models, params, n_folds=5, max_folds=None):
     return results
 
 
-def parse_set(values):
-    params = {}
-    for item in values or ():
-        key, _, value = item.partition("=")
-        try:
-            params[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[key] = value
-    return params
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="*", default=list(ALL_SETS), help=f"any of {', '.join(ALL_SETS)}")
@@ -133,7 +125,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", ConvergenceWarning)
-    params = parse_set(args.set)
+    params = parse_overrides(args.set)
     max_rows = args.max_rows if args.max_rows is not None else (2000 if args.quick else None)
 
     rows = []

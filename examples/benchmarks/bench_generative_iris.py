@@ -25,7 +25,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tabular import parse_value  # noqa: E402
+from bench_tabular import parse_overrides  # noqa: E402
 
 from sklearn_ugmm import UGMMClassifier  # noqa: E402
 
@@ -36,10 +36,7 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    params = {"objective": "generative"}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        params[key] = parse_value(value)
+    params = {"objective": "generative", **parse_overrides(args.set)}
     X, y = load_iris(return_X_y=True)
     start = time.perf_counter()
     scores = np.zeros((args.seeds, args.seeds))

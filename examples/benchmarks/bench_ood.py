@@ -62,7 +62,7 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import DEFAULT_DATA_DIR, load_mnist  # noqa: E402
-from bench_tabular import parse_value  # noqa: E402
+from bench_tabular import parse_overrides  # noqa: E402
 
 from sklearn_ugmm import UGMMClassifier  # noqa: E402
 
@@ -206,10 +206,7 @@ def main(argv=None):
     )
     parser.add_argument("--table", action="store_true", help="only print the table of the results so far")
     args = parser.parse_args(argv)
-    ugmm_params = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        ugmm_params[key] = parse_value(value)
+    ugmm_params = parse_overrides(args.set)
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")

@@ -94,7 +94,7 @@ from sklearn.svm import SVC
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import DEFAULT_DATA_DIR  # noqa: E402
-from bench_tabular import parse_value, subsample  # noqa: E402
+from bench_tabular import parse_overrides, subsample  # noqa: E402
 
 RESERVED = ("letter", "penbased", "optdigits", "texture", "marketing")
 MIN_ROWS, MAX_ROWS, MAX_FEATURES = 300, 20_000, 100
@@ -424,10 +424,7 @@ def main(argv=None):
         names = [n for n in names if n in args.sets]
     if args.report:
         return report(args.report, names, Path(args.results), baseline=args.baseline, rst=args.rst)
-    params = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        params[key] = parse_value(value)
+    params = parse_overrides(args.set)
     run(args.config, names, sets, params, Path(args.results), seed=args.seed)
     return None
 

@@ -91,6 +91,15 @@ def parse_value(text):
         return text
 
 
+def parse_overrides(items):
+    """``{param: value}`` of ``--set PARAM=VALUE`` items; a value is a Python literal, else a string."""
+    params = {}
+    for item in items or ():
+        key, _, value = item.partition("=")
+        params[key] = parse_value(value)
+    return params
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("datasets", nargs="*", default=list(ALL_SETS), help=f"default: {' '.join(ALL_SETS)}")
@@ -117,10 +126,7 @@ def main(argv=None):
     for m in models:
         if m not in MODELS:
             parser.error(f"unknown model {m!r}; choose from {MODELS}")
-    ugmm_params = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        ugmm_params[key] = parse_value(value)
+    ugmm_params = parse_overrides(args.set)
     if ugmm_params:
         print(f"UGMMClassifier overrides: {ugmm_params}")
 
