@@ -50,6 +50,16 @@ def _z_limit(dtype):
     return float(torch.finfo(dtype).max) ** 0.25
 
 
+def _in_float32(function, x, *tensors, **kwargs):
+    """``function(x, *tensors, **kwargs)`` of float16 tensors, computed in float32 and rounded back.
+
+    float16 cannot hold the layers' bounds (the kernels' 2**-60 underflows,
+    and a distance clipped at ``_z_limit(float16)``, about 16 standard
+    deviations, is too tight).
+    """
+    return function(x.float(), *(t.float() for t in tensors), **kwargs).half()
+
+
 def ugmm_log_density_reference(x, loc, scale, log_weights):
     """Plain, fully materialised uGMM layer log-density (the ground truth).
 
@@ -359,11 +369,7 @@ def ugmm_log_density(x, loc, scale, log_weights, *, block_elements=DEFAULT_BLOCK
             f"and {log_weights.dtype}"
         )
     if x.dtype == torch.float16:
-        # float16 cannot hold the kernels' bounds (2**-60 underflows): computed in float32
-        out = ugmm_log_density(
-            x.float(), loc.float(), scale.float(), log_weights.float(), block_elements=block_elements, kernel=kernel
-        )
-        return out.half()
+        return _in_float32(ugmm_log_density, x, loc, scale, log_weights, block_elements=block_elements, kernel=kernel)
     if kernel != "reference" and _fused_applies(x, loc, scale, log_weights, kernel):
         out = _fused.log_density(x, loc, scale, log_weights, _z_limit(x.dtype))
         if out is not None:  # None: distances need clipping

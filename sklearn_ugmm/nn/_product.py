@@ -3,7 +3,7 @@
 import torch
 
 from . import _fused
-from ._functional import _HALF_LOG_2PI, DEFAULT_BLOCK_ELEMENTS, _z_limit
+from ._functional import _HALF_LOG_2PI, DEFAULT_BLOCK_ELEMENTS, _in_float32, _z_limit
 from ._layer import UGMMLayer, _kept_components
 
 __all__ = ["UGMMProductLayer", "product_log_density"]
@@ -57,12 +57,11 @@ def product_log_density(
     >>> product_log_density(x, torch.zeros(4, 3), torch.ones(4, 3), log_w)[0, 0]
     tensor(-0.9189)
     """
-    if x.dtype == torch.float16:  # (its clipping bound, about 16 standard deviations, is too tight): float32
-        out = product_log_density(
-            x.float(), loc.float(), scale.float(), log_weights.float(), observed=observed, dropped=dropped,
+    if x.dtype == torch.float16:
+        return _in_float32(
+            product_log_density, x, loc, scale, log_weights, observed=observed, dropped=dropped,
             block_elements=block_elements,
         )
-        return out.half()
     n_out, n_in = loc.shape
     limit = _z_limit(x.dtype)
     log_norm = torch.log(scale) + _HALF_LOG_2PI
