@@ -240,8 +240,9 @@ def test_bench_ood_passes_overrides_to_our_model_only():
     from sklearn.datasets import load_iris
 
     X, y = load_iris(return_X_y=True)
-    ugmm, mlp, _ = bench_ood.fit_pair(X, y, seed=0, ugmm_params={"label_smoothing": 0.0, "max_iter": 5})
+    ugmm, mlp, _ = bench_ood.fit_pair(X, y, seed=0, ugmm_params={"label_smoothing": 0.0, "max_iter": 5, "n_threads": 2})
     assert ugmm.label_smoothing == 0.0 and ugmm.max_iter == 5 and ugmm.n_iter_ == 5
+    assert ugmm.n_threads == 2  # an override of the script's own settings too, as in the MNIST cases
     assert mlp[-1].max_iter == 500
     ugmm, _, _ = bench_ood.fit_pair(X, y, seed=0, epochs=1, ugmm_params={"hidden_layer_sizes": (8,)})
     assert ugmm.hidden_layer_sizes == (8,) and ugmm.max_iter == 1 and not ugmm.early_stopping

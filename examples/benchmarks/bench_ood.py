@@ -107,7 +107,7 @@ def fit_pair(X, y, *, seed, epochs=None, ugmm_params=None):
     """
     ugmm_params = ugmm_params or {}
     if epochs is None:
-        ugmm = UGMMClassifier(random_state=seed, n_threads=1, **ugmm_params)
+        ugmm = UGMMClassifier(random_state=seed, n_threads=1).set_params(**ugmm_params)
         mlp = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64,), max_iter=500, random_state=seed))
     else:
         ugmm = UGMMClassifier(
