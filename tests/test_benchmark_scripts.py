@@ -314,3 +314,25 @@ def test_bench_latency_times_both_models(capsys):
         assert len(times) == 3 and all(t > 0 for t in times)
     assert bench_latency._fused.loaded.__name__ == "loaded"  # restored
     assert "rows" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_suite_soft_vote_averages_three_seeded_fits():
+    import pandas as pd
+
+    import bench_suite
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=120), "b": rng.normal(size=120)})
+    y = np.where(X["a"] + 0.3 * rng.normal(size=120) > 0, "yes", "no")
+    params = {"max_iter": 3, "early_stopping": False}
+    model = bench_suite.make_model("vote3-s2", X, params, seed=2)
+    assert [m.random_state for _, m in model.estimators] == [2, 1002, 2002]
+    model.fit(X, y)
+    expected = np.mean([m.predict_proba(X) for m in model.estimators_], axis=0)
+    np.testing.assert_allclose(model.predict_proba(X), expected)
+    folds = bench_suite.evaluate("vote3", X, y, params)
+    assert len(folds) == bench_suite.N_FOLDS
+    for fold in folds:
+        assert fold["n_iter"] == 3 and fold["resolved"]["label_smoothing"] == 0.0  # no early stopping
+        assert 0.5 < fold["acc"] <= 1 and np.isfinite(fold["logloss"])

@@ -49,7 +49,11 @@ which a tuning set could be reported; a set the pinned split does not know
   ``StandardScaler`` (numeric columns) and ``OneHotEncoder`` (nominal ones);
 * the simple baselines of ``BASELINES`` (``--config svc``, ``rf``, ``lda``,
   ``gnb``) behind the same preprocessing, to say where the sets that the
-  uGMM network loses stand for other models.
+  uGMM network loses stand for other models;
+* ``vote3`` (or ``vote3-NAME``): a soft vote of ``VOTE_MEMBERS`` (3)
+  UGMMClassifiers with ``random_state`` 0, 1000 and 2000 (plus the overrides;
+  scikit-learn's ``VotingClassifier(voting="soft")``), to measure what
+  averaging a few fits buys for its cost.
 
 ``--seed N`` gives every model ``random_state=N`` instead (the folds stay
 the same), to see how much a set's result owes to the models' seeds.
@@ -65,6 +69,7 @@ Examples::
     python examples/benchmarks/bench_suite.py --half tuning --config mlp
     python examples/benchmarks/bench_suite.py --half tuning --config lr1e-2 --set learning_rate_init=1e-2
     python examples/benchmarks/bench_suite.py --half reporting --config rf   # a simple baseline
+    python examples/benchmarks/bench_suite.py --half tuning --config vote3-s1 --seed 1   # three fits averaged
     python examples/benchmarks/bench_suite.py --half reporting --report product   # table of committed results
 """
 
@@ -82,7 +87,7 @@ import torch
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import RandomForestClassifier, VotingClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
@@ -223,6 +228,17 @@ BASELINES = {
 }
 
 
+#: ``--config vote3-...``: a soft vote (mean ``predict_proba``) of this many UGMMClassifiers,
+#: model ``m`` at ``random_state = seed + VOTE_SEED_STEP * m`` (so each member also holds out
+#: its own early-stopping split); what averaging a few fits buys, and costs
+VOTE_MEMBERS, VOTE_SEED_STEP = 3, 1000
+
+
+def is_vote(config):
+    """Configurations named ``vote3`` or ``vote3-...``: a soft vote of UGMMClassifiers."""
+    return config == "vote3" or config.startswith("vote3-")
+
+
 def is_mlp(config):
     """Configurations named ``mlp`` or ``mlp-...`` are the MLP (a second name re-times it)."""
     return config == "mlp" or config.startswith("mlp-")
@@ -246,7 +262,21 @@ def make_model(config, X, params, seed=0):
         return make_pipeline(prep, model)
     from sklearn_ugmm import UGMMClassifier
 
+    if is_vote(config):
+        members = [
+            (f"seed{seed + VOTE_SEED_STEP * m}", UGMMClassifier(random_state=seed + VOTE_SEED_STEP * m, **params))
+            for m in range(VOTE_MEMBERS)
+        ]
+        return VotingClassifier(members, voting="soft")
     return UGMMClassifier(random_state=seed, **params)
+
+
+def _fitted_ugmm(model, config):
+    """The (first) fitted UGMMClassifier of ``model`` and its largest ``n_iter_`` (0 for scikit-learn models)."""
+    if is_sklearn(config):
+        return None, int(np.max(getattr(model[-1], "n_iter_", 0)))
+    members = model.estimators_ if is_vote(config) else [model]
+    return members[0], max(int(m.n_iter_) for m in members)
 
 
 def evaluate(config, X, y, params, seed=0):
@@ -263,15 +293,16 @@ def evaluate(config, X, y, params, seed=0):
             fit_s = time.perf_counter() - start
         proba = model.predict_proba(X.iloc[test])
         est = model[-1] if is_sklearn(config) else model
+        ugmm, n_iter = _fitted_ugmm(model, config)
         folds.append({
             "acc": float(np.mean(est.classes_[proba.argmax(1)] == y[test])),
             "logloss": float(log_loss(y[test], proba, labels=labels)),
             "train_acc": float(model.score(X.iloc[train], y[train])),
-            "n_iter": int(np.max(getattr(est, "n_iter_", 0))),
+            "n_iter": n_iter,
             "fit_s": fit_s,
-            "resolved": None if is_sklearn(config) else {
+            "resolved": None if ugmm is None else {
                 k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-                for k, v in est.resolved_params_.items()
+                for k, v in ugmm.resolved_params_.items()
             },
         })
     return folds
