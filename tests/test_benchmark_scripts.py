@@ -336,3 +336,18 @@ def test_suite_soft_vote_averages_three_seeded_fits():
     for fold in folds:
         assert fold["n_iter"] == 3 and fold["resolved"]["label_smoothing"] == 0.0  # no early stopping
         assert 0.5 < fold["acc"] <= 1 and np.isfinite(fold["logloss"])
+
+
+def test_suite_soft_vote_of_mlps_takes_the_mlps_preprocessing():
+    import pandas as pd
+
+    import bench_suite
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=90), "colour": pd.Categorical(rng.choice(["red", "blue"], 90))})
+    y = np.where(X["a"] > 0, 1, 0)
+    model = bench_suite.make_model("mlp-vote3-s1", X, {}, seed=1)
+    assert [m.random_state for _, m in model[-1].estimators] == [1, 1001, 2001]
+    assert type(model[-1].estimators[0][1]) is type(bench_suite.make_model("mlp", X, {})[-1])
+    folds = bench_suite.evaluate("mlp-vote3", X, y, {})
+    assert all(fold["n_iter"] > 0 and fold["resolved"] is None and fold["acc"] > 0.7 for fold in folds)

@@ -53,7 +53,9 @@ which a tuning set could be reported; a set the pinned split does not know
 * ``vote3`` (or ``vote3-NAME``): a soft vote of ``VOTE_MEMBERS`` (3)
   UGMMClassifiers with ``random_state`` 0, 1000 and 2000 (plus the overrides;
   scikit-learn's ``VotingClassifier(voting="soft")``), to measure what
-  averaging a few fits buys for its cost.
+  averaging a few fits buys for its cost; ``mlp-vote3`` (or
+  ``mlp-vote3-NAME``) is the same vote of three MLPs, behind the MLP's
+  preprocessing.
 
 ``--seed N`` gives every model ``random_state=N`` instead (the folds stay
 the same), to see how much a set's result owes to the models' seeds.
@@ -258,7 +260,14 @@ def make_model(config, X, params, seed=0):
             [("num", StandardScaler(), numeric), ("cat", OneHotEncoder(handle_unknown="ignore"), nominal)],
             sparse_threshold=0.3 if is_mlp(config) else 0,  # (GaussianNB and LDA need dense input)
         )
-        model = MLPClassifier(random_state=seed) if is_mlp(config) else BASELINES[config](seed)
+        if is_mlp(config) and is_vote(config.removeprefix("mlp-")):
+            model = VotingClassifier(
+                [(f"seed{seed + VOTE_SEED_STEP * m}", MLPClassifier(random_state=seed + VOTE_SEED_STEP * m))
+                 for m in range(VOTE_MEMBERS)],
+                voting="soft",
+            )
+        else:
+            model = MLPClassifier(random_state=seed) if is_mlp(config) else BASELINES[config](seed)
         return make_pipeline(prep, model)
     from sklearn_ugmm import UGMMClassifier
 
@@ -274,7 +283,9 @@ def make_model(config, X, params, seed=0):
 def _fitted_ugmm(model, config):
     """The (first) fitted UGMMClassifier of ``model`` and its largest ``n_iter_`` (0 for scikit-learn models)."""
     if is_sklearn(config):
-        return None, int(np.max(getattr(model[-1], "n_iter_", 0)))
+        last = model[-1]
+        members = getattr(last, "estimators_", [last])
+        return None, max(int(np.max(getattr(m, "n_iter_", 0))) for m in members)
     members = model.estimators_ if is_vote(config) else [model]
     return members[0], max(int(m.n_iter_) for m in members)
 
