@@ -51,8 +51,9 @@ which a tuning set could be reported; a set the pinned split does not know
   ``gnb``) behind the same preprocessing, to say where the sets that the
   uGMM network loses stand for other models;
 * ``vote3`` (or ``vote3-NAME``): a soft vote of ``VOTE_MEMBERS`` (3)
-  UGMMClassifiers with ``random_state`` 0, 1000 and 2000 (plus the overrides;
-  scikit-learn's ``VotingClassifier(voting="soft")``), to measure what
+  UGMMClassifiers with ``random_state`` s, s + 1000 and s + 2000 at
+  ``--seed s`` (plus the overrides; scikit-learn's
+  ``VotingClassifier(voting="soft")``), to measure what
   averaging a few fits buys for its cost; ``mlp-vote3`` (or
   ``mlp-vote3-NAME``) is the same vote of three MLPs, behind the MLP's
   preprocessing.
@@ -280,8 +281,9 @@ def make_model(config, X, params, seed=0):
     return UGMMClassifier(random_state=seed, **params)
 
 
-def _fitted_ugmm(model, config):
-    """The (first) fitted UGMMClassifier of ``model`` and its largest ``n_iter_`` (0 for scikit-learn models)."""
+def _ugmm_and_epochs(model, config):
+    """``(ugmm, epochs)``: the (first) fitted UGMMClassifier of ``model`` (None for scikit-learn models) and the
+    largest ``n_iter_`` of its fitted members."""
     if is_sklearn(config):
         last = model[-1]
         members = getattr(last, "estimators_", [last])
@@ -304,7 +306,7 @@ def evaluate(config, X, y, params, seed=0):
             fit_s = time.perf_counter() - start
         proba = model.predict_proba(X.iloc[test])
         est = model[-1] if is_sklearn(config) else model
-        ugmm, n_iter = _fitted_ugmm(model, config)
+        ugmm, n_iter = _ugmm_and_epochs(model, config)
         folds.append({
             "acc": float(np.mean(est.classes_[proba.argmax(1)] == y[test])),
             "logloss": float(log_loss(y[test], proba, labels=labels)),
