@@ -338,6 +338,40 @@ def test_suite_soft_vote_averages_three_seeded_fits():
         assert 0.5 < fold["acc"] <= 1 and np.isfinite(fold["logloss"])
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_suite_votes_that_take_the_members_differences_apart():
+    import pandas as pd
+    from sklearn.base import clone
+
+    import bench_suite
+
+    def split_of(member):
+        return member._split(100, None, np.random.RandomState(123))[1]  # (whatever rng it is handed)
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=120), "b": rng.normal(size=120)})
+    y = np.where(X["a"] + 0.3 * rng.normal(size=120) > 0, "yes", "no")
+    params = {"max_iter": 3}
+    assert [bench_suite.vote_kind(c) for c in ("vote3", "splitvote3-s1", "seedvote3", "vote3x", "mlp-vote3")] == [
+        "vote3", "splitvote3", "seedvote3", None, None]
+    split_only = bench_suite.make_model("splitvote3-s1", X, params, seed=1)
+    members = [m for _, m in split_only.estimators]
+    assert [m.random_state for m in members] == [1, 1, 1]
+    splits = [split_of(m) for m in members]
+    assert not np.array_equal(splits[0], splits[1]) and not np.array_equal(splits[1], splits[2])
+    np.testing.assert_array_equal(split_of(clone(members[1])), splits[1])
+    shared = bench_suite.make_model("seedvote3-s1", X, params, seed=1)
+    members = [m for _, m in shared.estimators]
+    assert [m.random_state for m in members] == [1, 1001, 2001]
+    for member in members[1:]:
+        np.testing.assert_array_equal(split_of(member), split_of(members[0]))
+    shared.fit(X, y)
+    expected = np.mean([m.predict_proba(X) for m in shared.estimators_], axis=0)
+    np.testing.assert_allclose(shared.predict_proba(X), expected)
+    assert all(m.n_iter_ == 3 for m in shared.estimators_)
+    assert not isinstance(bench_suite.make_model("mlp-splitvote3", X, {})[-1], bench_suite.VotingClassifier)
+
+
 def test_suite_soft_vote_of_mlps_takes_the_mlps_preprocessing():
     import pandas as pd
 

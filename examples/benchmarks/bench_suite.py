@@ -56,7 +56,11 @@ which a tuning set could be reported; a set the pinned split does not know
   ``VotingClassifier(voting="soft")``), to measure what
   averaging a few fits buys for its cost; ``mlp-vote3`` (or
   ``mlp-vote3-NAME``) is the same vote of three MLPs, behind the MLP's
-  preprocessing.
+  preprocessing. Two votes take the members' differences apart:
+  ``splitvote3`` (or ``splitvote3-NAME``): every member at ``random_state``
+  s, each holding out its own early-stopping split (split seeds s, s + 1000,
+  s + 2000); ``seedvote3`` (or ``seedvote3-NAME``): members at s, s + 1000
+  and s + 2000, all holding out the same split (split seed s).
 
 ``--seed N`` gives every model ``random_state=N`` instead (the folds stay
 the same), to see how much a set's result owes to the models' seeds.
@@ -73,6 +77,7 @@ Examples::
     python examples/benchmarks/bench_suite.py --half tuning --config lr1e-2 --set learning_rate_init=1e-2
     python examples/benchmarks/bench_suite.py --half reporting --config rf   # a simple baseline
     python examples/benchmarks/bench_suite.py --half tuning --config vote3-s1 --seed 1   # three fits averaged
+    python examples/benchmarks/bench_suite.py --half tuning --config splitvote3-s1 --seed 1   # ... differing in their split only
     python examples/benchmarks/bench_suite.py --half reporting --report product   # table of committed results
 """
 
@@ -237,9 +242,43 @@ BASELINES = {
 VOTE_MEMBERS, VOTE_SEED_STEP = 3, 1000
 
 
+#: the soft votes of UGMMClassifiers, by what differs between their members: everything the
+#: seed draws, only the early-stopping split, or everything but that split
+VOTE_KINDS = ("vote3", "splitvote3", "seedvote3")
+
+
+def vote_kind(config):
+    """The vote of ``config`` (``vote3``, ``splitvote3``, ``seedvote3``, or one of them then ``-NAME``), or None."""
+    return next((kind for kind in VOTE_KINDS if config == kind or config.startswith(kind + "-")), None)
+
+
 def is_vote(config):
-    """Configurations named ``vote3`` or ``vote3-...``: a soft vote of UGMMClassifiers."""
-    return config == "vote3" or config.startswith("vote3-")
+    """Configurations named after one of ``VOTE_KINDS``: a soft vote of UGMMClassifiers."""
+    return vote_kind(config) is not None
+
+
+def split_seeded(base, split_seed):
+    """A subclass of the estimator class ``base`` whose early-stopping split is drawn with ``split_seed``,
+    whatever its ``random_state`` (which still draws everything else)."""
+
+    def _split(self, n_samples, y_index, rng):
+        return base._split(self, n_samples, y_index, np.random.RandomState(split_seed))
+
+    return type(f"{base.__name__}SplitSeed{split_seed}", (base,), {"_split": _split})
+
+
+def vote_members(config, params, seed):
+    """``(name, UGMMClassifier)`` pairs of the vote ``config`` at model seed ``seed``."""
+    from sklearn_ugmm import UGMMClassifier
+
+    offsets = [VOTE_SEED_STEP * m for m in range(VOTE_MEMBERS)]
+    kind = vote_kind(config)
+    if kind == "vote3":
+        return [(f"seed{seed + o}", UGMMClassifier(random_state=seed + o, **params)) for o in offsets]
+    if kind == "splitvote3":
+        return [(f"split{seed + o}", split_seeded(UGMMClassifier, seed + o)(random_state=seed, **params))
+                for o in offsets]
+    return [(f"seed{seed + o}", split_seeded(UGMMClassifier, seed)(random_state=seed + o, **params)) for o in offsets]
 
 
 def is_mlp(config):
@@ -261,7 +300,7 @@ def make_model(config, X, params, seed=0):
             [("num", StandardScaler(), numeric), ("cat", OneHotEncoder(handle_unknown="ignore"), nominal)],
             sparse_threshold=0.3 if is_mlp(config) else 0,  # (GaussianNB and LDA need dense input)
         )
-        if is_mlp(config) and is_vote(config.removeprefix("mlp-")):
+        if is_mlp(config) and vote_kind(config.removeprefix("mlp-")) == "vote3":
             model = VotingClassifier(
                 [(f"seed{seed + VOTE_SEED_STEP * m}", MLPClassifier(random_state=seed + VOTE_SEED_STEP * m))
                  for m in range(VOTE_MEMBERS)],
@@ -273,11 +312,7 @@ def make_model(config, X, params, seed=0):
     from sklearn_ugmm import UGMMClassifier
 
     if is_vote(config):
-        members = [
-            (f"seed{seed + VOTE_SEED_STEP * m}", UGMMClassifier(random_state=seed + VOTE_SEED_STEP * m, **params))
-            for m in range(VOTE_MEMBERS)
-        ]
-        return VotingClassifier(members, voting="soft")
+        return VotingClassifier(vote_members(config, params, seed), voting="soft")
     return UGMMClassifier(random_state=seed, **params)
 
 
