@@ -68,15 +68,16 @@ def test_weight_average_horizon_grows_with_the_epochs_run():
     assert not all(np.allclose(a.detach().numpy(), b.detach().numpy()) for a, b in zip(longer.module_.parameters(), raw.module_.parameters()))
 
 
-@pytest.mark.parametrize("split_seed", [1, 2])
-def test_generative_iris_holds_on_other_splits(split_seed):
-    # examples/benchmarks/bench_generative_iris.py: model seed 0 gives 0.960 on split seeds 1 and 2
-    # (25 seed pairs with conditional_weight="auto": mean 0.9645, worst 0.953, see doc/benchmarks.rst)
+@pytest.mark.parametrize(("split_seed", "model_seed"), [(1, 0), (2, 0), (1, 3), (3, 4)])
+def test_generative_iris_holds_on_other_splits(split_seed, model_seed):
+    # examples/benchmarks/bench_generative_iris.py with the defaults (averaging_epochs="auto", 10): 0.960, 0.967,
+    # 0.960 and 0.960 here, with AVX2 and AVX-512 vector code alike (25 seed pairs: mean 0.9611, worst 0.9533).
+    # Without the weight average (averaging_epochs=1) the last two gave 0.947 and 0.940 with AVX-512.
     X, y = load_iris(return_X_y=True)
     cv = StratifiedKFold(5, shuffle=True, random_state=split_seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        score = cross_val_score(UGMMClassifier(objective="generative", random_state=0), X, y, cv=cv).mean()
+        score = cross_val_score(UGMMClassifier(objective="generative", random_state=model_seed), X, y, cv=cv).mean()
     assert score >= 0.95
 
 

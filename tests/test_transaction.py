@@ -351,7 +351,7 @@ def test_resolved_auto_parameters_are_visible_after_fit(iris, capsys):
     generative = UGMMClassifier(**dict(CLF, objective="generative", batch_size=20, verbose=1)).fit(X, y)
     resolved = generative.resolved_params_
     assert (resolved["learning_rate_init"], resolved["batch_size"], resolved["precision_penalty"]) == (1e-2, 20, 0.0)
-    assert resolved["averaging_epochs"] == 1.0 and resolved["standardize"] is True  # (1: no averaging)
+    assert resolved["averaging_epochs"] == 10.0 and resolved["standardize"] is True
     assert resolved["output_layer"] == "mixture" and resolved["conditional_weight"] == 0.2
     assert resolved["label_smoothing"] == 0.0  # (no labels to smooth)
     # the resolved values are valid parameters: they set the same fit

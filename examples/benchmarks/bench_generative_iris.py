@@ -7,9 +7,14 @@ defaults plus any ``--set`` overrides): the 5-fold mean test accuracy.
 Prints the 25 accuracies, their mean and their minimum (target: every run
 at least 0.95, mean at least 0.96).
 
+A run's last test sample can turn on rounding, and torch picks its vector
+code (AVX2, AVX-512, ...) by the CPU: ``ATEN_CPU_CAPABILITY=avx2`` (or
+``default``) in the environment gives another machine's results.
+
 Usage::
 
     python examples/benchmarks/bench_generative_iris.py [--seeds 5] [--set PARAM=VALUE]
+    ATEN_CPU_CAPABILITY=avx2 python examples/benchmarks/bench_generative_iris.py
 """
 
 import argparse
