@@ -198,9 +198,10 @@ class UGMMClassifier(ClassifierMixin, BaseUGMM):
         for split seeds 0-4 times model seeds 0-4, 25 runs, at commit
         ``54f405c``, without weight averaging, on the machine of the time;
         single runs depend on the CPU's vector code, see
-        ``averaging_epochs``: mean accuracy 0.951, worst run 0.920 and 8 runs below 0.95 with 0; 0.958 / 0.933 /
-        2 with 0.1; 0.9645 / 0.953 / 0 with 0.2; 0.962 / 0.947 / 1 with 0.3;
-        0.953 / 0.933 / 7 with 1. 5-fold CV, model seeds 0-2: wine 0.801 ->
+        ``averaging_epochs``: mean accuracy 0.951, worst run 0.920 and 8
+        runs below 0.95 with 0; 0.958 / 0.933 / 2 with 0.1; 0.9645 / 0.953 /
+        0 with 0.2; 0.962 / 0.947 / 1 with 0.3; 0.953 / 0.933 / 7 with 1.
+        5-fold CV, model seeds 0-2: wine 0.801 ->
         0.859, breast_cancer 0.658 -> 0.822, log-loss 0.629 -> 0.463 and
         0.641 -> 0.430); larger weights helped those two more (1: wine
         0.899, breast_cancer 0.910) but not iris. Each step also scores
