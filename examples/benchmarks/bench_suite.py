@@ -267,18 +267,21 @@ def split_seeded(base, split_seed):
     return type(f"{base.__name__}SplitSeed{split_seed}", (base,), {"_split": _split})
 
 
+def vote_seeds(seed):
+    """The seeds of a vote's members at model seed ``seed``: ``seed + VOTE_SEED_STEP * m``."""
+    return [seed + VOTE_SEED_STEP * m for m in range(VOTE_MEMBERS)]
+
+
 def vote_members(config, params, seed):
     """``(name, UGMMClassifier)`` pairs of the vote ``config`` at model seed ``seed``."""
     from sklearn_ugmm import UGMMClassifier
 
-    offsets = [VOTE_SEED_STEP * m for m in range(VOTE_MEMBERS)]
     kind = vote_kind(config)
     if kind == "vote3":
-        return [(f"seed{seed + o}", UGMMClassifier(random_state=seed + o, **params)) for o in offsets]
+        return [(f"seed{s}", UGMMClassifier(random_state=s, **params)) for s in vote_seeds(seed)]
     if kind == "splitvote3":
-        return [(f"split{seed + o}", split_seeded(UGMMClassifier, seed + o)(random_state=seed, **params))
-                for o in offsets]
-    return [(f"seed{seed + o}", split_seeded(UGMMClassifier, seed)(random_state=seed + o, **params)) for o in offsets]
+        return [(f"split{s}", split_seeded(UGMMClassifier, s)(random_state=seed, **params)) for s in vote_seeds(seed)]
+    return [(f"seed{s}", split_seeded(UGMMClassifier, seed)(random_state=s, **params)) for s in vote_seeds(seed)]
 
 
 def is_mlp(config):
@@ -302,9 +305,7 @@ def make_model(config, X, params, seed=0):
         )
         if is_mlp(config) and vote_kind(config.removeprefix("mlp-")) == "vote3":
             model = VotingClassifier(
-                [(f"seed{seed + VOTE_SEED_STEP * m}", MLPClassifier(random_state=seed + VOTE_SEED_STEP * m))
-                 for m in range(VOTE_MEMBERS)],
-                voting="soft",
+                [(f"seed{s}", MLPClassifier(random_state=s)) for s in vote_seeds(seed)], voting="soft"
             )
         else:
             model = MLPClassifier(random_state=seed) if is_mlp(config) else BASELINES[config](seed)
